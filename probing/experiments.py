@@ -1,0 +1,212 @@
+"""Category splits, the layer x probe x split x seed grid, and the two controls.
+
+Every probe result comes with two controls, because accuracy above chance
+alone says little:
+
+- ``text_only_accuracy``: a classifier on the statement text alone (word and
+  character n-grams) trained on the same split; high values expose surface
+  leaks in the data (SAPLMA's companies file is one);
+- ``shuffled_accuracy``: the same probe trained on the same activations with the
+  training labels shuffled; it should sit near 0.5.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline, make_union
+
+from probing.probes import PROBE_KINDS, Probe, ProbeConfig, Task, fit_many
+from probing.statements import StatementSet, require_topics
+
+RANDOM_SPLIT = "random"
+LayerLoader = Callable[[int], np.ndarray]
+"""Returns the (statements, width) activations of one layer for the dataset."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Rows to train on and rows to test on; ``name`` is the held-out topic or 'random'."""
+
+    name: str
+    train: np.ndarray
+    test: np.ndarray
+
+
+def category_splits(dataset: StatementSet) -> list[Split]:
+    """Leave one topic out, for each topic."""
+    require_topics(dataset)
+    topics = dataset.frame["topic"].to_numpy()
+    return [
+        Split(topic, np.flatnonzero(topics != topic), np.flatnonzero(topics == topic))
+        for topic in dataset.topics
+    ]
+
+
+def random_split(dataset: StatementSet, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """An in-distribution split, stratified by topic and label."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    test = []
+    for _, rows in dataset.frame.groupby(["topic", "label"], sort=False).indices.items():
+        rows = rng.permutation(rows)
+        test.extend(rows[: max(1, round(len(rows) * test_fraction))].tolist())
+    test_rows = np.sort(np.array(test))
+    train_rows = np.setdiff1d(np.arange(len(dataset)), test_rows)
+    return Split(RANDOM_SPLIT, train_rows, test_rows)
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """What to train: layers (negative = from the end) x probe kinds x splits x seeds."""
+
+    layers: tuple[int, ...] = (-1, -5, -9, -13, -17)
+    probes: tuple[str, ...] = ("linear", "tiny", "small", "medium")
+    seeds: int = 1
+    split: str = "category"  # "category" | "random"
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    linear_solver: str = "adam"
+    C: float = 1.0
+    controls: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("choose at least one layer")
+        unknown = [p for p in self.probes if p not in PROBE_KINDS]
+        if unknown or not self.probes:
+            raise ValueError(f"unknown probe kind(s) {unknown}; choose from {PROBE_KINDS}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.split not in ("category", RANDOM_SPLIT):
+            raise ValueError(f"split must be 'category' or 'random', got {self.split!r}")
+        self.probe_config("linear")  # validates the training settings
+
+    def probe_config(self, kind: str) -> ProbeConfig:
+        solver = self.linear_solver if kind == "linear" else "adam"
+        return ProbeConfig(kind=kind, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                           weight_decay=self.weight_decay, solver=solver, C=self.C)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GridResult:
+    """Tidy results of a grid: one row per probe, histories, and the fitted probes."""
+
+    results: pd.DataFrame
+    dynamics: pd.DataFrame
+    probes: dict[tuple[int, str, str, int], Probe] = field(default_factory=dict, repr=False)
+    shuffled_probes: dict[tuple[int, str, str, int], Probe] = field(default_factory=dict, repr=False)
+
+    def accuracy_table(self, statistic: str = "mean") -> pd.DataFrame:
+        """Rows = probe kinds, columns = layers (as in REFERENCE.md), over splits and seeds."""
+        per_split = self.results.groupby(["probe", "layer", "heldout"], sort=False)["accuracy"].mean()
+        table = per_split.groupby(["probe", "layer"], sort=False).agg(statistic).unstack("layer")
+        order = [p for p in PROBE_KINDS if p in table.index]
+        layers = sorted(table.columns, reverse=True)
+        table = table.loc[order, layers]
+        table.columns = [str(c) for c in table.columns]
+        return table.reset_index()
+
+
+def split_seed(seed: int, split: str) -> int:
+    """Each split and seed gets its own stream, the same whatever else is trained."""
+    return seed * 1_000_003 + zlib.crc32(split.encode())
+
+
+def text_only_accuracy(dataset: StatementSet, split: Split) -> float:
+    """Accuracy of word+character n-gram logistic regression on the statement text alone."""
+    texts = np.array(dataset.statements, dtype=object)
+    labels = dataset.labels
+    model = make_pipeline(
+        make_union(
+            TfidfVectorizer(analyzer="word", ngram_range=(1, 2), lowercase=False, min_df=1),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), lowercase=False, min_df=2),
+        ),
+        LogisticRegression(C=1.0, max_iter=2000),
+    )
+    model.fit(texts[split.train], labels[split.train])
+    return float((model.predict(texts[split.test]) == labels[split.test]).mean())
+
+
+def run_grid(
+    dataset: StatementSet,
+    load_layer: LayerLoader,
+    config: GridConfig = GridConfig(),
+    model_name: str = "",
+    on_result: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> GridResult:
+    """Train every (layer, probe kind, split, seed); per layer and kind all splits x seeds train together.
+
+    ``on_result`` gets each finished result row, ``on_epoch`` each history record
+    (with layer, probe, heldout and seed), ``on_progress`` (done, total) probe counts.
+    """
+    splits = category_splits(dataset) if config.split == "category" else [random_split(dataset)]
+    labels = dataset.labels
+    text_only = {s.name: text_only_accuracy(dataset, s) for s in splits} if config.controls else {}
+    members = [(split, seed) for split in splits for seed in range(config.seeds)]
+    total, done = len(config.layers) * len(config.probes) * len(members), 0
+    rows, dynamics = [], []
+    probes, shuffled_probes = {}, {}
+    for layer in config.layers:
+        features = load_layer(layer)
+        for kind in config.probes:
+            tasks = [Task(s.train, labels[s.train], s.test, labels[s.test], split_seed(seed, s.name))
+                     for s, seed in members]
+
+            def record_epoch(member: int, record: dict, layer=layer, kind=kind) -> None:
+                split, seed = members[member]
+                tagged = {"layer": layer, "probe": kind, "heldout": split.name, "seed": seed, **record}
+                dynamics.append(tagged)
+                if on_epoch:
+                    on_epoch(tagged)
+
+            fitted = fit_many(features, tasks, config.probe_config(kind), on_epoch=record_epoch)
+            shuffled = _shuffled_controls(features, tasks, config.probe_config(kind)) if config.controls else None
+            for index, ((split, seed), probe) in enumerate(zip(members, fitted)):
+                key = (layer, kind, split.name, seed)
+                probes[key] = probe
+                X_test, y_test = features[split.test], labels[split.test]
+                row = {
+                    "model": model_name, "layer": layer, "probe": kind, "heldout": split.name,
+                    "seed": seed, "accuracy": probe.score(X_test, y_test),
+                    "auroc": _auroc(y_test, probe.decision_function(X_test)),
+                    "n_train": len(split.train), "n_test": len(split.test),
+                }
+                if shuffled is not None:
+                    shuffled_probes[key] = shuffled[index]
+                    row["text_only_accuracy"] = text_only[split.name]
+                    row["shuffled_accuracy"] = shuffled[index].score(X_test, y_test)
+                rows.append(row)
+                if on_result:
+                    on_result(row)
+                done += 1
+                if on_progress:
+                    on_progress(done, total)
+    return GridResult(pd.DataFrame(rows), pd.DataFrame(dynamics), probes, shuffled_probes)
+
+
+def _shuffled_controls(features: np.ndarray, tasks: Sequence[Task], config: ProbeConfig) -> list[Probe]:
+    permuted = []
+    for task in tasks:
+        rng = np.random.default_rng(task.seed + 7)
+        permuted.append(Task(task.train, rng.permutation(task.y_train), seed=task.seed + 7))
+    return fit_many(features, permuted, config)
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")

@@ -1,0 +1,411 @@
+"""Truth probes with a scikit-learn interface, trained many at a time.
+
+Kinds:
+
+- ``linear``: logistic regression on standardised features (SAPLMA training by
+  default; ``solver="lbfgs"`` with ``C`` gives scikit-learn's L2-regularised fit);
+- ``tiny`` (32), ``small`` (128-64), ``medium`` (256-128-64): ReLU MLPs with a
+  sigmoid output; ``medium`` is SAPLMA's probe, tiny and small sit between it
+  and linear;
+- ``mass_mean``: the difference of class means (Marks & Tegmark), with a
+  1-D logistic calibration of the projection for P(true).
+
+``fit_many`` trains any number of same-kind probes together: the weights are
+stacked (member x in x out) and one batched Adam step updates every member.
+Each member draws its initial weights and batch order from its own seed only,
+and a member whose epoch has run out of batches is not updated, so a probe
+trained in a stack equals the same probe trained alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+HIDDEN_SIZES: dict[str, tuple[int, ...]] = {
+    "linear": (),
+    "tiny": (32,),
+    "small": (128, 64),
+    "medium": (256, 128, 64),
+}
+PROBE_KINDS = (*HIDDEN_SIZES, "mass_mean")
+EpochCallback = Callable[[int, dict], None]
+"""Called with (member index, one history record) after every epoch."""
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """How a probe is built and trained; defaults follow SAPLMA (Adam, lr 1e-3, batch 32, 5 epochs)."""
+
+    kind: str = "linear"
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    solver: str = "adam"  # "adam" | "lbfgs" (linear only)
+    C: float = 1.0  # inverse L2 strength for solver="lbfgs", as in scikit-learn
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROBE_KINDS:
+            raise ValueError(f"probe kind {self.kind!r} is not one of {PROBE_KINDS}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        if not self.lr > 0 or self.weight_decay < 0 or not self.C > 0:
+            raise ValueError("lr and C must be > 0 and weight_decay >= 0")
+        if self.solver not in ("adam", "lbfgs"):
+            raise ValueError(f"solver {self.solver!r} is not 'adam' or 'lbfgs'")
+        if self.solver == "lbfgs" and self.kind != "linear":
+            raise ValueError("solver='lbfgs' is for the linear probe only")
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        return HIDDEN_SIZES.get(self.kind, ())
+
+
+@dataclass
+class Task:
+    """One probe to train: rows of X to train on, their labels, and optional held-out rows."""
+
+    train: np.ndarray
+    y_train: np.ndarray
+    test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    seed: int = 0
+
+
+@dataclass
+class Probe:
+    """A fitted or unfitted truth probe (scikit-learn style: ``fit`` returns self)."""
+
+    kind: str = "linear"
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    solver: str = "adam"
+    C: float = 1.0
+    seed: int = 0
+    mean_: np.ndarray | None = field(default=None, repr=False)
+    scale_: np.ndarray | None = field(default=None, repr=False)
+    weights_: list[np.ndarray] = field(default_factory=list, repr=False)
+    biases_: list[np.ndarray] = field(default_factory=list, repr=False)
+    history_: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> ProbeConfig:
+        return ProbeConfig(self.kind, self.epochs, self.lr, self.batch_size, self.weight_decay,
+                           self.solver, self.C, self.seed)
+
+    def fit(self, X, y, X_val=None, y_val=None, on_epoch: Callable[[dict], None] | None = None) -> Probe:
+        """Train on (X, y); with (X_val, y_val) the history also tracks held-out loss and accuracy."""
+        X, y = _check_xy(X, y)
+        if X_val is not None:
+            X_val, y_val = _check_xy(X_val, y_val)
+            features = np.concatenate([X, X_val])
+            test = np.arange(len(X), len(features))
+        else:
+            features, test = X, None
+        task = Task(np.arange(len(X)), y, test, y_val, seed=self.seed)
+        callback = (lambda _member, record: on_epoch(record)) if on_epoch else None
+        (fitted,) = fit_many(features, [task], self.config, on_epoch=callback)
+        self.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+        return self
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.mean_ is not None
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logit of P(true) for each row."""
+        if not self.is_fitted:
+            raise RuntimeError("this probe is not fitted yet: call fit(X, y) first")
+        h = (np.asarray(X, dtype=np.float32) - self.mean_) / self.scale_
+        for layer, (W, b) in enumerate(zip(self.weights_, self.biases_)):
+            h = h @ W + b
+            if layer < len(self.weights_) - 1:
+                h = np.maximum(h, 0)
+        return h[:, 0]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Columns: P(false), P(true)."""
+        p = 1 / (1 + np.exp(-np.clip(self.decision_function(X), -60, 60)))
+        return np.stack([1 - p, p], axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        return (self.decision_function(X) > 0).astype(int)
+
+    def score(self, X, y) -> float:
+        """Accuracy."""
+        return float((self.predict(X) == np.asarray(y)).mean())
+
+    @property
+    def direction_(self) -> np.ndarray:
+        """Unit vector in activation space along which P(true) grows (linear and mass_mean)."""
+        if self.kind not in ("linear", "mass_mean"):
+            raise AttributeError(f"a {self.kind} probe has no single direction")
+        if not self.is_fitted:
+            raise AttributeError("direction_ exists after fit")
+        raw = self.weights_[0][:, 0] / self.scale_
+        return raw / np.linalg.norm(raw)
+
+    def to_state(self) -> dict:
+        """Plain tensors and numbers, loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "config": asdict(self.config),
+            "mean": torch.from_numpy(self.mean_), "scale": torch.from_numpy(self.scale_),
+            "weights": [torch.from_numpy(w) for w in self.weights_],
+            "biases": [torch.from_numpy(b) for b in self.biases_],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> Probe:
+        probe = cls(**state["config"])
+        probe.mean_, probe.scale_ = state["mean"].numpy(), state["scale"].numpy()
+        probe.weights_ = [w.numpy() for w in state["weights"]]
+        probe.biases_ = [b.numpy() for b in state["biases"]]
+        return probe
+
+
+def make_probe(kind: str = "linear", **settings) -> Probe:
+    """A new probe of ``kind`` with the given training settings (validated)."""
+    config = ProbeConfig(kind=kind, **settings)
+    return Probe(**asdict(config))
+
+
+def fit_many(
+    X: np.ndarray | torch.Tensor,
+    tasks: Sequence[Task],
+    config: ProbeConfig,
+    on_epoch: EpochCallback | None = None,
+    device: str | torch.device = "cpu",
+) -> list[Probe]:
+    """Train one probe per task on rows of the shared feature matrix ``X``; all in one stack."""
+    if not tasks:
+        return []
+    features = torch.as_tensor(np.asarray(X, dtype=np.float32) if not torch.is_tensor(X) else X,
+                               dtype=torch.float32, device=device)
+    for task in tasks:
+        _check_task(task, len(features))
+    mean, scale = _standardisers(features, tasks)
+    if config.kind == "mass_mean":
+        parts = [_fit_mass_mean(features, task, m, s) for task, m, s in zip(tasks, mean, scale)]
+    elif config.solver == "lbfgs":
+        parts = [_fit_lbfgs(features, task, m, s, config) for task, m, s in zip(tasks, mean, scale)]
+    else:
+        parts = _fit_adam_stack(features, tasks, mean, scale, config, on_epoch)
+    probes = []
+    for member, (task, (weights, biases, history)) in enumerate(zip(tasks, parts)):
+        probe = Probe(**{**asdict(config), "seed": task.seed})
+        probe.mean_, probe.scale_ = mean[member].cpu().numpy(), scale[member].cpu().numpy()
+        probe.weights_ = [w.detach().cpu().numpy() for w in weights]
+        probe.biases_ = [b.detach().cpu().numpy() for b in biases]
+        probe.history_ = pd.DataFrame(history)
+        if on_epoch and (config.kind == "mass_mean" or config.solver == "lbfgs"):
+            on_epoch(member, history[-1])
+        probes.append(probe)
+    return probes
+
+
+def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y).astype(int)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"X must be (n, width) and y (n,); got {X.shape} and {y.shape}")
+    return X, y
+
+
+def _check_task(task: Task, n: int) -> None:
+    labels = set(np.unique(task.y_train).tolist())
+    if not labels <= {0, 1} or len(labels) < 2:
+        raise ValueError(f"training labels must contain both 0 and 1 (found {sorted(labels)})")
+    if len(task.train) != len(task.y_train) or task.train.max() >= n:
+        raise ValueError("task rows and labels disagree or point outside X")
+
+
+def _standardisers(X: torch.Tensor, tasks: Sequence[Task]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task mean and scale, fitted on that task's training rows only."""
+    means, scales = [], []
+    for task in tasks:
+        rows = X[torch.as_tensor(task.train, device=X.device)].double()
+        means.append(rows.mean(0).float())
+        std = rows.std(0, unbiased=False).float()
+        scales.append(torch.where(std > 1e-6, std, torch.ones_like(std)))
+    return torch.stack(means), torch.stack(scales)
+
+
+def _member_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) % (2**63))
+
+
+def _init_member(in_width: int, hidden: tuple[int, ...], generator: torch.Generator):
+    """nn.Linear's default init (uniform in +-1/sqrt(fan_in)) for each layer of one member."""
+    sizes = [in_width, *hidden, 1]
+    weights, biases = [], []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = 1 / math.sqrt(fan_in)
+        weights.append((torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound)
+        biases.append((torch.rand(fan_out, generator=generator) * 2 - 1) * bound)
+    return weights, biases
+
+
+def _stack_forward(h: torch.Tensor, weights, biases) -> torch.Tensor:
+    """h: (members, rows, in) -> logits (members, rows)."""
+    for layer, (W, b) in enumerate(zip(weights, biases)):
+        h = torch.baddbmm(b.unsqueeze(1), h, W)
+        if layer < len(weights) - 1:
+            h = F.relu(h)
+    return h.squeeze(-1)
+
+
+def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochCallback | None):
+    device = X.device
+    members = len(tasks)
+    generators = [_member_generator(task.seed) for task in tasks]
+    inits = [_init_member(X.shape[1], config.hidden_sizes, g) for g in generators]
+    weights = [torch.stack([w[k] for w, _ in inits]).to(device).requires_grad_() for k in range(len(inits[0][0]))]
+    biases = [torch.stack([b[k] for _, b in inits]).to(device).requires_grad_() for k in range(len(inits[0][1]))]
+    params = weights + biases
+    adam = _MaskedAdam(params, config.lr, config.weight_decay)
+    train_rows = [torch.as_tensor(t.train, device=device) for t in tasks]
+    train_y = [torch.as_tensor(t.y_train, dtype=torch.float32, device=device) for t in tasks]
+    sizes = [len(rows) for rows in train_rows]
+    steps = [math.ceil(n / config.batch_size) for n in sizes]
+    histories: list[list[dict]] = [[] for _ in tasks]
+    mu, sd = mean.unsqueeze(1), scale.unsqueeze(1)
+    B = config.batch_size
+    for epoch in range(1, config.epochs + 1):
+        orders = [torch.randperm(n, generator=g).to(device) for n, g in zip(sizes, generators)]
+        for step in range(max(steps)):
+            index = torch.zeros(members, B, dtype=torch.long, device=device)
+            valid = torch.zeros(members, B, device=device)
+            targets = torch.zeros(members, B, device=device)
+            for j in range(members):
+                if step < steps[j]:
+                    picked = orders[j][step * B : (step + 1) * B]
+                    index[j, : len(picked)] = train_rows[j][picked]
+                    targets[j, : len(picked)] = train_y[j][picked]
+                    valid[j, : len(picked)] = 1
+            active = valid.sum(1) > 0
+            logits = _stack_forward((X[index] - mu) / sd, weights, biases)
+            losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+            per_member = (losses * valid).sum(1) / valid.sum(1).clamp(min=1)
+            for p in params:
+                p.grad = None
+            per_member.sum().backward()
+            adam.step(active)
+        with torch.no_grad():
+            for j, task in enumerate(tasks):
+                record = {"epoch": epoch}
+                record.update(_evaluate(X, task.train, task.y_train, mu[j], sd[j], weights, biases, j, "train"))
+                if task.test is not None and len(task.test):
+                    record.update(_evaluate(X, task.test, task.y_test, mu[j], sd[j], weights, biases, j, "heldout"))
+                histories[j].append(record)
+                if on_epoch:
+                    on_epoch(j, record)
+    return [([w[j] for w in weights], [b[j] for b in biases], histories[j]) for j in range(members)]
+
+
+def _evaluate(X, rows, labels, mu, sd, weights, biases, member, prefix) -> dict:
+    rows_t = torch.as_tensor(rows, device=X.device)
+    h = ((X[rows_t] - mu) / sd).unsqueeze(0)
+    logits = _stack_forward(h, [w[member : member + 1] for w in weights], [b[member : member + 1] for b in biases])[0]
+    y = torch.as_tensor(labels, dtype=torch.float32, device=X.device)
+    loss = F.binary_cross_entropy_with_logits(logits, y).item()
+    accuracy = ((logits > 0).float() == y).float().mean().item()
+    return {f"{prefix}_loss": loss, f"{prefix}_accuracy": accuracy}
+
+
+class _MaskedAdam:
+    """Adam over stacked parameters where only active members (dim 0) take a step."""
+
+    def __init__(self, params, lr: float, weight_decay: float, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lr, self.weight_decay, self.betas, self.eps = params, lr, weight_decay, betas, eps
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = torch.zeros(params[0].shape[0], device=params[0].device)
+
+    @torch.no_grad()
+    def step(self, active: torch.Tensor) -> None:
+        b1, b2 = self.betas
+        self.t += active.float()
+        t = self.t.clamp(min=1)
+        for p, m, v in zip(self.params, self.m, self.v):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            on = active.view(shape)
+            g = p.grad + self.weight_decay * p if self.weight_decay else p.grad
+            m.copy_(torch.where(on, b1 * m + (1 - b1) * g, m))
+            v.copy_(torch.where(on, b2 * v + (1 - b2) * g * g, v))
+            m_hat = m / (1 - b1 ** t).view(shape)
+            v_hat = v / (1 - b2 ** t).view(shape)
+            p.sub_(torch.where(on, self.lr * m_hat / (v_hat.sqrt() + self.eps), torch.zeros_like(p)))
+
+
+def _fit_lbfgs(X, task: Task, mean, scale, config: ProbeConfig):
+    """Full-batch L2-regularised logistic regression (scikit-learn's objective, divided by n)."""
+    rows = torch.as_tensor(task.train, device=X.device)
+    Z = (X[rows] - mean) / scale
+    y = torch.as_tensor(task.y_train, dtype=torch.float32, device=X.device)
+    w = torch.zeros(X.shape[1], 1, device=X.device, requires_grad=True)
+    b = torch.zeros(1, device=X.device, requires_grad=True)
+    optimiser = torch.optim.LBFGS([w, b], lr=1, max_iter=1000, tolerance_grad=1e-7,
+                                  tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
+    penalty = 1 / (2 * config.C * len(rows))
+
+    def closure():
+        optimiser.zero_grad()
+        loss = F.binary_cross_entropy_with_logits((Z @ w)[:, 0] + b, y) + penalty * (w * w).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    weights, biases = [w.detach().unsqueeze(0)], [b.detach().unsqueeze(0)]
+    return _single_history(X, task, mean, scale, weights, biases)
+
+
+def _fit_mass_mean(X, task: Task, mean, scale):
+    """theta = mean(true) - mean(false) in activation space; P(true) = sigmoid(a * theta.x + c)."""
+    rows = torch.as_tensor(task.train, device=X.device)
+    y = torch.as_tensor(task.y_train, device=X.device).bool()
+    raw = X[rows].double()
+    theta = raw[y].mean(0) - raw[~y].mean(0)
+    projection = raw @ theta
+    a, c = _fit_1d_logistic(projection, y.double())
+    # Express as a linear layer on standardised features: x = z * scale + mean.
+    w = (a * theta * scale.double()).float().unsqueeze(1)
+    b = (a * (mean.double() @ theta) + c).float().reshape(1)
+    return _single_history(X, task, mean, scale, [w.unsqueeze(0)], [b.unsqueeze(0)])
+
+
+def _fit_1d_logistic(x: torch.Tensor, y: torch.Tensor, iterations: int = 50) -> tuple[float, float]:
+    """Newton's method for P(y) = sigmoid(a*x + c) on standardised x; returns (a, c) for raw x."""
+    centre, spread = x.mean(), x.std().clamp(min=1e-12)
+    z = (x - centre) / spread
+    a, c = torch.tensor(1.0, dtype=x.dtype), torch.tensor(0.0, dtype=x.dtype)
+    for _ in range(iterations):
+        p = torch.sigmoid(a * z + c)
+        g = torch.stack([((p - y) * z).sum(), (p - y).sum()]) + torch.stack([1e-4 * a, torch.zeros_like(c)])
+        s = p * (1 - p)
+        H = torch.stack([torch.stack([(s * z * z).sum() + 1e-4, (s * z).sum()]),
+                         torch.stack([(s * z).sum(), s.sum()])])
+        delta = torch.linalg.solve(H + 1e-9 * torch.eye(2, dtype=x.dtype), g)
+        a, c = a - delta[0], c - delta[1]
+        if delta.abs().max() < 1e-10:
+            break
+    return float(a / spread), float(c - a * centre / spread)
+
+
+def _single_history(X, task, mean, scale, weights, biases):
+    """One history record for probes fitted in closed form or full batch."""
+    with torch.no_grad():
+        record = {"epoch": 1}
+        record.update(_evaluate(X, task.train, task.y_train, mean, scale, weights, biases, 0, "train"))
+        if task.test is not None and len(task.test):
+            record.update(_evaluate(X, task.test, task.y_test, mean, scale, weights, biases, 0, "heldout"))
+    return [weights[0][0]], [biases[0][0]], [record]

@@ -1,0 +1,63 @@
+"""P(true) of new statements: from trained probes, and from the model's own answer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from probing.activations import Activations
+from probing.models import LoadedModel
+from probing.probes import Probe
+
+MAX_STATEMENT_CHARS = 2000
+ASK_TEMPLATE = "Is the following statement true or false?\nStatement: {statement}\nAnswer:"
+
+
+def check_statement(text: str) -> str:
+    """The statement stripped, or a ValueError saying why it cannot be scored."""
+    stripped = (text or "").strip()
+    if not stripped:
+        raise ValueError("the statement is empty: type a sentence such as 'Paris is in France.'")
+    if len(stripped) > MAX_STATEMENT_CHARS:
+        raise ValueError(
+            f"the statement has {len(stripped):,} characters; probes were trained on single "
+            f"sentences, so keep it under {MAX_STATEMENT_CHARS:,}"
+        )
+    return stripped
+
+
+def score_statements(
+    activations: Activations, probes: Mapping[tuple[int, str], Probe], texts: Sequence[str]
+) -> pd.DataFrame:
+    """One row per (statement, layer, probe kind): ``p_true``; probes keyed by (layer, kind)."""
+    if not probes:
+        raise ValueError("no trained probes yet: train a probe (or run `reproduce`) first")
+    texts = [check_statement(t) for t in texts]
+    rows = []
+    for layer in sorted({layer for layer, _ in probes}, reverse=True):
+        features = activations.layer(texts, layer)
+        for (probe_layer, kind), probe in probes.items():
+            if probe_layer != layer:
+                continue
+            for text, p in zip(texts, probe.predict_proba(features)[:, 1]):
+                rows.append({"statement": text, "layer": layer, "probe": kind, "p_true": float(p)})
+    return pd.DataFrame(rows)
+
+
+@torch.inference_mode()
+def model_says_true(model: LoadedModel, statement: str, template: str = ASK_TEMPLATE) -> dict[str, float]:
+    """What the model answers when asked: P(" True") and P(" False"), renormalised over the two."""
+    prompt = template.format(statement=check_statement(statement))
+    tokenizer = model.tokenizer
+    ids = tokenizer(prompt, return_tensors="pt").to(model.input_device)
+    answers = {word: tokenizer(" " + word, add_special_tokens=False)["input_ids"][0] for word in ("True", "False")}
+    with model.lock:
+        logits = model.model(**ids).logits[0, -1].float()
+        model.forward_passes += 1
+    log_probs = torch.log_softmax(logits, dim=-1)
+    pair = torch.stack([log_probs[answers["True"]], log_probs[answers["False"]]])
+    p_true, p_false = torch.softmax(pair, dim=0).tolist()
+    return {"p_true": p_true, "p_false": p_false,
+            "mass": float(pair.exp().sum())}  # how much probability the two answers get at all
