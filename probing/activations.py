@@ -146,7 +146,7 @@ class Activations:
         self.position = position
         self.cache_dir = Path(cache_dir)
         self._model = model
-        self.token_budget = token_budget or (16384 if self.spec.resolved_device == "cuda" else 2048)
+        self.token_budget = token_budget or (16384 if self.spec.resolved_device == "cuda" else 1024)
         self.max_tokens = max_tokens
         self.fingerprint = self.spec.fingerprint()
         namespace = hashlib.sha256(f"{self.fingerprint}|{position}|v1".encode()).hexdigest()[:24]

@@ -76,8 +76,8 @@ class GridConfig:
     lr: float = 1e-3
     batch_size: int = 32
     weight_decay: float = 0.0
-    linear_solver: str = "adam"
-    C: float = 1.0
+    linear_solver: str = "lbfgs"
+    C: float = 0.1
     controls: bool = True
 
     def __post_init__(self) -> None:

@@ -2,8 +2,10 @@
 
 Kinds:
 
-- ``linear``: logistic regression on standardised features (SAPLMA training by
-  default; ``solver="lbfgs"`` with ``C`` gives scikit-learn's L2-regularised fit);
+- ``linear``: logistic regression on standardised features. By default it is
+  fitted to convergence with L-BFGS and an L2 penalty (scikit-learn's objective,
+  ``C=0.1`` as in REFERENCE.md's sanity figures); ``solver="adam"`` trains it the
+  SAPLMA way instead (a few epochs of Adam, which underfits a linear model);
 - ``tiny`` (32), ``small`` (128-64), ``medium`` (256-128-64): ReLU MLPs with a
   sigmoid output; ``medium`` is SAPLMA's probe, tiny and small sit between it
   and linear;
@@ -48,11 +50,13 @@ class ProbeConfig:
     lr: float = 1e-3
     batch_size: int = 32
     weight_decay: float = 0.0
-    solver: str = "adam"  # "adam" | "lbfgs" (linear only)
-    C: float = 1.0  # inverse L2 strength for solver="lbfgs", as in scikit-learn
+    solver: str = "auto"  # "auto" (lbfgs for linear, else adam) | "adam" | "lbfgs"
+    C: float = 0.1  # inverse L2 strength for solver="lbfgs", as in scikit-learn
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.solver == "auto":
+            object.__setattr__(self, "solver", "lbfgs" if self.kind == "linear" else "adam")
         if self.kind not in PROBE_KINDS:
             raise ValueError(f"probe kind {self.kind!r} is not one of {PROBE_KINDS}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -60,7 +64,7 @@ class ProbeConfig:
         if not self.lr > 0 or self.weight_decay < 0 or not self.C > 0:
             raise ValueError("lr and C must be > 0 and weight_decay >= 0")
         if self.solver not in ("adam", "lbfgs"):
-            raise ValueError(f"solver {self.solver!r} is not 'adam' or 'lbfgs'")
+            raise ValueError(f"solver {self.solver!r} is not 'auto', 'adam' or 'lbfgs'")
         if self.solver == "lbfgs" and self.kind != "linear":
             raise ValueError("solver='lbfgs' is for the linear probe only")
 
@@ -89,8 +93,8 @@ class Probe:
     lr: float = 1e-3
     batch_size: int = 32
     weight_decay: float = 0.0
-    solver: str = "adam"
-    C: float = 1.0
+    solver: str = "auto"
+    C: float = 0.1
     seed: int = 0
     mean_: np.ndarray | None = field(default=None, repr=False)
     scale_: np.ndarray | None = field(default=None, repr=False)
@@ -197,7 +201,8 @@ def fit_many(
     if config.kind == "mass_mean":
         parts = [_fit_mass_mean(features, task, m, s) for task, m, s in zip(tasks, mean, scale)]
     elif config.solver == "lbfgs":
-        parts = [_fit_lbfgs(features, task, m, s, config) for task, m, s in zip(tasks, mean, scale)]
+        parts = [_fit_lbfgs(features, task, m, s, config, member, on_epoch)
+                 for member, (task, m, s) in enumerate(zip(tasks, mean, scale))]
     else:
         parts = _fit_adam_stack(features, tasks, mean, scale, config, on_epoch)
     probes = []
@@ -207,7 +212,7 @@ def fit_many(
         probe.weights_ = [w.detach().cpu().numpy() for w in weights]
         probe.biases_ = [b.detach().cpu().numpy() for b in biases]
         probe.history_ = pd.DataFrame(history)
-        if on_epoch and (config.kind == "mass_mean" or config.solver == "lbfgs"):
+        if on_epoch and config.kind == "mass_mean":
             on_epoch(member, history[-1])
         probes.append(probe)
     return probes
@@ -265,41 +270,36 @@ def _stack_forward(h: torch.Tensor, weights, biases) -> torch.Tensor:
 
 
 def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochCallback | None):
-    device = X.device
-    members = len(tasks)
+    device, members, B = X.device, len(tasks), config.batch_size
     generators = [_member_generator(task.seed) for task in tasks]
     inits = [_init_member(X.shape[1], config.hidden_sizes, g) for g in generators]
     weights = [torch.stack([w[k] for w, _ in inits]).to(device).requires_grad_() for k in range(len(inits[0][0]))]
     biases = [torch.stack([b[k] for _, b in inits]).to(device).requires_grad_() for k in range(len(inits[0][1]))]
-    params = weights + biases
-    adam = _MaskedAdam(params, config.lr, config.weight_decay)
+    adam = _MaskedAdam(weights + biases, config.lr, config.weight_decay)
     train_rows = [torch.as_tensor(t.train, device=device) for t in tasks]
     train_y = [torch.as_tensor(t.y_train, dtype=torch.float32, device=device) for t in tasks]
     sizes = [len(rows) for rows in train_rows]
-    steps = [math.ceil(n / config.batch_size) for n in sizes]
+    most_steps = max(math.ceil(n / B) for n in sizes)
     histories: list[list[dict]] = [[] for _ in tasks]
     mu, sd = mean.unsqueeze(1), scale.unsqueeze(1)
-    B = config.batch_size
+
     for epoch in range(1, config.epochs + 1):
-        orders = [torch.randperm(n, generator=g).to(device) for n, g in zip(sizes, generators)]
-        for step in range(max(steps)):
-            index = torch.zeros(members, B, dtype=torch.long, device=device)
-            valid = torch.zeros(members, B, device=device)
-            targets = torch.zeros(members, B, device=device)
-            for j in range(members):
-                if step < steps[j]:
-                    picked = orders[j][step * B : (step + 1) * B]
-                    index[j, : len(picked)] = train_rows[j][picked]
-                    targets[j, : len(picked)] = train_y[j][picked]
-                    valid[j, : len(picked)] = 1
-            active = valid.sum(1) > 0
-            logits = _stack_forward((X[index] - mu) / sd, weights, biases)
-            losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-            per_member = (losses * valid).sum(1) / valid.sum(1).clamp(min=1)
-            for p in params:
-                p.grad = None
+        index = torch.zeros(members, most_steps * B, dtype=torch.long, device=device)
+        targets = torch.zeros(members, most_steps * B, device=device)
+        valid = torch.zeros(members, most_steps * B, device=device)
+        for j, (n, generator) in enumerate(zip(sizes, generators)):
+            order = torch.randperm(n, generator=generator).to(device)
+            index[j, :n], targets[j, :n], valid[j, :n] = train_rows[j][order], train_y[j][order], 1
+        index, targets, valid = (t.view(members, most_steps, B).transpose(0, 1) for t in (index, targets, valid))
+        counts = valid.sum(-1)
+        for step in range(most_steps):
+            logits = _stack_forward((X[index[step]] - mu) / sd, weights, biases)
+            losses = F.binary_cross_entropy_with_logits(logits, targets[step], reduction="none")
+            per_member = (losses * valid[step]).sum(1) / counts[step].clamp(min=1)
+            for parameter in adam.params:
+                parameter.grad = None
             per_member.sum().backward()
-            adam.step(active)
+            adam.step(counts[step] > 0)
         with torch.no_grad():
             for j, task in enumerate(tasks):
                 record = {"epoch": epoch}
@@ -323,38 +323,50 @@ def _evaluate(X, rows, labels, mu, sd, weights, biases, member, prefix) -> dict:
 
 
 class _MaskedAdam:
-    """Adam over stacked parameters where only active members (dim 0) take a step."""
+    """Adam on stacked (members, ...) parameters where only active members take a step.
 
-    def __init__(self, params, lr: float, weight_decay: float, betas=(0.9, 0.999), eps=1e-8):
+    Each member keeps its own step count, so its updates (bias correction included)
+    are exactly those it would get if trained alone.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float, betas=(0.9, 0.999), eps=1e-8):
         self.params, self.lr, self.weight_decay, self.betas, self.eps = params, lr, weight_decay, betas, eps
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
-        self.t = torch.zeros(params[0].shape[0], device=params[0].device)
+        self.t = torch.zeros(params[0].shape[0], dtype=torch.float64, device=params[0].device)
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
         b1, b2 = self.betas
-        self.t += active.float()
+        on = active.to(torch.float64)
+        self.t += on
         t = self.t.clamp(min=1)
+        # Inactive members: m and v keep their values (factor 1, no new gradient), p does not move.
+        keep1, new1 = (1 - on * (1 - b1)).float(), (on * (1 - b1)).float()
+        keep2, new2 = (1 - on * (1 - b2)).float(), (on * (1 - b2)).float()
+        step_size = (on * self.lr / (1 - b1**t)).float()
+        correction = (1 - b2**t).sqrt().float()
         for p, m, v in zip(self.params, self.m, self.v):
             shape = (-1,) + (1,) * (p.dim() - 1)
-            on = active.view(shape)
             g = p.grad + self.weight_decay * p if self.weight_decay else p.grad
-            m.copy_(torch.where(on, b1 * m + (1 - b1) * g, m))
-            v.copy_(torch.where(on, b2 * v + (1 - b2) * g * g, v))
-            m_hat = m / (1 - b1 ** t).view(shape)
-            v_hat = v / (1 - b2 ** t).view(shape)
-            p.sub_(torch.where(on, self.lr * m_hat / (v_hat.sqrt() + self.eps), torch.zeros_like(p)))
+            m.mul_(keep1.view(shape)).addcmul_(g, new1.view(shape))
+            v.mul_(keep2.view(shape)).addcmul_(g * g, new2.view(shape))
+            denominator = (v.sqrt() / correction.view(shape)).add_(self.eps)
+            p.sub_(step_size.view(shape) * m / denominator)
 
 
-def _fit_lbfgs(X, task: Task, mean, scale, config: ProbeConfig):
-    """Full-batch L2-regularised logistic regression (scikit-learn's objective, divided by n)."""
+def _fit_lbfgs(X, task: Task, mean, scale, config: ProbeConfig, member: int, on_epoch: EpochCallback | None,
+               iterations_per_record: int = 10, max_records: int = 100):
+    """Full-batch L2-regularised logistic regression (scikit-learn's objective, divided by n).
+
+    History gets one record per ``iterations_per_record`` L-BFGS iterations, until converged.
+    """
     rows = torch.as_tensor(task.train, device=X.device)
     Z = (X[rows] - mean) / scale
     y = torch.as_tensor(task.y_train, dtype=torch.float32, device=X.device)
     w = torch.zeros(X.shape[1], 1, device=X.device, requires_grad=True)
     b = torch.zeros(1, device=X.device, requires_grad=True)
-    optimiser = torch.optim.LBFGS([w, b], lr=1, max_iter=1000, tolerance_grad=1e-7,
+    optimiser = torch.optim.LBFGS([w, b], lr=1, max_iter=iterations_per_record, tolerance_grad=1e-7,
                                   tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
     penalty = 1 / (2 * config.C * len(rows))
 
@@ -364,9 +376,18 @@ def _fit_lbfgs(X, task: Task, mean, scale, config: ProbeConfig):
         loss.backward()
         return loss
 
-    optimiser.step(closure)
     weights, biases = [w.detach().unsqueeze(0)], [b.detach().unsqueeze(0)]
-    return _single_history(X, task, mean, scale, weights, biases)
+    history = []
+    for record_number in range(1, max_records + 1):
+        before = optimiser.state[w].get("n_iter", 0) if w in optimiser.state else 0
+        optimiser.step(closure)
+        record = _history_record(X, task, mean, scale, weights, biases, record_number)
+        history.append(record)
+        if on_epoch:
+            on_epoch(member, record)
+        if optimiser.state[w]["n_iter"] - before < iterations_per_record:
+            break  # converged within this round
+    return [weights[0][0]], [biases[0][0]], history
 
 
 def _fit_mass_mean(X, task: Task, mean, scale):
@@ -401,11 +422,15 @@ def _fit_1d_logistic(x: torch.Tensor, y: torch.Tensor, iterations: int = 50) -> 
     return float(a / spread), float(c - a * centre / spread)
 
 
-def _single_history(X, task, mean, scale, weights, biases):
-    """One history record for probes fitted in closed form or full batch."""
+def _history_record(X, task, mean, scale, weights, biases, epoch: int) -> dict:
     with torch.no_grad():
-        record = {"epoch": 1}
+        record = {"epoch": epoch}
         record.update(_evaluate(X, task.train, task.y_train, mean, scale, weights, biases, 0, "train"))
         if task.test is not None and len(task.test):
             record.update(_evaluate(X, task.test, task.y_test, mean, scale, weights, biases, 0, "heldout"))
-    return [weights[0][0]], [biases[0][0]], [record]
+    return record
+
+
+def _single_history(X, task, mean, scale, weights, biases):
+    """The one history record of a probe fitted in closed form."""
+    return [weights[0][0]], [biases[0][0]], [_history_record(X, task, mean, scale, weights, biases, 1)]

@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REQUIRED_COLUMNS = ("statement", "label")
@@ -60,8 +61,8 @@ class StatementSet:
         return self.frame["statement"].tolist()
 
     @property
-    def labels(self):
-        return self.frame["label"].to_numpy()
+    def labels(self) -> np.ndarray:
+        return self.frame["label"].to_numpy(copy=True)
 
     @property
     def topics(self) -> list[str]:
@@ -96,11 +97,12 @@ class StatementSet:
                 )
             frame = frame[frame["topic"].isin(topics)]
         if per_topic is not None:
-            frame = (
-                frame.groupby(["topic", "label"], sort=False, group_keys=False)
-                .apply(lambda g: g.sample(min(len(g), -(-per_topic // 2)), random_state=seed))
-                .sort_index()
-            )
+            rng = np.random.default_rng(seed)
+            keep = [
+                rng.choice(rows, size=min(len(rows), -(-per_topic // 2)), replace=False)
+                for rows in frame.groupby(["topic", "label"], sort=False).indices.values()
+            ]
+            frame = frame.iloc[np.sort(np.concatenate(keep))]
         return StatementSet(frame.copy(), name=self.name, source=self.source)
 
     def drop_duplicates(self) -> StatementSet:

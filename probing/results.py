@@ -1,0 +1,90 @@
+"""Writing a study's results to a folder, and reading its probes back for scoring."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from probing.probes import Probe
+
+PACKAGES = ("torch", "transformers", "accelerate", "numpy", "pandas", "scikit-learn", "diskcache", "gguf")
+PROBES_DIR = "probes"
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-style Markdown table (numbers rounded to ``digits``)."""
+    def cell(value) -> str:
+        if isinstance(value, (float, np.floating)):
+            return "-" if np.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def write_table(frame: pd.DataFrame, out: Path, stem: str, markdown: bool = False) -> None:
+    frame.to_csv(out / f"{stem}.csv", index=False)
+    if markdown:
+        (out / f"{stem}.md").write_text(markdown_table(frame))
+
+
+def probe_path(out: Path, layer: int, kind: str) -> Path:
+    return out / PROBES_DIR / f"{kind}_layer{layer}.pt"
+
+
+def save_probes(probes: dict[tuple[int, str], Probe], out: Path) -> None:
+    (out / PROBES_DIR).mkdir(parents=True, exist_ok=True)
+    for (layer, kind), probe in probes.items():
+        torch.save(probe.to_state(), probe_path(out, layer, kind))
+
+
+@dataclass(frozen=True)
+class SavedStudy:
+    """A results folder: its config and the probes trained on the whole dataset."""
+
+    folder: Path
+    config: dict
+    probes: dict[tuple[int, str], Probe]
+
+
+def load_study(folder: str | Path) -> SavedStudy:
+    """Read ``config.json`` and the saved probes of a ``reproduce`` results folder."""
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a results folder (no config.json). Run "
+            f"`python -m probing reproduce --out {folder}` first, or pass --results."
+        )
+    config = json.loads(config_file.read_text())
+    probes = {}
+    for path in sorted((folder / PROBES_DIR).glob("*_layer*.pt")):
+        kind, layer = path.stem.rsplit("_layer", 1)
+        probes[(int(layer), kind)] = Probe.from_state(torch.load(path, weights_only=True))
+    if not probes:
+        raise FileNotFoundError(f"{folder / PROBES_DIR} holds no trained probes; rerun `reproduce`")
+    return SavedStudy(folder, config, probes)
+
+
+def command_line() -> str:
+    return " ".join(["python -m probing", *sys.argv[1:]])

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real embedded model and the real SAPLMA data, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from probing.models import load_model  # noqa: E402
+from probing.statements import load_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SAPLMA = ROOT.parent / "shared" / "datasets" / "azaria-mitchell"
+# The converted embedded model and activations shared by tests live here, so a
+# second test run (and the reference check) reuses them; tests that exercise
+# caching itself use their own temporary folders.
+SHARED_CACHE = Path(os.environ.get("PROBING_TEST_CACHE", ROOT / "cache" / "tests"))
+
+
+@pytest.fixture(scope="session")
+def shared_cache() -> Path:
+    return SHARED_CACHE
+
+
+@pytest.fixture(scope="session")
+def model():
+    return load_model("embedded", cache_dir=SHARED_CACHE)
+
+
+@pytest.fixture(scope="session")
+def saplma():
+    if not SAPLMA.is_dir():
+        raise FileNotFoundError(f"the SAPLMA reference data is expected at {SAPLMA}")
+    return load_dataset(SAPLMA)
+
+
+@pytest.fixture(scope="session")
+def small_saplma(saplma):
+    """40 statements per topic (20 true, 20 false) of the real data."""
+    return saplma.subset(per_topic=40, seed=0)

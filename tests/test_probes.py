@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+
+from probing.probes import PROBE_KINDS, Probe, ProbeConfig, Task, fit_many, make_probe
+
+
+def separable(n=1200, width=48, margin=1.0, seed=0):
+    """Two classes on either side of a random hyperplane, at least ``margin`` away from it."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=width)
+    w /= np.linalg.norm(w)
+    X = rng.normal(size=(n, width)) * 3 + 5  # off-centre and scaled: standardisation matters
+    y = rng.integers(0, 2, size=n)
+    distance = X @ w
+    X += np.outer((2 * y - 1) * margin - distance + rng.exponential(1.0, n) * (2 * y - 1), w)
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize("settings", [{}, {"solver": "adam", "epochs": 40, "lr": 1e-2}])
+def test_linear_probe_separates_separable_data(settings):
+    X, y = separable()
+    probe = make_probe("linear", **settings).fit(X[:900], y[:900])
+    assert probe.score(X[900:], y[900:]) >= 0.99
+
+
+@pytest.mark.parametrize("kind", PROBE_KINDS)
+def test_every_kind_learns_and_shuffled_labels_stay_at_chance(kind):
+    X, y = separable(n=2000, seed=1)
+    probe = make_probe(kind).fit(X[:1500], y[:1500])
+    assert probe.score(X[1500:], y[1500:]) >= 0.9
+    shuffled = np.random.default_rng(3).permutation(y)
+    control = make_probe(kind).fit(X[:1500], shuffled[:1500])
+    assert abs(control.score(X[1500:], shuffled[1500:]) - 0.5) <= 0.05
+
+
+def test_fit_returns_self_with_learned_attributes_and_history():
+    X, y = separable()
+    records = []
+    probe = make_probe("small", epochs=3)
+    assert probe.fit(X[:800], y[:800], X[800:], y[800:], on_epoch=records.append) is probe
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert list(probe.history_.columns) == ["epoch", "train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy"]
+    assert probe.history_["train_loss"].iloc[-1] < probe.history_["train_loss"].iloc[0]
+    assert [w.shape for w in probe.weights_] == [(48, 128), (128, 64), (64, 1)]
+    np.testing.assert_allclose(probe.mean_, X[:800].mean(0), rtol=1e-4)  # fitted on training rows only
+    probabilities = probe.predict_proba(X[800:])
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-6)
+
+
+def test_same_seed_same_probe_other_seed_other_probe():
+    X, y = separable()
+    a, b = (make_probe("medium", seed=4).fit(X, y) for _ in range(2))
+    c = make_probe("medium", seed=5).fit(X, y)
+    for wa, wb in zip(a.weights_, b.weights_):
+        np.testing.assert_array_equal(wa, wb)
+    assert not np.allclose(a.weights_[0], c.weights_[0])
+
+
+@pytest.mark.parametrize("kind", ["linear", "medium"])
+def test_probes_trained_together_equal_probes_trained_alone(kind):
+    X, y = separable(n=1000)
+    tasks = [Task(np.arange(0, 700), y[:700], np.arange(700, 1000), y[700:], seed=1),
+             Task(np.arange(200, 1000), y[200:], seed=2),
+             Task(np.arange(0, 333), y[:333], seed=3)]  # different sizes: different steps per epoch
+    together = fit_many(X, tasks, ProbeConfig(kind))
+    alone = [fit_many(X, [task], ProbeConfig(kind))[0] for task in tasks]
+    for stacked, single in zip(together, alone):
+        for ws, wa in zip(stacked.weights_, single.weights_):
+            np.testing.assert_allclose(ws, wa, atol=1e-5)
+        assert (stacked.predict(X) == single.predict(X)).all()
+
+
+def test_direction_exists_for_linear_and_mass_mean_only():
+    X, y = separable()
+    for kind in ("linear", "mass_mean"):
+        direction = make_probe(kind).fit(X, y).direction_
+        assert direction.shape == (48,) and np.isclose(np.linalg.norm(direction), 1)
+    mass = make_probe("mass_mean").fit(X, y)
+    expected = X[y == 1].mean(0) - X[y == 0].mean(0)
+    np.testing.assert_allclose(mass.direction_, expected / np.linalg.norm(expected), atol=1e-5)
+    with pytest.raises(AttributeError, match="no single direction"):
+        make_probe("tiny").fit(X, y).direction_
+
+
+def test_state_round_trip_through_torch_save(tmp_path):
+    X, y = separable()
+    probe = make_probe("tiny", seed=2).fit(X, y)
+    torch.save(probe.to_state(), tmp_path / "p.pt")
+    again = Probe.from_state(torch.load(tmp_path / "p.pt", weights_only=True))
+    np.testing.assert_array_equal(again.predict_proba(X), probe.predict_proba(X))
+    assert again.config == probe.config
+
+
+def test_invalid_settings_and_inputs_are_refused():
+    with pytest.raises(ValueError, match="probe kind 'huge'"):
+        make_probe("huge")
+    with pytest.raises(ValueError, match="epochs and batch_size"):
+        make_probe("linear", epochs=0)
+    with pytest.raises(ValueError, match="lbfgs' is for the linear probe"):
+        make_probe("medium", solver="lbfgs")
+    with pytest.raises(ValueError, match="both 0 and 1"):
+        make_probe("linear").fit(np.zeros((4, 3)), [1, 1, 1, 1])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        make_probe("linear").predict(np.zeros((2, 3)))
