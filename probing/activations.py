@@ -146,7 +146,7 @@ class Activations:
         self.position = position
         self.cache_dir = Path(cache_dir)
         self._model = model
-        self.token_budget = token_budget or (16384 if self.spec.resolved_device == "cuda" else 1024)
+        self.token_budget = token_budget or (16384 if self.spec.resolved_device.startswith("cuda") else 1024)
         self.max_tokens = max_tokens
         self.fingerprint = self.spec.fingerprint()
         namespace = hashlib.sha256(f"{self.fingerprint}|{position}|v1".encode()).hexdigest()[:24]
@@ -170,27 +170,48 @@ class Activations:
     def missing(self, texts: Sequence[str]) -> list[int]:
         return self.store.missing(list(dict.fromkeys(texts)))
 
-    def ensure(self, texts: Sequence[str], on_progress: Progress | None = None) -> int:
-        """Compute and store whatever is missing; returns how many statements were computed."""
+    def ensure(self, texts: Sequence[str], on_progress: Progress | None = None,
+               shard: tuple[int, int] | None = None) -> int:
+        """Compute and store whatever is missing; returns how many statements were computed.
+
+        With ``shard=(rank, world)`` this process takes every world-th batch of the plan
+        for *all* the statements (the same plan in every process, and the same batches
+        a single process would run on an empty cache) and skips batches already stored,
+        so several processes fill one cache together and a relaunch completes a killed one.
+        """
         unique = list(dict.fromkeys(texts))
-        todo = [unique[i] for i in self.store.missing(unique)]
-        if on_progress:
-            on_progress(0, len(todo))
+        missing = self.store.missing(unique)
+        if shard is None:
+            todo = [unique[i] for i in missing]
+        else:
+            rank, world = shard
+            if not 0 <= rank < world:
+                raise ValueError(f"shard rank {rank} is not in 0..{world - 1}")
+            todo = unique if missing else []
         if not todo:
+            if on_progress:
+                on_progress(0, 0)
             return 0
         model = self.model
         if self.store.meta is None:
             self.store.set_meta({"layers": model.n_hidden_states, "width": model.width,
                                  "model": self.spec.name, "dtype": self.spec.resolved_dtype,
                                  "position": self.position})
-        done = 0
-        for batch in plan_batches(model.tokenizer, todo, self.position, self.token_budget, self.max_tokens):
+        batches = plan_batches(model.tokenizer, todo, self.position, self.token_budget, self.max_tokens)
+        if shard is not None:
+            missing_texts = {unique[i] for i in missing}
+            batches = [b for b in batches[shard[0]::shard[1]]
+                       if any(todo[i] in missing_texts for i in b.indices)]
+        total, done = sum(len(b.indices) for b in batches), 0
+        if on_progress:
+            on_progress(0, total)
+        for batch in batches:
             hidden = run_batch(model, batch, self.position)
             self.store.write_chunk([todo[i] for i in batch.indices], hidden)
             done += len(batch.indices)
             if on_progress:
-                on_progress(done, len(todo))
-        return len(todo)
+                on_progress(done, total)
+        return total
 
     def layer(self, texts: Sequence[str], layer: int, on_progress: Progress | None = None) -> np.ndarray:
         """float32 (len(texts), width) hidden states at ``layer``, computing what is missing."""

@@ -32,6 +32,26 @@ def _kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        rank, world = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected RANK/WORLD such as 0/2, got {text!r}")
+    if not 0 <= rank < world:
+        raise argparse.ArgumentTypeError(f"rank must be in 0..WORLD-1, got {text!r}")
+    return rank, world
+
+
+def launcher_shard() -> tuple[int, int] | None:
+    """(rank, world) set by torchrun / accelerate launch (RANK, WORLD_SIZE) or mpirun, if any."""
+    for rank_name, world_name in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                                  ("PMI_RANK", "PMI_SIZE")):
+        if rank_name in os.environ and world_name in os.environ:
+            world = int(os.environ[world_name])
+            return (int(os.environ[rank_name]), world) if world > 1 else None
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m probing", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract = commands.add_parser("extract", help="compute and cache activations of every layer")
     model_options(extract)
     dataset_options(extract)
+    extract.add_argument("--shard", type=_shard, default=None,
+                         help="RANK/WORLD: this process's share (default: from torchrun / accelerate / MPI "
+                              "environment variables when launched by one of them)")
 
     reproduce = commands.add_parser("reproduce", help="extract what is missing, train the grid, write results")
     model_options(reproduce)
@@ -141,12 +164,27 @@ def _dataset(args):
 
 def cmd_extract(args) -> int:
     dataset = _dataset(args)
+    shard = args.shard or launcher_shard()
+    if shard and args.device is None and torch_cuda_count() > 1:
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard[0]))}"  # one GPU per process
     activations = _activations(args)
-    with _bar("extracting", "stmt") as progress:
-        computed = activations.ensure(dataset.statements, on_progress=progress)
-    print(f"{computed} statement(s) computed, {len(set(dataset.statements)) - computed} already cached "
-          f"({activations.cache_dir})")
+    label = f"extracting (shard {shard[0] + 1} of {shard[1]})" if shard else "extracting"
+    with _bar(label, "stmt") as progress:
+        computed = activations.ensure(dataset.statements, on_progress=progress, shard=shard)
+    if shard:
+        left = len(activations.missing(dataset.statements))
+        print(f"shard {shard[0]}/{shard[1]}: {computed} statement(s) computed; {left} not cached yet "
+              "(other shards may still be running)")
+    else:
+        print(f"{computed} statement(s) computed, {len(set(dataset.statements)) - computed} already cached "
+              f"({activations.cache_dir})")
     return 0
+
+
+def torch_cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def cmd_reproduce(args) -> int:

@@ -124,3 +124,28 @@ def test_bad_layers_and_statements_get_clear_errors(model, tmp_path):
         activations.ensure(["   "])
     with pytest.raises(ValueError, match="token position 'first'"):
         Activations(model=model, position="first", cache_dir=tmp_path)
+
+
+def test_full_disk_stops_with_advice_and_keeps_finished_batches(model, tmp_path, monkeypatch):
+    import errno
+
+    from probing.storage import CacheError
+
+    activations = Activations(model=model, cache_dir=tmp_path, token_budget=40)
+    real_set = activations.store._cache.set
+    writes = {"chunks": 0}
+
+    def set_until_full(key, value, *args, **kwargs):
+        if key[1] == "chunk" and key[3] == 0:
+            writes["chunks"] += 1
+            if writes["chunks"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_set(key, value, *args, **kwargs)
+
+    monkeypatch.setattr(activations.store._cache, "set", set_until_full)
+    with pytest.raises(CacheError, match="is full; everything cached before this batch is kept"):
+        activations.ensure(TEXTS)
+    kept = len(TEXTS) - len(activations.missing(TEXTS))
+    assert 0 < kept < len(TEXTS)
+    monkeypatch.undo()
+    assert activations.ensure(TEXTS) == len(TEXTS) - kept
