@@ -217,9 +217,8 @@ class Activations:
         """float32 (len(texts), width) hidden states at ``layer``, computing what is missing."""
         texts = list(texts)
         for _ in range(3):
-            self.ensure(texts, on_progress)
             try:
                 return self.store.read_layer(texts, layer)
-            except CorruptEntry:
-                continue  # the bad chunk was dropped: recompute it
+            except (KeyError, CorruptEntry):  # not cached yet, or a bad chunk that was just dropped
+                self.ensure(texts, on_progress)
         raise CorruptEntry("the activation cache keeps returning corrupt entries; delete it")

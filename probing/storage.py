@@ -105,11 +105,11 @@ class ActivationStore:
 
     def read_layer(self, texts: list[str], layer: int) -> np.ndarray:
         """float32 array (len(texts), width) of one layer; every statement must be cached."""
-        index = self._layer_index(layer)
         places = self.locate(texts)
         absent = [i for i, where in enumerate(places) if where is None]
         if absent:
             raise KeyError(f"{len(absent)} statement(s) are not cached, e.g. {texts[absent[0]]!r}")
+        index = self._layer_index(layer)
         by_chunk: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for position, (chunk_id, row) in enumerate(places):
             by_chunk[chunk_id].append((position, row))
