@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--probes", type=_kinds, default=("linear", "tiny", "small", "medium"),
                            help=f"comma-separated, from {','.join(PROBE_KINDS)}")
     reproduce.add_argument("--seeds", type=int, default=1, help="seeds per probe and split (default 1)")
-    reproduce.add_argument("--split", choices=("category", "random"), default="category")
+    reproduce.add_argument("--split", choices=("category", "random", "within"), default="category",
+                           help="category: hold one topic out (default); random: one stratified 80/20 split; "
+                                "within: per topic, train and test inside the topic")
     reproduce.add_argument("--epochs", type=int, default=5)
     reproduce.add_argument("--lr", type=float, default=1e-3)
     reproduce.add_argument("--batch-size", type=int, default=32)

@@ -27,6 +27,7 @@ from probing.probes import PROBE_KINDS, Probe, ProbeConfig, Task, fit_many
 from probing.statements import StatementSet, require_topics
 
 RANDOM_SPLIT = "random"
+SPLIT_KINDS = ("category", RANDOM_SPLIT, "within")
 LayerLoader = Callable[[int], np.ndarray]
 """Returns the (statements, width) activations of one layer for the dataset."""
 
@@ -50,6 +51,30 @@ def category_splits(dataset: StatementSet) -> list[Split]:
     ]
 
 
+def within_topic_splits(dataset: StatementSet, test_fraction: float = 0.2, seed: int = 0) -> list[Split]:
+    """Per topic, train and test on that topic alone (the in-distribution reference for category splits).
+
+    Where the set has a ``group`` column (the built-in set: statements that share
+    subjects and objects), whole groups go to one side, so no fact is on both.
+    """
+    rng = np.random.default_rng(seed)
+    frame = dataset.frame
+    splits = []
+    for topic in dataset.topics:
+        rows = np.flatnonzero(frame["topic"].to_numpy() == topic)
+        if "group" in frame:
+            groups = rng.permutation(frame["group"].iloc[rows].unique())
+            held = set(groups[: max(1, round(len(groups) * test_fraction))].tolist())
+            is_test = frame["group"].iloc[rows].isin(held).to_numpy()
+        else:
+            is_test = np.zeros(len(rows), dtype=bool)
+            for label in (0, 1):
+                members = np.flatnonzero(frame["label"].iloc[rows].to_numpy() == label)
+                is_test[rng.permutation(members)[: max(1, round(len(members) * test_fraction))]] = True
+        splits.append(Split(topic, rows[~is_test], rows[is_test]))
+    return splits
+
+
 def random_split(dataset: StatementSet, test_fraction: float = 0.2, seed: int = 0) -> Split:
     """An in-distribution split, stratified by topic and label."""
     if not 0 < test_fraction < 1:
@@ -71,7 +96,7 @@ class GridConfig:
     layers: tuple[int, ...] = (-1, -5, -9, -13, -17)
     probes: tuple[str, ...] = ("linear", "tiny", "small", "medium")
     seeds: int = 1
-    split: str = "category"  # "category" | "random"
+    split: str = "category"  # "category" | "random" | "within"
     epochs: int = 5
     lr: float = 1e-3
     batch_size: int = 32
@@ -88,8 +113,8 @@ class GridConfig:
             raise ValueError(f"unknown probe kind(s) {unknown}; choose from {PROBE_KINDS}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        if self.split not in ("category", RANDOM_SPLIT):
-            raise ValueError(f"split must be 'category' or 'random', got {self.split!r}")
+        if self.split not in SPLIT_KINDS:
+            raise ValueError(f"split must be one of {SPLIT_KINDS}, got {self.split!r}")
         self.probe_config("linear")  # validates the training settings
 
     def probe_config(self, kind: str) -> ProbeConfig:
@@ -119,6 +144,15 @@ class GridResult:
         table = table.loc[order, layers]
         table.columns = [str(c) for c in table.columns]
         return table.reset_index()
+
+
+def make_splits(dataset: StatementSet, kind: str) -> list[Split]:
+    """``category``: leave one topic out; ``random``: one stratified split; ``within``: per-topic splits."""
+    if kind == "category":
+        return category_splits(dataset)
+    if kind == "within":
+        return within_topic_splits(dataset)
+    return [random_split(dataset)]
 
 
 def split_seed(seed: int, split: str) -> int:
@@ -155,7 +189,7 @@ def run_grid(
     ``on_result`` gets each finished result row, ``on_epoch`` each history record
     (with layer, probe, heldout and seed), ``on_progress`` (done, total) probe counts.
     """
-    splits = category_splits(dataset) if config.split == "category" else [random_split(dataset)]
+    splits = make_splits(dataset, config.split)
     labels = dataset.labels
     text_only = {s.name: text_only_accuracy(dataset, s) for s in splits} if config.controls else {}
     members = [(split, seed) for split in splits for seed in range(config.seeds)]

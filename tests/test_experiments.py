@@ -86,3 +86,19 @@ def test_matrix_helpers_on_known_vectors():
     assert off_diagonal_mean(np.array([[1, 0.2], [0.4, 1]])) == pytest.approx(0.3)
     chance = random_baseline(np.ones((6, 576)), draws=200)
     assert abs(chance["cosine"]) < 0.01 and chance["cosine_p95"] < 0.05
+
+
+def test_within_topic_splits_stay_inside_their_topic_and_keep_groups_whole(saplma):
+    from probing.builtin import load_builtin
+    from probing.experiments import within_topic_splits
+
+    for dataset in (saplma, load_builtin(per_topic=100)):
+        splits = within_topic_splits(dataset)
+        assert [s.name for s in splits] == dataset.topics
+        for split in splits:
+            rows = dataset.frame.iloc[np.concatenate([split.train, split.test])]
+            assert set(rows["topic"]) == {split.name} and not set(split.train) & set(split.test)
+            assert 0.1 < len(split.test) / len(rows) < 0.35
+            if "group" in dataset.frame:
+                train_groups = set(dataset.frame["group"].iloc[split.train])
+                assert not train_groups & set(dataset.frame["group"].iloc[split.test])
