@@ -4,12 +4,15 @@ Layout inside a ``diskcache.Cache`` (keys are tuples, all starting with a
 *namespace* that fingerprints model, dtype and token position):
 
 - ``(ns, "meta")`` -> ``{"layers": n_hidden_states, "width": d, ...}``
-- ``(ns, "row", sha1(statement))`` -> ``(chunk_id, row)``
+- ``(ns, "chunks")`` -> chunk ids in the order they were written
+- ``(ns, "chunk", chunk_id, "texts")`` -> sha1 of each statement of the chunk, in row order
 - ``(ns, "chunk", chunk_id, layer)`` -> bytes: a checked header + float16 rows
 
 A chunk is the statements of one extraction batch. It is written in one
-transaction (all layers, then its row entries), so a killed run leaves whole
-chunks or none. Reading one layer touches only that layer's entries. Every
+transaction (all layers, its statement list, then its place in the chunk list),
+so a killed run leaves whole chunks or none. Finding where statements are stored
+reads the chunk list and each chunk's statement list (one read per chunk, not
+per statement); reading one layer then touches only that layer's entries. Every
 payload carries its shape and a CRC32; a truncated or corrupt one raises
 ``CorruptEntry`` and is dropped with its rows, so it gets recomputed.
 """
@@ -94,10 +97,22 @@ class ActivationStore:
         return index
 
     # -- queries ----------------------------------------------------------------
+    def index(self) -> dict[str, tuple[str, int]]:
+        """sha1(statement) -> (chunk_id, row) for everything stored; later chunks win."""
+        where: dict[str, tuple[str, int]] = {}
+        for chunk_id in self._cache.get((self.namespace, "chunks")) or []:
+            keys = self._cache.get((self.namespace, "chunk", chunk_id, "texts"))
+            if not isinstance(keys, list):
+                self.drop_chunk(chunk_id)
+                continue
+            for row, key in enumerate(keys):
+                where[key] = (chunk_id, row)
+        return where
+
     def locate(self, texts: list[str]) -> list[tuple[str, int] | None]:
         """Where each statement is stored, or None."""
-        get = self._cache.get
-        return [get((self.namespace, "row", statement_key(t))) for t in texts]
+        where = self.index()
+        return [where.get(statement_key(t)) for t in texts]
 
     def missing(self, texts: list[str]) -> list[int]:
         """Indices of the statements that are not cached."""
@@ -141,8 +156,8 @@ class ActivationStore:
                 for layer in range(layers):
                     self._cache.set((self.namespace, "chunk", chunk_id, layer), _encode(halves[:, layer]))
                 self._cache.set((self.namespace, "chunk", chunk_id, "texts"), [statement_key(t) for t in texts])
-                for row, text in enumerate(texts):
-                    self._cache.set((self.namespace, "row", statement_key(text)), (chunk_id, row))
+                chunks = self._cache.get((self.namespace, "chunks")) or []
+                self._cache.set((self.namespace, "chunks"), [*chunks, chunk_id])
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise CacheError(
@@ -153,12 +168,10 @@ class ActivationStore:
         return chunk_id
 
     def drop_chunk(self, chunk_id: str) -> None:
-        """Remove a chunk and the row entries that point at it."""
-        keys = self._cache.get((self.namespace, "chunk", chunk_id, "texts")) or []
+        """Remove a chunk: its statements count as missing again."""
         with self._cache.transact():
-            for key in keys:
-                if (where := self._cache.get((self.namespace, "row", key))) and where[0] == chunk_id:
-                    self._cache.delete((self.namespace, "row", key))
+            chunks = self._cache.get((self.namespace, "chunks")) or []
+            self._cache.set((self.namespace, "chunks"), [c for c in chunks if c != chunk_id])
             layers = (self.meta or {}).get("layers", 0)
             for part in [*range(layers), "texts"]:
                 self._cache.delete((self.namespace, "chunk", chunk_id, part))
