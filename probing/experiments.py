@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline, make_union
 
 from probing.probes import PROBE_KINDS, Probe, ProbeConfig, Task, fit_many
@@ -243,4 +243,10 @@ def _shuffled_controls(features: np.ndarray, tasks: Sequence[Task], config: Prob
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+    """Area under the ROC curve from average ranks (Mann-Whitney U); NaN with one class."""
+    positives = labels == 1
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -102,3 +102,15 @@ def test_within_topic_splits_stay_inside_their_topic_and_keep_groups_whole(saplm
             if "group" in dataset.frame:
                 train_groups = set(dataset.frame["group"].iloc[split.train])
                 assert not train_groups & set(dataset.frame["group"].iloc[split.test])
+
+
+def test_auroc_matches_scikit_learn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from probing.experiments import _auroc
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.normal(size=500) + labels, 1)  # many ties
+    assert _auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert np.isnan(_auroc(np.ones(4, dtype=int), scores[:4]))
