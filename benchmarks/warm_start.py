@@ -1,0 +1,149 @@
+"""Warm start: what it costs to come back to a study whose activations are already cached.
+
+Measured, with every statement's activations in the disk cache and no model loaded:
+
+- loading one layer for all 6,084 statements in a fresh process with a fresh
+  ``Activations`` object (``Activations.layer``), split into importing the
+  package, reading the dataset, opening the cache and reading the layer, plus a
+  second read in the same process; several fresh processes, best and median.
+  The OS page cache is warm (the files were read before); nothing drops it;
+- wall time and peak RSS of ``python -m probing reproduce --layers -1 --probes
+  linear --no-controls`` on that warm cache, run as a subprocess; its peak RSS is
+  ``getrusage(RUSAGE_CHILDREN)`` in a small launcher process that runs it (see
+  ``run_child`` for why not from this process).
+
+    python -m benchmarks.warm_start            # all 6,084 statements
+    python -m benchmarks.warm_start --quick    # 50 statements per topic
+"""
+
+from __future__ import annotations
+
+import time
+
+_STARTED = time.perf_counter()  # the child's import time counts from here (torch included)
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CHILD_FLAG = "--child"
+
+
+def child(per_topic: int | None, layer: int, cache: str) -> None:
+    """In a fresh process: time import, dataset, cache open and two reads of one layer; print JSON."""
+    t0 = _STARTED
+    from benchmarks._common import SAPLMA_DATA, peak_rss_mb
+    from probing.activations import Activations
+    from probing.statements import load_dataset
+
+    t1 = time.perf_counter()
+    dataset = load_dataset(SAPLMA_DATA)
+    if per_topic:
+        dataset = dataset.subset(per_topic=per_topic)
+    texts = dataset.statements
+    t2 = time.perf_counter()
+    activations = Activations("embedded", cache_dir=cache)
+    t3 = time.perf_counter()
+    features = activations.layer(texts, layer)
+    t4 = time.perf_counter()
+    activations.layer(texts, layer)
+    t5 = time.perf_counter()
+    print(json.dumps({"import_s": t1 - t0, "dataset_s": t2 - t1, "open_s": t3 - t2, "layer_s": t4 - t3,
+                      "layer_again_s": t5 - t4, "shape": list(features.shape),
+                      "model_loaded": activations.model_loaded, "rss_mib": peak_rss_mb()}))
+
+
+_LAUNCHER = """
+import json, os, resource, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status = os.waitpid(pid, 0)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w") as out:
+    json.dump({"wall": time.perf_counter() - started, "rss_kib": usage.ru_maxrss,
+               "code": os.waitstatus_to_exitcode(status)}, out)
+"""
+
+
+def run_child(command: list[str]) -> tuple[float, float, str]:
+    """Run ``command``; return (wall seconds, its own peak RSS in MiB, stdout).
+
+    A small launcher process forks and runs ``command`` and reads
+    ``getrusage(RUSAGE_CHILDREN)``: read from this (large) process directly, Linux
+    would report this process's RSS, since a child's ru_maxrss keeps the memory
+    it had before ``exec`` and ``subprocess`` starts children with ``vfork``.
+    """
+    with tempfile.TemporaryDirectory() as folder, open(f"{folder}/stdout", "w+") as out:
+        launcher = [sys.executable, "-c", _LAUNCHER, f"{folder}/usage.json", *command]
+        subprocess.run(launcher, stdout=out, stderr=subprocess.DEVNULL, env=os.environ.copy(), check=False)
+        out.seek(0)
+        text = out.read()
+        usage = json.loads(open(f"{folder}/usage.json").read())
+    if usage["code"] != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {usage['code']}:\n{text[-2000:]}")
+    return usage["wall"], usage["rss_kib"] / 1024, text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-topic", type=int, default=None, help="statements per topic (default: all)")
+    parser.add_argument("--layer", type=int, default=-1)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes for the layer load")
+    parser.add_argument("--cache", default=None, help="activation cache (default cache/bench)")
+    parser.add_argument("--quick", action="store_true", help="50 statements per topic, 2 repeats")
+    parser.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    cache = args.cache or "cache/bench"  # benchmarks._common.BENCH_CACHE, not imported yet: it imports torch
+    if args.child:
+        return child(args.per_topic, args.layer, cache)
+    if args.quick:
+        args.per_topic, args.repeats = args.per_topic or 50, 2
+
+    from benchmarks._common import SAPLMA_DATA, cached_activations, print_machine, table
+    from probing.statements import load_dataset
+
+    print_machine()
+    dataset = load_dataset(SAPLMA_DATA)
+    if args.per_topic:
+        dataset = dataset.subset(per_topic=args.per_topic)
+    _, computed, _ = cached_activations(dataset.statements, cache)
+    print(f"{len(dataset)} statements; activations cached ({computed} computed now, not timed)", flush=True)
+
+    me = [sys.executable, "-m", "benchmarks.warm_start", CHILD_FLAG, "--layer", str(args.layer), "--cache", cache]
+    if args.per_topic:
+        me += ["--per-topic", str(args.per_topic)]
+    runs = []
+    for _ in range(args.repeats):
+        wall, rss, text = run_child(me)
+        runs.append({**json.loads(text.strip().splitlines()[-1]), "process_wall_s": wall, "process_rss_mib": rss})
+        print(f"fresh process: layer {args.layer} read in {runs[-1]['layer_s']:.2f} s, process {wall:.1f} s",
+              flush=True)
+    assert not any(r["model_loaded"] for r in runs), "the model was loaded: the cache was not warm"
+    keys = ["import_s", "dataset_s", "open_s", "layer_s", "layer_again_s", "process_wall_s", "process_rss_mib"]
+    rows = [{"statistic": name, **{k: f([r[k] for r in runs]) for k in keys}}
+            for name, f in (("best", min), ("median", statistics.median))]
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = SAPLMA_DATA if not args.per_topic else str(dataset.to_csv(f"{folder}/subset.csv"))
+        command = [sys.executable, "-m", "probing", "reproduce", "--dataset", source, "--layers", "-1",
+                   "--probes", "linear", "--no-controls", "--cache", cache, "--out", f"{folder}/results"]
+        wall, rss, text = run_child(command)
+        extracted = json.loads(open(f"{folder}/results/config.json").read())["statements_extracted_this_run"]
+
+    print(f"\n## Warm start, {len(dataset)} statements, layer {args.layer}, {args.repeats} fresh processes\n")
+    print(table(rows))
+    print(f"\nrows: shape {runs[0]['shape']}; layer_s is Activations.layer in a fresh process; model loaded: no")
+    print(f"\n`{' '.join(['python', *command[1:]])}`: {wall:.1f} s wall, peak RSS {rss:.0f} MiB, "
+          f"statements extracted: {extracted}")
+
+
+if __name__ == "__main__":
+    main()
