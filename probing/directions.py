@@ -70,7 +70,7 @@ def compare_directions(result: GridResult, kind: str = "linear", seed: int = 0) 
     if kind not in DIRECTION_KINDS:
         raise ValueError(f"directions exist for {DIRECTION_KINDS}, not {kind!r}")
     cosine_rows, sign_rows, matrix_rows = [], [], []
-    layers = sorted({key[0] for key in result.probes if key[1] == kind}, reverse=True)
+    layers = sorted({key[0] for key in result.probes if key[1] == kind})
     for layer in layers:
         splits, probes = _directions_of(result.probes, layer, kind, seed)
         if len(probes) < 2:

@@ -54,9 +54,12 @@ def category_splits(dataset: StatementSet) -> list[Split]:
 def within_topic_splits(dataset: StatementSet, test_fraction: float = 0.2, seed: int = 0) -> list[Split]:
     """Per topic, train and test on that topic alone (the in-distribution reference for category splits).
 
-    Where the set has a ``group`` column (the built-in set: statements that share
-    subjects and objects), whole groups go to one side, so no fact is on both.
+    Stratified by label. Where the set has a ``group`` column (the built-in set:
+    statements that share subjects and objects), whole groups go to one side, so
+    no fact is on both.
     """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     rng = np.random.default_rng(seed)
     frame = dataset.frame
     splits = []
@@ -76,17 +79,11 @@ def within_topic_splits(dataset: StatementSet, test_fraction: float = 0.2, seed:
 
 
 def random_split(dataset: StatementSet, test_fraction: float = 0.2, seed: int = 0) -> Split:
-    """An in-distribution split, stratified by topic and label."""
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    test = []
-    for _, rows in dataset.frame.groupby(["topic", "label"], sort=False).indices.items():
-        rows = rng.permutation(rows)
-        test.extend(rows[: max(1, round(len(rows) * test_fraction))].tolist())
-    test_rows = np.sort(np.array(test))
-    train_rows = np.setdiff1d(np.arange(len(dataset)), test_rows)
-    return Split(RANDOM_SPLIT, train_rows, test_rows)
+    """An in-distribution split: the union of the within-topic splits (stratified, groups kept whole)."""
+    parts = within_topic_splits(dataset, test_fraction, seed)
+    train = np.sort(np.concatenate([part.train for part in parts]))
+    test = np.sort(np.concatenate([part.test for part in parts]))
+    return Split(RANDOM_SPLIT, train, test)
 
 
 @dataclass(frozen=True)
@@ -137,13 +134,22 @@ class GridResult:
 
     def accuracy_table(self, statistic: str = "mean") -> pd.DataFrame:
         """Rows = probe kinds, columns = layers (as in REFERENCE.md), over splits and seeds."""
-        per_split = self.results.groupby(["probe", "layer", "heldout"], sort=False)["accuracy"].mean()
-        table = per_split.groupby(["probe", "layer"], sort=False).agg(statistic).unstack("layer")
-        order = [p for p in PROBE_KINDS if p in table.index]
-        layers = sorted(table.columns, reverse=True)
-        table = table.loc[order, layers]
-        table.columns = [str(c) for c in table.columns]
-        return table.reset_index()
+        return accuracy_table(self.results, statistic)
+
+
+def accuracy_table(results: pd.DataFrame, statistic: str = "mean") -> pd.DataFrame:
+    """The study's layout: a row per probe kind, a column per layer from the deepest (-17) to -1.
+
+    Each cell is the ``statistic`` (mean or max) over splits of the per-split accuracy
+    (itself the mean over seeds). Works on a partial grid, too.
+    """
+    if results.empty:
+        return pd.DataFrame(columns=["probe"])
+    per_split = results.groupby(["probe", "layer", "heldout"], sort=False)["accuracy"].mean()
+    table = per_split.groupby(["probe", "layer"], sort=False).agg(statistic).unstack("layer")
+    table = table.loc[[p for p in PROBE_KINDS if p in table.index], sorted(table.columns)]
+    table.columns = [str(c) for c in table.columns]
+    return table.reset_index()
 
 
 def make_splits(dataset: StatementSet, kind: str) -> list[Split]:

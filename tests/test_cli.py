@@ -29,7 +29,7 @@ def test_reproduce_writes_every_table_and_second_run_uses_only_the_cache(workspa
                  "config.json", "probes/linear_layer-1.pt", "probes/tiny_layer-5.pt"]:
         assert (out / name).is_file(), name
     mean = pd.read_csv(out / "accuracy_mean.csv")
-    assert list(mean.columns) == ["probe", "-1", "-5"] and mean["probe"].tolist() == ["linear", "tiny", "mass_mean"]
+    assert list(mean.columns) == ["probe", "-5", "-1"] and mean["probe"].tolist() == ["linear", "tiny", "mass_mean"]
     per_topic = pd.read_csv(out / "per_topic.csv")
     assert {"layer", "probe", "heldout", "seed", "accuracy", "auroc", "text_only_accuracy",
             "shuffled_accuracy"} <= set(per_topic.columns)

@@ -48,7 +48,7 @@ def test_grid_returns_tidy_rows_with_controls(small_grid, small_saplma):
     tiny = result.dynamics.query("probe == 'tiny'")
     assert sorted(tiny["epoch"].unique()) == [1, 2] and len(epochs) == len(result.dynamics)
     table = result.accuracy_table("mean")
-    assert list(table.columns) == ["probe", "-1", "-9"]
+    assert list(table.columns) == ["probe", "-9", "-1"]
     assert table["probe"].tolist() == ["linear", "tiny", "mass_mean"]
     by_hand = rows.query("probe == 'tiny' and layer == -9").groupby("heldout")["accuracy"].mean().mean()
     assert table.set_index("probe").loc["tiny", "-9"] == pytest.approx(by_hand)
@@ -67,7 +67,7 @@ def test_text_only_control_exposes_the_companies_capitalisation_leak(saplma):
 def test_direction_matrices_and_baselines(small_grid):
     result, _, _ = small_grid
     cosine, sign, matrices = compare_directions(result, "linear")
-    assert cosine["layer"].tolist() == [-1, -9] and (cosine["splits"] == 6).all()
+    assert cosine["layer"].tolist() == [-9, -1] and (cosine["splits"] == 6).all()
     assert len(matrices) == 2 * 36
     diagonal = matrices.query("split_a == split_b")
     assert np.allclose(diagonal["cosine"], 1) and np.allclose(diagonal["sign_equality"], 1)

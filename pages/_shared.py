@@ -1,0 +1,320 @@
+"""Streamlit pieces every page uses: the sidebar, the shared context, job panels and results.
+
+Computation lives in ``probing/``; this module only wires widgets to it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from probing import POSITIONS, DatasetError, LoadedModel, StatementSet, load_dataset
+from probing.activations import Activations
+from probing.builtin import load_builtin
+from probing.dashboard import (
+    MODEL_CHOICES, Job, ModelBusy, ModelHolder, ResultStore, context_key, default_cache_dir,
+    default_model_name, default_per_topic, model_choices, start_job,
+)
+
+POSITION_HELP = {
+    "last": "last token of the statement, its final period included",
+    "before_period": "last token before the final period (what the SAPLMA code reads)",
+    "mean": "mean over the statement's tokens",
+}
+
+
+@st.cache_resource(show_spinner=False)
+def model_holder(cache_dir: str) -> ModelHolder:
+    """One model per process, shared by every page and browser session."""
+    return ModelHolder(cache_dir)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _builtin(per_topic: int | None) -> StatementSet:
+    return load_builtin(per_topic=per_topic or None)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _from_path(path: str) -> StatementSet:
+    return load_dataset(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _from_upload(name: str, content: bytes) -> StatementSet:
+    folder = Path(tempfile.mkdtemp(prefix="probing-upload-"))
+    path = folder / Path(name).name
+    path.write_bytes(content)
+    return load_dataset(path)
+
+
+@dataclass
+class Context:
+    """What the sidebar chose, shared with the page being shown."""
+
+    holder: ModelHolder
+    model: LoadedModel | None
+    dataset: StatementSet | None
+    position: str
+    cache_dir: Path
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and self.dataset is not None
+
+    @property
+    def activations(self) -> Activations:
+        return self.holder.activations(self.position)
+
+    @property
+    def key(self) -> str:
+        return context_key(self.model.fingerprint, self.position, self.dataset)
+
+    @property
+    def store(self) -> ResultStore:
+        return ResultStore(self.cache_dir, self.key)
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def current_job() -> Job | None:
+    return st.session_state.get("job")
+
+
+def job_running() -> bool:
+    job = current_job()
+    return job is not None and job.running
+
+
+def start(ctx: Context, kind: str, label: str, work, params: dict | None = None) -> None:
+    """Start a background job for this session (one at a time).
+
+    Used as a button's ``on_click`` callback, so the run that follows already sees the job
+    running and draws every clashing control disabled.
+    """
+    if job_running():
+        return
+    job = Job(kind=kind, label=label,
+              params={"context": ctx.key, "cache_dir": str(ctx.cache_dir), **(params or {})})
+    st.session_state["job"] = start_job(job, work, holder=ctx.holder)
+
+
+def results(ctx: Context) -> dict:
+    """This context's finished results: from session state, else from the disk store."""
+    everything = st.session_state.setdefault("results", {})
+    if ctx.key not in everything:
+        store = ctx.store
+        everything[ctx.key] = {
+            "trained": store.load("trained", {}),
+            "last_train": store.load("last_train"),
+            "grid": store.load("grid"),
+            "directions": store.load("directions"),
+        }
+    return everything[ctx.key]
+
+
+def collect_finished_job() -> None:
+    """Move a finished job's result into session state and onto disk (once)."""
+    job = current_job()
+    if job is None or job.running or job.params.get("collected"):
+        return
+    job.params["collected"] = True
+    job.params["seen_running"] = False
+    if job.error or job.result is None:
+        return
+    everything = st.session_state.setdefault("results", {})
+    bucket = everything.get(job.params["context"])
+    store = ResultStore(job.params["cache_dir"], job.params["context"])
+    if bucket is None:
+        bucket = everything[job.params["context"]] = {
+            "trained": store.load("trained", {}), "last_train": store.load("last_train"),
+            "grid": store.load("grid"), "directions": store.load("directions")}
+    if job.kind == "train":
+        outcome = job.result
+        bucket["trained"][(outcome.layer, outcome.kind)] = outcome
+        bucket["last_train"] = outcome
+        store.save("trained", bucket["trained"])
+        store.save("last_train", outcome)
+    elif job.kind in ("grid", "directions"):
+        bucket[job.kind] = job.result
+        store.save(job.kind, job.result)
+
+
+def job_panel(kind: str, live=None) -> None:
+    """Progress bar, rate and time left of this session's ``kind`` job, redrawn twice a second while it runs.
+
+    ``live(job)`` draws whatever the job has produced so far (a chart filling in).
+    """
+    job = current_job()
+    if job is None or job.kind != kind:
+        return
+    if job.running:
+        job.params["seen_running"] = True
+
+    @st.fragment(run_every=0.5 if job.running else None)
+    def panel() -> None:
+        current = current_job()
+        if current is None or current is not job:
+            return
+        if current.error:
+            st.error(f"{current.label} failed: {current.error}")
+        elif current.running:
+            st.progress(current.fraction, text=f"**{current.label}** · {current.status_line()}")
+            if live is not None:
+                live(current)
+        if not current.running and current.params.get("seen_running"):
+            current.params["seen_running"] = False
+            st.rerun()  # the whole page: show the finished results, unlock the controls
+
+    panel()
+
+
+# ----------------------------------------------------------------------------- sidebar
+
+
+def _load_dataset_from_sidebar(busy: bool) -> StatementSet | None:
+    st.sidebar.subheader("Statements")
+    source = st.sidebar.radio("Source", ["Built-in", "Folder", "Upload CSV"], horizontal=True,
+                              key="dataset_source", disabled=busy,
+                              help="Built-in: six topics generated from fact tables. Folder: SAPLMA "
+                                   "format, one <topic>_true_false.csv per topic. CSV: columns "
+                                   "statement,label[,topic].")
+    try:
+        if source == "Built-in":
+            if "per_topic" not in st.session_state:
+                st.session_state["per_topic"] = default_per_topic() or 0
+            per_topic = st.sidebar.number_input("Statements per topic (0 = all)", min_value=0, max_value=2000,
+                                                step=20, key="per_topic", disabled=busy)
+            dataset = _builtin(int(per_topic) or None)
+        elif source == "Folder":
+            path = st.sidebar.text_input("Folder or CSV path", key="dataset_path", disabled=busy,
+                                         placeholder="/path/to/azaria-mitchell")
+            if not path.strip():
+                st.sidebar.info("Type the path of a folder of <topic>_true_false.csv files.")
+                return st.session_state.get("last_dataset")
+            dataset = _from_path(path.strip())
+        else:
+            upload = st.sidebar.file_uploader("CSV file", type=["csv"], key="dataset_upload", disabled=busy)
+            if upload is None:
+                st.sidebar.info("Upload a CSV with columns statement,label[,topic].")
+                return st.session_state.get("last_dataset")
+            dataset = _from_upload(upload.name, upload.getvalue())
+    except DatasetError as error:
+        st.sidebar.error(f"Cannot use this statement set: {error}")
+        previous = st.session_state.get("last_dataset")
+        if previous is not None:
+            st.sidebar.caption(f"Still using the previous set ({previous.name}, {len(previous):,} statements).")
+        return previous
+    st.session_state["last_dataset"] = dataset
+    st.sidebar.caption(f"{dataset.name}: {len(dataset):,} statements, {len(dataset.topics)} topics")
+    return dataset
+
+
+def _model_from_sidebar(holder: ModelHolder, busy: bool) -> LoadedModel | None:
+    st.sidebar.subheader("Model")
+    default = default_model_name()
+    labels = model_choices(default)
+    if holder.current is None and not st.session_state.get("model_first_try"):
+        st.session_state["model_first_try"] = True
+        with st.spinner(f"Loading {default}… (the first start converts the embedded model once, ~40 s)"):
+            try:
+                holder.ensure(default)
+            except ModelBusy:
+                pass
+    choice = st.sidebar.selectbox("Model", labels, key="model_choice", disabled=busy,
+                                  help="Presets need the weights in the local Hugging Face cache "
+                                       "(or network access); a folder or .gguf file works offline.")
+    name = MODEL_CHOICES[choice]
+    if not name:
+        name = st.sidebar.text_input("Hub id, folder or .gguf path", key="model_custom", disabled=busy,
+                                     placeholder="meta-llama/Llama-2-7b-hf or /models/x.gguf").strip()
+    loaded = holder.current
+    same = loaded is not None and loaded.spec.name == name
+    if not same and name:
+        if st.sidebar.button(f"Load {name}", key="load_model", disabled=busy or holder.busy,
+                             type="primary", width="stretch"):
+            with st.spinner(f"Loading {name}…"):
+                try:
+                    holder.ensure(name)
+                except ModelBusy as error:
+                    st.sidebar.warning(str(error))
+            if holder.current is loaded and holder.error:
+                st.session_state["model_error"] = holder.error
+            else:
+                st.session_state.pop("model_error", None)
+            loaded = holder.current
+        if holder.busy and not busy:
+            st.sidebar.caption("Another session's job is using the model; switch when it has finished.")
+    if st.session_state.get("model_error"):
+        st.sidebar.error(st.session_state["model_error"])
+        if loaded is not None:
+            st.sidebar.caption(f"Still using {loaded.spec.name}.")
+    if loaded is None:
+        st.sidebar.error(holder.error or "No model is loaded.")
+        return None
+    info = loaded.describe()
+    st.sidebar.caption(f"Loaded: **{info['model']}** · {info['blocks']} blocks · width {info['width']} · "
+                       f"{info['device']} · {info['dtype']}")
+    return loaded
+
+
+def sidebar() -> Context:
+    """Model, statements and token position, shared by all pages."""
+    cache_dir = default_cache_dir()
+    holder = model_holder(str(cache_dir))
+    busy = job_running()
+    model = _model_from_sidebar(holder, busy)
+    dataset = _load_dataset_from_sidebar(busy)
+    st.sidebar.subheader("Token position")
+    position = st.sidebar.selectbox("Read the hidden state at", POSITIONS, key="position", disabled=busy,
+                                    format_func=lambda p: f"{p} — {POSITION_HELP[p]}")
+    job = current_job()
+    if job is not None and job.running:
+        st.sidebar.info(f"⏳ {job.label}: {job.status_line()}")
+    ctx = Context(holder=holder, model=model, dataset=dataset, position=position, cache_dir=cache_dir)
+    st.session_state["ctx"] = ctx
+    return ctx
+
+
+def context() -> Context:
+    """The sidebar's choices; draws the sidebar if a page script runs on its own."""
+    if "ctx" not in st.session_state:
+        collect_finished_job()
+        sidebar()
+    return st.session_state["ctx"]
+
+
+def require_ready(ctx: Context) -> bool:
+    """Say what is missing instead of failing; True when model and statements are there."""
+    if ctx.model is None:
+        st.error("No model is loaded. Choose one in the sidebar.")
+        return False
+    if ctx.dataset is None:
+        st.info("Choose a statement set in the sidebar.")
+        return False
+    return True
+
+
+def extraction_controls(ctx: Context, key: str) -> int:
+    """Cached-count line and an *Extract activations* button; returns how many are missing."""
+    from probing.dashboard import extract_work
+
+    texts = ctx.dataset.statements
+    unique = len(dict.fromkeys(texts))
+    missing = len(ctx.activations.missing(texts))
+    cached = unique - missing
+    st.progress(cached / unique if unique else 1.0,
+                text=f"**{cached:,} of {unique:,}** statements cached for this model and token position")
+    st.button("Extract activations" if cached == 0 else "Extract the missing activations",
+              key=key, type="primary", disabled=missing == 0 or job_running(), on_click=start,
+              args=(ctx, "extract", f"Extracting {missing:,} statements", extract_work(ctx.activations, texts)))
+    job_panel("extract")
+    return missing
+
+
+def show_chart(chart, key: str, **kwargs):
+    """``st.altair_chart`` with the key also written into the spec's ``name`` (tests find charts by it)."""
+    return st.altair_chart(chart.properties(name=key), key=key, **kwargs)

@@ -1,0 +1,60 @@
+"""Probe a statement: P(true) at every layer from the trained probes, and what the model itself answers."""
+
+import streamlit as st
+
+from pages._shared import context, require_ready, results, show_chart
+from probing import charts, model_says_true, score_statements
+from probing.dashboard import EXAMPLES, probes_for_scoring
+from probing.scoring import check_statement
+
+ctx = context()
+st.title("Probe a statement")
+st.caption("Type any sentence. Left: the probability of *true* that each trained probe reads from the "
+           "hidden state at its layer. Right: what the model says when asked whether the statement is "
+           "true (its next-token probabilities for ' True' and ' False').")
+
+
+def use_example(text: str) -> None:
+    st.session_state["statement_text"] = text
+
+
+if require_ready(ctx):
+    bucket = results(ctx)
+    probes = probes_for_scoring(bucket["trained"], bucket["grid"])
+    st.markdown("**Examples**")
+    cols = st.columns(3)
+    for i, example in enumerate(EXAMPLES):
+        cols[i % 3].button(example, key=f"example_{i}", on_click=use_example, args=(example,), width="stretch")
+    text = st.text_area("Statement", key="statement_text", height=80,
+                        placeholder="The city of Paris is located in France.")
+    if not probes:
+        st.info("No trained probe yet. Train one on **Train a probe**, or run the **Accuracy grid**; "
+                "meanwhile the model's own answer is shown below.")
+    try:
+        statement = check_statement(text)
+    except ValueError as error:
+        if text.strip():
+            st.warning(f"Cannot score this: {error}.")
+        else:
+            st.info("Type a statement above or click an example.")
+        statement = None
+    if statement is not None:
+        left, right = st.columns([3, 1])
+        try:
+            with right:
+                with st.spinner("Asking the model…"):
+                    answer = model_says_true(ctx.model, statement)
+                show_chart(charts.model_answer_chart(answer), key="model_answer")
+                st.caption(f"' True' and ' False' together get {answer['mass']:.1%} of the model's "
+                           "next-token probability; the bars renormalise over the two.")
+            if probes:
+                with left:
+                    with st.spinner("Reading the hidden states…"):
+                        scores = score_statements(ctx.activations, probes, [statement])
+                    show_chart(charts.statement_layers_chart(scores), key="statement_layers", height=340)
+                    best = scores.loc[scores["p_true"].sub(0.5).abs().idxmax()]
+                    st.caption(f"{len(probes)} probe(s). Most confident: {best['probe']} at layer "
+                               f"{best['layer']} says P(true) = {best['p_true']:.2f}. Above the dashed "
+                               "line the probe calls the statement true.")
+        except ValueError as error:  # e.g. more tokens than extraction allows
+            st.warning(f"Cannot score this: {error}")

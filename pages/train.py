@@ -1,0 +1,106 @@
+"""Train a probe: pick the settings, watch loss and accuracy per epoch, then per-topic results and controls."""
+
+import pandas as pd
+import streamlit as st
+
+from pages._shared import context, job_panel, job_running, require_ready, results, start, show_chart
+from probing import PROBE_KINDS, charts
+from probing.dashboard import layer_options, train_work
+from probing.experiments import RANDOM_SPLIT
+
+ctx = context()
+st.title("Train a probe")
+st.caption("A probe reads one layer's hidden state and predicts whether the statement is true. "
+           "Hold one topic out to test whether what it learned transfers to a topic it never saw "
+           "(the study's category split), or use a random 80/20 split.")
+
+if require_ready(ctx):
+    busy = job_running()
+    dataset = ctx.dataset
+    options = layer_options(ctx.model.n_hidden_states)
+    c1, c2, c3 = st.columns(3)
+    layer = c1.selectbox("Layer (from the end)", options, index=options.index(-9) if -9 in options else 0,
+                         key="train_layer", disabled=busy,
+                         help="-1 is the output of the final norm; -5 the fifth hidden state from the end.")
+    kind = c2.selectbox("Probe", PROBE_KINDS, key="train_kind", disabled=busy,
+                        help="linear: logistic regression; tiny/small/medium: MLPs (medium = SAPLMA's "
+                             "256-128-64); mass_mean: difference of class means.")
+    heldout_options = (dataset.topics if len(dataset.topics) > 1 else []) + [RANDOM_SPLIT]
+    heldout = c3.selectbox("Held-out topic", heldout_options, key="train_heldout", disabled=busy,
+                           format_func=lambda t: "random 80/20 split" if t == RANDOM_SPLIT else t)
+    c4, c5, c6 = st.columns(3)
+    solver = "auto"
+    if kind == "linear":
+        solver = c4.radio("Linear solver", ["lbfgs", "adam"], horizontal=True, key="train_solver", disabled=busy,
+                          format_func=lambda s: {"lbfgs": "L-BFGS to convergence", "adam": "Adam epochs (SAPLMA)"}[s])
+    stepwise = kind not in ("mass_mean",) and solver != "lbfgs"
+    epochs = c4.number_input("Epochs", 1, 500, 20, key="train_epochs", disabled=busy or not stepwise,
+                             help="SAPLMA trains 5 epochs. L-BFGS and mass-mean probes ignore this.")
+    lr = c5.select_slider("Learning rate", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], value=1e-3, key="train_lr",
+                          disabled=busy, format_func=lambda v: f"{v:g}")
+    seed = c6.number_input("Seed", 0, 10_000, 0, key="train_seed", disabled=busy)
+
+    def launch() -> None:
+        """Button callback: reads the settings from session state, so a value changed in the
+        same interaction as the click is the one used."""
+        state = st.session_state
+        kind, heldout, layer = state["train_kind"], state["train_heldout"], int(state["train_layer"])
+        solver = state.get("train_solver", "lbfgs") if kind == "linear" else "auto"
+        stepwise = kind != "mass_mean" and solver != "lbfgs"
+        epochs = int(state["train_epochs"])
+        name = "random split" if heldout == RANDOM_SPLIT else f"held out {heldout}"
+        start(ctx, "train", f"Training {kind} probe at layer {layer} ({name})",
+              train_work(ctx.activations, dataset, layer, kind, heldout, epochs, float(state["train_lr"]),
+                         int(state["train_seed"]), solver=solver),
+              {"epochs": epochs if stepwise else None})
+
+    st.button("Train", type="primary", key="train_button", disabled=busy, on_click=launch)
+
+    def live(job):
+        if job.records:
+            show_chart(charts.training_dynamics_chart(job.records, job.params.get("epochs")),
+                            key="live_dynamics")
+            last = job.records[-1]
+            step = (f"Epoch {last['epoch']} / {job.params['epochs']}" if job.params.get("epochs")
+                    else f"Round {last['epoch']} (10 L-BFGS iterations each)")
+            st.caption(f"{step}: train accuracy "
+                       f"{last['train_accuracy']:.3f}, held-out accuracy {last.get('heldout_accuracy', float('nan')):.3f}")
+
+    job_panel("train", live=live)
+
+    bucket = results(ctx)
+    outcome = bucket["last_train"]
+    if outcome is not None and not busy:
+        split = "random split" if outcome.heldout == RANDOM_SPLIT else f"held out: {outcome.heldout}"
+        st.subheader(f"{outcome.kind} probe · layer {outcome.layer} · {split}")
+        m = st.columns(4)
+        m[0].metric("Held-out accuracy", f"{outcome.accuracy:.3f}", help=f"{outcome.n_test} statements")
+        m[1].metric("Text-only control", f"{outcome.text_only:.3f}",
+                    help="An n-gram classifier on the words alone, same split. High values mean the "
+                         "data leaks the answer through its wording.")
+        m[2].metric("Shuffled-label control", f"{outcome.shuffled:.3f}",
+                    help="The same probe trained on shuffled labels; should sit near 0.5.")
+        m[3].metric("Trained on", f"{outcome.n_train:,}", help="training statements")
+        show_chart(charts.training_dynamics_chart(outcome.history), key="final_dynamics")
+        st.caption("Training dynamics: loss and accuracy after each epoch (L-BFGS: each round of 10 "
+                   "iterations) on the training statements "
+                   "and on the held-out ones. A widening gap means the probe learns topic-specific cues.")
+        a, b, c = st.columns([3, 2, 3])
+        with a:
+            show_chart(charts.topic_accuracy_chart(outcome.per_topic), key="topic_accuracy")
+            st.caption("Orange: the held-out topic; grey: training accuracy on the topics it was trained on.")
+        with b:
+            show_chart(charts.confusion_chart(outcome.confusion), key="confusion")
+        with c:
+            show_chart(charts.controls_chart(outcome.accuracy, outcome.text_only, outcome.shuffled),
+                            key="controls")
+            st.caption("The probe should beat both controls; dashed line = chance.")
+    trained = bucket["trained"]
+    if trained:
+        table = pd.DataFrame([
+            {"layer": o.layer, "probe": o.kind, "held out": o.heldout, "accuracy": round(o.accuracy, 3),
+             "solver": o.probe.config.solver if o.kind == "linear" else "",
+             "epochs": len(o.history), "lr": o.settings["lr"], "seed": o.settings["seed"]}
+            for o in trained.values()])
+        with st.expander(f"Probes kept for *Probe a statement* ({len(trained)})"):
+            st.dataframe(table, hide_index=True)

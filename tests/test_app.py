@@ -1,0 +1,358 @@
+"""Every dashboard page through Streamlit's AppTest, checked against the engine's own numbers.
+
+The app runs on the embedded model and 30 built-in statements per topic (180 in all), in a
+cache folder of its own (so extraction really runs) that links to the shared converted model.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.testing.v1 import AppTest
+
+from probing import Activations, GridConfig, compare_directions, load_model, make_probe, model_says_true, run_grid
+from probing.builtin import load_builtin
+from probing.dashboard import accuracy_long, make_split, pca_points
+from probing.experiments import text_only_accuracy
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_CACHE = Path(os.environ.get("PROBING_TEST_CACHE", ROOT / "cache" / "tests"))  # as in conftest.py
+PER_TOPIC = 30
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def app_cache(tmp_path_factory):
+    """A fresh activation cache whose models/ folder is the shared converted model."""
+    load_model("embedded", cache_dir=TEST_CACHE)  # converts the GGUF once per machine
+    cache = tmp_path_factory.mktemp("app-cache")
+    (cache / "models").symlink_to((TEST_CACHE / "models").resolve(), target_is_directory=True)
+    saved = {k: os.environ.get(k) for k in ("PROBING_CACHE", "PROBING_PER_TOPIC", "PROBING_MODEL")}
+    os.environ.update(PROBING_CACHE=str(cache), PROBING_PER_TOPIC=str(PER_TOPIC), PROBING_MODEL="embedded")
+    yield cache
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_builtin(per_topic=PER_TOPIC)
+
+
+@pytest.fixture(scope="module")
+def engine(app_cache, dataset):
+    """The engine on the same cache, to recompute what the pages show."""
+    model = load_model("embedded", cache_dir=app_cache)
+    return model, Activations(position="last", cache_dir=app_cache, model=model)
+
+
+def new_app() -> AppTest:
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def wait_job(at: AppTest, kind: str):
+    job = at.session_state["job"]
+    assert job.kind == kind
+    job.wait(TIMEOUT)
+    assert not job.running, "job did not finish in time"
+    assert job.error is None, job.params.get("traceback")
+    at.run()
+    no_errors(at)
+    return job
+
+
+def chart(at: AppTest, key: str) -> tuple[dict, pd.DataFrame]:
+    """The Vega-Lite spec and all data rows of the chart drawn with ``key``."""
+    found = [el.proto for el in at.get("vega_lite_chart") if json.loads(el.proto.spec).get("name") == key]
+    names = [json.loads(el.proto.spec).get("name") for el in at.get("vega_lite_chart")]
+    assert found, f"no chart {key!r}; charts drawn: {names}"
+    proto = found[0]
+    frames = [convert_arrow_bytes_to_pandas_df(d.data.data) for d in proto.datasets]
+    if proto.HasField("data"):
+        frames.append(convert_arrow_bytes_to_pandas_df(proto.data.data))
+    data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return json.loads(proto.spec), data
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def progress_texts(at: AppTest) -> list[str]:
+    return [el.proto.text for el in at.get("progress")]
+
+
+# ----------------------------------------------------------------------------- pages
+
+
+def test_overview_and_extraction(app_cache, dataset, engine):
+    at = new_app().run()
+    no_errors(at)
+    assert at.title[0].value == "Does the model know what is true?"
+    shown = metrics(at)
+    assert shown["Model"] == "embedded" and shown["Blocks"] == "30" and shown["Width"] == "576"
+    assert shown["Device"].startswith("cpu")
+    _, balance = chart(at, "balance")
+    assert balance["statements"].sum() == len(dataset) == 6 * PER_TOPIC
+    assert balance.groupby("topic")["statements"].sum().to_dict() == {t: PER_TOPIC for t in dataset.topics}
+    sample = at.dataframe[0].value
+    assert len(sample) == 8 and set(sample["statement"]) <= set(dataset.statements)
+    assert any("0 of 180" in t for t in progress_texts(at))
+
+    at.button(key="extract_overview").click().run()
+    no_errors(at)
+    job = at.session_state["job"]
+    if job.running:  # controls that would clash are locked while it runs
+        assert at.button(key="extract_overview").disabled
+        assert at.selectbox(key="position").disabled and at.radio(key="dataset_source").disabled
+    job = wait_job(at, "extract")
+    assert job.result == len(dataset)
+    assert any("180 of 180" in t for t in progress_texts(at))
+    assert at.button(key="extract_overview").disabled  # nothing left to extract
+    assert engine[1].missing(dataset.statements) == []
+
+
+def test_train_page(app_cache, dataset, engine):
+    at = new_app().run()
+    at.switch_page("pages/train.py").run()
+    no_errors(at)
+    at.selectbox(key="train_layer").set_value(-5)
+    at.selectbox(key="train_kind").set_value("tiny")
+    at.selectbox(key="train_heldout").set_value("cities")
+    at.run()
+    at.number_input(key="train_epochs").set_value(6)
+    at.number_input(key="train_seed").set_value(1)
+    at.button(key="train_button").click().run()
+    no_errors(at)
+    job = at.session_state["job"]
+    if job.running:
+        assert at.button(key="train_button").disabled and at.selectbox(key="train_layer").disabled
+    job = wait_job(at, "train")
+    assert [r["epoch"] for r in job.records] == [1, 2, 3, 4, 5, 6]
+
+    # recompute with the engine
+    _, activations = engine
+    X = activations.layer(dataset.statements, -5)
+    split = make_split(dataset, "cities")
+    y = dataset.labels
+    probe = make_probe("tiny", epochs=6, lr=1e-3, seed=1).fit(X[split.train], y[split.train],
+                                                            X[split.test], y[split.test])
+    accuracy = probe.score(X[split.test], y[split.test])
+    shown = metrics(at)
+    assert shown["Held-out accuracy"] == f"{accuracy:.3f}"
+    assert shown["Text-only control"] == f"{text_only_accuracy(dataset, split):.3f}"
+    assert shown["Trained on"] == f"{len(split.train):,}"
+
+    spec, dynamics = chart(at, "final_dynamics")
+    assert "hconcat" in spec and len(dynamics) == 6 * 4
+    held = dynamics[(dynamics.metric == "accuracy") & (dynamics.data == "held-out")].sort_values("epoch")
+    np.testing.assert_allclose(held["value"], probe.history_["heldout_accuracy"], atol=1e-6)
+    _, topics = chart(at, "topic_accuracy")
+    bars = topics.dropna(subset=["topic"])
+    assert set(bars.topic) == set(dataset.topics)
+    assert bars[bars.role == "held out"].set_index("topic")["accuracy"].to_dict() == pytest.approx({"cities": accuracy})
+    _, confusion = chart(at, "confusion")
+    assert confusion["count"].sum() == len(split.test) == PER_TOPIC
+    _, controls = chart(at, "controls")
+    assert controls.dropna(subset=["what"]).set_index("what")["accuracy"]["probe"] == pytest.approx(accuracy)
+
+    # a click elsewhere keeps the finished result
+    at.number_input(key="train_epochs").set_value(3).run()
+    no_errors(at)
+    assert metrics(at)["Held-out accuracy"] == f"{accuracy:.3f}"
+    assert at.expander and "Probes kept" in at.expander[0].label
+
+
+def test_grid_page(app_cache, dataset, engine):
+    at = new_app().run()
+    at.switch_page("pages/grid.py").run()
+    no_errors(at)
+    at.multiselect(key="grid_layers").set_value([-1, -5])
+    at.multiselect(key="grid_probes").set_value(["linear", "tiny"])
+    at.number_input(key="grid_epochs").set_value(2)
+    at.run()
+    at.button(key="grid_button").click().run()
+    job = wait_job(at, "grid")
+    outcome = job.result
+    spec, mean = chart(at, "grid_mean")
+    expected = accuracy_long(outcome.category.results, "mean").set_index(["probe", "layer"])["accuracy"]
+    assert len(mean) == 4
+    for row in mean.itertuples():
+        assert row.accuracy == pytest.approx(expected[(row.probe, row.layer)])
+        assert row.label == f"{row.accuracy:.3f}" and row.splits == 6
+    assert spec["layer"][0]["encoding"]["x"]["sort"] == [-5, -1]
+    # the engine, run directly, gives the same table for the deterministic linear probe
+    _, activations = engine
+    direct = run_grid(dataset, lambda layer: activations.layer(dataset.statements, layer),
+                      GridConfig(layers=(-5, -1), probes=("linear",), epochs=2, controls=False))
+    table = direct.accuracy_table("mean").set_index("probe")
+    for layer in (-5, -1):
+        assert expected[("linear", layer)] == pytest.approx(table.loc["linear", str(layer)])
+    _, best = chart(at, "grid_max")
+    assert (best.set_index(["probe", "layer"])["accuracy"] >= mean.set_index(["probe", "layer"])["accuracy"] - 1e-9).all()
+    _, random = chart(at, "grid_random_chart")
+    assert len(random) == 4 and set(random["splits"]) == {1}
+    downloads = at.get("download_button")
+    assert len(downloads) == 2
+
+    at.selectbox(key="grid_cell_layer").set_value(-1)
+    at.selectbox(key="grid_cell_probe").set_value("tiny")
+    at.run()
+    no_errors(at)
+    _, per_topic = chart(at, "cell_topics")
+    res = outcome.category.results
+    cell = res[(res.layer == -1) & (res.probe == "tiny")].set_index("heldout")["accuracy"]
+    bars = per_topic.dropna(subset=["topic"]).drop_duplicates("topic").set_index("topic")["accuracy"]
+    assert bars.to_dict() == pytest.approx(cell.to_dict())
+    _, curves = chart(at, "cell_curves")
+    assert len(curves) == 6 * 2 * 2  # topics x epochs x (loss, accuracy)
+
+
+def test_directions_page(app_cache, dataset):
+    at = new_app().run()
+    at.switch_page("pages/directions.py").run()
+    no_errors(at)
+    at.multiselect(key="dir_layers").set_value([-1, -9])
+    at.button(key="dir_button").click().run()
+    job = wait_job(at, "directions")
+    if at.radio(key="dir_source").value != "Direction probes (this page)":
+        at.radio(key="dir_source").set_value("Direction probes (this page)").run()
+    at.radio(key="dir_kind").set_value("linear").run()
+    at.select_slider(key="dir_layer").set_value(-9).run()
+    no_errors(at)
+    cosine, sign, matrices = compare_directions(job.result.category, kind="linear")
+    _, cos = chart(at, "dir_cosine")
+    assert len(cos) == 36
+    np.testing.assert_allclose(cos[cos.split_a == cos.split_b]["cosine"], 1.0, atol=1e-5)
+    want = matrices[matrices.layer == -9].set_index(["split_a", "split_b"])["cosine"]
+    got = cos.set_index(["split_a", "split_b"])["cosine"]
+    np.testing.assert_allclose(got.sort_index(), want.sort_index(), atol=1e-6)
+    _, signs = chart(at, "dir_sign")
+    assert signs["sign_equality"].between(0, 1).all()
+    _, lines = chart(at, "dir_layers_chart")
+    learned = lines[(lines.series == "learned directions") & (lines.statistic == "cosine similarity")]
+    assert dict(zip(learned.layer, learned.value)) == pytest.approx(dict(zip(cosine.layer, cosine["mean"])))
+    assert set(lines.series) >= {"learned directions", "random directions"}
+
+
+def test_statement_page(app_cache, dataset, engine):
+    at = new_app().run()
+    at.selectbox(key="position").set_value("mean").run()  # a context with no probes yet
+    at.switch_page("pages/statement.py").run()
+    no_errors(at)
+    assert any("No trained probe yet" in i.value for i in at.info)
+    assert any("Type a statement" in i.value for i in at.info)
+    at.text_area(key="statement_text").input("x" * 5000).run()
+    no_errors(at)
+    assert any("characters" in w.value for w in at.warning)
+    at.button(key="example_0").click().run()
+    no_errors(at)
+    statement = at.text_area(key="statement_text").value
+    assert statement == "The city of Paris is located in France."
+    _, answer = chart(at, "model_answer")
+    direct = model_says_true(engine[0], statement)
+    probs = answer.dropna(subset=["answer"]).set_index("answer")["probability"]
+    assert probs["True"] == pytest.approx(direct["p_true"], abs=1e-4) and probs.sum() == pytest.approx(1)
+
+    # train a probe in this session, then score with it
+    at.selectbox(key="position").set_value("last").run()
+    at.switch_page("pages/train.py").run()
+    at.selectbox(key="train_heldout").set_value("random").run()
+    at.button(key="train_button").click().run()
+    job = wait_job(at, "train")
+    at.switch_page("pages/statement.py").run()
+    at.button(key="example_1").click().run()
+    no_errors(at)
+    _, scores = chart(at, "statement_layers")
+    rows = scores.dropna(subset=["probe"])
+    probe = job.result.probe
+    X = engine[1].layer(["The city of Paris is located in Japan."], job.result.layer)
+    # earlier tests' probes in this cache come back from disk too; this session's probe is among them
+    mine = rows[(rows.layer == job.result.layer) & (rows.probe == job.result.kind)]
+    assert len(mine) == 1
+    assert mine["p_true"].iloc[0] == pytest.approx(float(probe.predict_proba(X)[0, 1]), abs=1e-5)
+    assert rows["p_true"].between(0, 1).all()
+
+
+def test_activations_page(app_cache, dataset, engine):
+    at = new_app().run()
+    at.switch_page("pages/activations.py").run()
+    no_errors(at)
+    if at.session_state["ctx"].activations.missing(dataset.statements):
+        at.button(key="extract_pca").click().run()
+        wait_job(at, "extract")
+    at.select_slider(key="pca_layer").set_value(-1).run()
+    no_errors(at)
+    spec, points = chart(at, "pca_chart")
+    assert len(points) == len(dataset)
+    assert spec["encoding"]["color"]["field"] == "label" and spec["encoding"]["shape"]["field"] == "topic"
+    direct, _ = pca_points(engine[1].layer(dataset.statements, -1), dataset.frame)
+    np.testing.assert_allclose(np.abs(points["pc1"]), np.abs(direct["pc1"]), rtol=1e-4, atol=1e-4)
+    assert "Activations at layer -1" in json.dumps(spec["title"])
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_bad_csv_shows_line_numbers(app_cache, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("statement,label,topic\nParis is in France.,1,geo\nRome is in Spain.,maybe,geo\n,0,geo\n")
+    at = new_app().run()
+    at.radio(key="dataset_source").set_value("Folder").run()
+    at.text_input(key="dataset_path").input(str(bad)).run()
+    no_errors(at)
+    errors = " ".join(e.value for e in at.sidebar.error)
+    assert "line 3" in errors and "line 4" in errors
+    assert metrics(at)["Blocks"] == "30"  # the page still works, on the previous statement set
+
+
+def test_failed_model_load_keeps_previous_model(app_cache):
+    at = new_app().run()
+    at.selectbox(key="model_choice").set_value("Other: hub id, folder or .gguf").run()
+    at.text_input(key="model_custom").input("/nonexistent/model.gguf").run()
+    at.button(key="load_model").click().run()
+    no_errors(at)
+    assert any("no such GGUF file" in e.value for e in at.sidebar.error)
+    assert metrics(at)["Model"] == "embedded"
+    assert at.session_state["ctx"].model.spec.name == "embedded"
+
+
+def test_two_sessions_train_at_the_same_time(app_cache, dataset, engine):
+    sessions = []
+    for heldout, kind in (("animals", "tiny"), ("science", "small")):
+        at = new_app().run()
+        at.switch_page("pages/train.py").run()
+        at.selectbox(key="train_kind").set_value(kind)
+        at.selectbox(key="train_heldout").set_value(heldout)
+        at.run()
+        at.number_input(key="train_epochs").set_value(30).run()
+        sessions.append((at, heldout, kind))
+    for at, _, _ in sessions:
+        at.button(key="train_button").click().run()
+    jobs = [at.session_state["job"] for at, _, _ in sessions]
+    assert jobs[1].started < (jobs[0].finished or float("inf")), "the two trainings should overlap"
+    _, activations = engine
+    X = activations.layer(dataset.statements, -9)
+    y = dataset.labels
+    for (at, heldout, kind), job in zip(sessions, jobs):
+        wait_job(at, "train")
+        split = make_split(dataset, heldout)
+        probe = make_probe(kind, epochs=30, lr=1e-3, seed=0).fit(X[split.train], y[split.train],
+                                                                 X[split.test], y[split.test])
+        assert job.result.heldout == heldout and job.result.kind == kind
+        np.testing.assert_allclose(job.result.history["heldout_loss"], probe.history_["heldout_loss"], rtol=1e-4)
+        assert metrics(at)["Held-out accuracy"] == f"{probe.score(X[split.test], y[split.test]):.3f}"

@@ -1,0 +1,191 @@
+"""End to end in a real browser: Debian's chromium driven by playwright against `streamlit run app.py`.
+
+Extract a small statement set, train a probe while watching the live chart, run a small grid,
+open the truth directions, score a statement; screenshots go to docs/screenshots/.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_CACHE = Path(os.environ.get("PROBING_TEST_CACHE", ROOT / "cache" / "tests"))  # as in conftest.py
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "docs" / "screenshots"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+LONG = 480_000  # ms: generous, the machine may be busy with other work
+PER_TOPIC = 12  # 72 statements: quick to extract even on a busy CPU
+N = 6 * PER_TOPIC
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from probing import load_model
+
+    load_model("embedded", cache_dir=TEST_CACHE)  # converted once per machine
+    cache = tmp_path_factory.mktemp("browser-cache")
+    (cache / "models").symlink_to((TEST_CACHE / "models").resolve(), target_is_directory=True)
+    port = free_port()
+    env = {**os.environ, "PROBING_CACHE": str(cache), "PROBING_PER_TOPIC": str(PER_TOPIC), "PROBING_MODEL": "embedded",
+           "HF_HUB_OFFLINE": "1"}
+    log = open(cache / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.terminate()
+        pytest.fail("streamlit did not start: " + (cache / "streamlit.log").read_text()[-2000:])
+    yield url
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        tab = context.new_page()
+        tab.set_default_timeout(60_000)
+        tab.set_default_navigation_timeout(60_000)
+        tab.goto(server)
+        yield tab
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(800)  # let Vega finish drawing
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def go(page, title: str) -> None:
+    page.get_by_role("link", name=title).first.click()
+    page.get_by_role("heading", name=title).first.wait_for()
+
+
+def no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]').first.inner_text()
+
+
+def test_end_to_end(page):
+    # Overview: the embedded model and the statements; extract the activations
+    page.get_by_text("Does the model know what is true?").wait_for(timeout=LONG)
+    page.get_by_text(f"0 of {N}").wait_for()
+    page.get_by_role("button", name="Extract activations").click()
+    page.get_by_text(f"{N} of {N}").wait_for(timeout=LONG)
+    no_exception(page)
+    assert page.get_by_text("576").first.is_visible()
+    shot(page, "overview")
+
+    # Train a probe and watch the live chart
+    go(page, "Train a probe")
+    from playwright.sync_api import expect
+
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Probe").first.click()
+    page.get_by_role("option", name="medium").click()
+    epochs = page.get_by_role("spinbutton", name="Epochs")
+    expect(epochs).to_be_enabled(timeout=30_000)
+    epochs.fill("500")
+    epochs.press("Enter")
+    page.wait_for_timeout(1500)
+    expect(epochs).to_have_value("500")
+    page.get_by_role("button", name="Train", exact=True).click()
+    seen, history = set(), []
+    took_live = False
+    deadline = time.time() + 480
+    while time.time() < deadline:
+        if page.get_by_text("Held-out accuracy").count():
+            break
+        texts = " ".join(page.locator('[data-testid="stCaptionContainer"], [data-testid="stProgress"]')
+                         .all_inner_texts())
+        seen.update(int(k) for k in re.findall(r"(?:Epoch|Training:) (\d+) / 500", texts))
+        history.append(texts[-160:])
+        if not took_live and len(seen) >= 2:
+            shot(page, "train-live")
+            took_live = True
+        page.wait_for_timeout(150)
+    page.get_by_text("Held-out accuracy").wait_for(timeout=LONG)
+    assert len(seen) >= 2, f"the live chart should redraw during training (epochs seen: {sorted(seen)}; {history[-5:]})"
+    no_exception(page)
+    page.get_by_text("Confusion matrix").first.wait_for(state="attached")
+    shot(page, "train")
+
+    # A small accuracy grid
+    go(page, "Accuracy grid")
+    boxes = page.locator('[data-testid="stMultiSelect"]')
+    for index, values in ((1, ["linear", "tiny"]),):  # the study's five layers stay
+        box = boxes.nth(index)
+        box.get_by_role("combobox").click(force=True)
+        for _ in range(6):  # remove the default choices, last first
+            page.keyboard.press("Backspace")
+            page.wait_for_timeout(300)
+        for value in values:
+            page.keyboard.type(value)
+            page.wait_for_timeout(300)
+            page.keyboard.press("Enter")
+            page.wait_for_timeout(500)
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(800)
+    page.get_by_role("button", name=re.compile(r"Run grid \(70 probes\)")).click()
+    page.get_by_role("button", name="Download CSV").wait_for(timeout=LONG)
+    no_exception(page)
+    assert page.get_by_text("Click a cell to see its per-topic accuracy").count() == 1
+    shot(page, "grid")
+
+    # Truth directions from the grid's linear probes
+    go(page, "Truth directions")
+    page.get_by_text("Cosine similarity between the directions").wait_for()
+    no_exception(page)
+    shot(page, "directions")
+
+    # Probe a statement
+    go(page, "Probe a statement")
+    page.get_by_role("button", name="The city of Paris is located in France.").click()
+    caption = page.get_by_text(re.compile(r"Most confident: .* P\(true\) = \d\.\d\d"))
+    caption.wait_for()
+    p_true = float(re.search(r"P\(true\) = (\d\.\d\d)", caption.inner_text()).group(1))
+    assert 0 <= p_true <= 1
+    page.get_by_text("What the model answers").first.wait_for(state="attached")
+    no_exception(page)
+    shot(page, "statement")
+
+    go(page, "Activations")
+    page.get_by_text(re.compile("PC1 and PC2 explain")).wait_for()
+    no_exception(page)
+    shot(page, "activations")
