@@ -508,18 +508,13 @@ def accuracy_long(results: pd.DataFrame, statistic: str = "mean") -> pd.DataFram
     return table.reset_index()
 
 
-def study_table(results: pd.DataFrame, statistic: str = "mean") -> pd.DataFrame:
-    """The study's layout: one row per probe kind, layers as columns from deepest (-17) to -1."""
-    return accuracy_table(results, statistic)
-
-
 def grid_markdown(outcome: GridOutcome, title: str = "") -> str:
     parts = [f"# {title}\n" if title else ""]
-    parts += ["## Average accuracy over the category splits\n", markdown_table(study_table(outcome.category.results)),
+    parts += ["## Average accuracy over the category splits\n", markdown_table(accuracy_table(outcome.category.results)),
               "\n## Maximum accuracy over the category splits\n",
-              markdown_table(study_table(outcome.category.results, "max"))]
+              markdown_table(accuracy_table(outcome.category.results, "max"))]
     if outcome.random is not None:
-        parts += ["\n## Random split accuracy\n", markdown_table(study_table(outcome.random.results))]
+        parts += ["\n## Random split accuracy\n", markdown_table(accuracy_table(outcome.random.results))]
     return "\n".join(p for p in parts if p)
 
 

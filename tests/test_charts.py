@@ -16,8 +16,10 @@ from probing import charts
 from probing.builtin import load_builtin
 from probing.dashboard import (
     accuracy_long, cell_dynamics, cell_per_topic, evaluate_probe, GridOutcome, grid_markdown,
-    make_split, markdown_table, pca_points, study_table,
+    make_split, pca_points,
 )
+from probing.experiments import accuracy_table
+from probing.results import markdown_table
 
 # Shared with tests/test_app.py and tests/test_browser.py: the embedded model is converted once.
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +119,7 @@ def test_accuracy_heatmap_is_the_study_table(grid):
     assert cells["encoding"]["x"]["sort"] == [-5, -1]  # deepest layer first, as in the study
     assert cells["encoding"]["y"]["sort"] == ["linear", "tiny"]
     # study layout: probe rows, layer columns ascending
-    wide = study_table(grid.category.results)
+    wide = accuracy_table(grid.category.results)
     assert list(wide.columns) == ["probe", "-5", "-1"] and list(wide.probe) == ["linear", "tiny"]
     md = grid_markdown(grid)
     assert "| probe | -5 | -1 |" in md and f"{wide.iloc[0, 1]:.3f}" in md
