@@ -221,10 +221,11 @@ def run_grid(
                 key = (layer, kind, split.name, seed)
                 probes[key] = probe
                 X_test, y_test = features[split.test], labels[split.test]
+                scores = probe.decision_function(X_test)  # once: accuracy is (score > 0), as in predict
                 row = {
                     "model": model_name, "layer": layer, "probe": kind, "heldout": split.name,
-                    "seed": seed, "accuracy": probe.score(X_test, y_test),
-                    "auroc": _auroc(y_test, probe.decision_function(X_test)),
+                    "seed": seed, "accuracy": float(((scores > 0).astype(int) == y_test).mean()),
+                    "auroc": _auroc(y_test, scores),
                     "n_train": len(split.train), "n_test": len(split.test),
                 }
                 if shuffled is not None:
