@@ -10,7 +10,11 @@ Measured, with every statement's activations in the disk cache and no model load
 - wall time and peak RSS of ``python -m probing reproduce --layers -1 --probes
   linear --no-controls`` on that warm cache, run as a subprocess; its peak RSS is
   ``getrusage(RUSAGE_CHILDREN)`` in a small launcher process that runs it (see
-  ``run_child`` for why not from this process).
+  ``run_child`` for why not from this process);
+- the dashboard's Overview page on the built-in statements (all of them, cached):
+  in a fresh process, Streamlit's AppTest runs ``app.py`` once (this loads the
+  model, once per process as in ``streamlit run``), then a second session opens
+  the Overview; its script run is timed until the page is complete.
 
     python -m benchmarks.warm_start            # all 6,084 statements
     python -m benchmarks.warm_start --quick    # 50 statements per topic
@@ -33,6 +37,7 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CHILD_FLAG = "--child"
+APP_CHILD_FLAG = "--app-child"
 
 
 def child(per_topic: int | None, layer: int, cache: str) -> None:
@@ -57,6 +62,24 @@ def child(per_topic: int | None, layer: int, cache: str) -> None:
     print(json.dumps({"import_s": t1 - t0, "dataset_s": t2 - t1, "open_s": t3 - t2, "layer_s": t4 - t3,
                       "layer_again_s": t5 - t4, "shape": list(features.shape),
                       "model_loaded": activations.model_loaded, "rss_mib": peak_rss_mb()}))
+
+
+def app_child(per_topic: int | None, cache: str) -> None:
+    """In a fresh process: first session (loads the model), then a second session's Overview; print JSON."""
+    os.environ.update(PROBING_CACHE=cache, PROBING_MODEL="embedded", PROBING_PER_TOPIC=str(per_topic or 0))
+    from streamlit.testing.v1 import AppTest
+
+    def session() -> tuple[float, AppTest]:
+        started = time.perf_counter()
+        app = AppTest.from_file("app.py", default_timeout=900).run()
+        return time.perf_counter() - started, app
+
+    first_s, _ = session()
+    overview_s, app = session()
+    errors = [e.value for e in app.exception] + [e.value for e in app.error]
+    texts = [p.proto.text for p in app.get("progress")]
+    print(json.dumps({"first_session_s": first_s, "overview_s": overview_s, "title": app.title[0].value,
+                      "errors": errors, "cache_line": next((t for t in texts if " of " in str(t)), None)}))
 
 
 _LAUNCHER = """
@@ -100,14 +123,18 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="activation cache (default cache/bench)")
     parser.add_argument("--quick", action="store_true", help="50 statements per topic, 2 repeats")
     parser.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(APP_CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     cache = args.cache or "cache/bench"  # benchmarks._common.BENCH_CACHE, not imported yet: it imports torch
     if args.child:
         return child(args.per_topic, args.layer, cache)
+    if args.app_child:
+        return app_child(args.per_topic, cache)
     if args.quick:
         args.per_topic, args.repeats = args.per_topic or 50, 2
 
     from benchmarks._common import SAPLMA_DATA, cached_activations, print_machine, table
+    from probing.builtin import load_builtin
     from probing.statements import load_dataset
 
     print_machine()
@@ -138,11 +165,25 @@ def main() -> None:
         wall, rss, text = run_child(command)
         extracted = json.loads(open(f"{folder}/results/config.json").read())["statements_extracted_this_run"]
 
+    builtin = load_builtin(per_topic=args.per_topic)
+    _, computed, _ = cached_activations(builtin.statements, cache)
+    print(f"built-in set: {len(builtin)} statements cached ({computed} computed now, not timed)", flush=True)
+    app_command = [sys.executable, "-m", "benchmarks.warm_start", APP_CHILD_FLAG, "--cache", cache]
+    if args.per_topic:
+        app_command += ["--per-topic", str(args.per_topic)]
+    app_wall, app_rss, app_text = run_child(app_command)
+    app = json.loads(app_text.strip().splitlines()[-1])
+    assert not app["errors"], app["errors"]
+
     print(f"\n## Warm start, {len(dataset)} statements, layer {args.layer}, {args.repeats} fresh processes\n")
     print(table(rows))
     print(f"\nrows: shape {runs[0]['shape']}; layer_s is Activations.layer in a fresh process; model loaded: no")
     print(f"\n`{' '.join(['python', *command[1:]])}`: {wall:.1f} s wall, peak RSS {rss:.0f} MiB, "
           f"statements extracted: {extracted}")
+    print(f"\nDashboard, built-in set ({len(builtin)} statements, all cached), one fresh process "
+          f"({app_wall:.1f} s, peak RSS {app_rss:.0f} MiB): first session (loads the model) "
+          f"{app['first_session_s']:.1f} s; a second session's Overview ready in {app['overview_s']:.2f} s "
+          f"(page: {app['title']!r}; cache line: {app['cache_line']!r})")
 
 
 if __name__ == "__main__":

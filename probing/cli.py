@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=EMBEDDED,
                        help="'embedded' (SmolLM2-135M, default), llama-2-7b, llama-2-13b, a hub id, a folder or a .gguf file")
         p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: chosen for the device")
-        p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        p.add_argument("--device", help="where the model runs and probes train: cpu, cuda, cuda:1 ... (default: cuda if available)")
         p.add_argument("--position", choices=POSITIONS, default="last", help="token whose hidden state is read")
         p.add_argument("--cache", default="cache", help="activation cache folder (default: cache/)")
 
@@ -195,7 +195,8 @@ def cmd_reproduce(args) -> int:
     dataset = _dataset(args)
     config = GridConfig(layers=args.layers, probes=args.probes, seeds=args.seeds, split=args.split,
                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                        linear_solver=args.linear_solver, C=args.C, controls=not args.no_controls)
+                        linear_solver=args.linear_solver, C=args.C, controls=not args.no_controls,
+                        device=args.device or "auto")
     activations = _activations(args)
     with _bar("extracting", "stmt") as extract_progress, _bar("training", "probe") as train_progress:
         outputs = reproduce(dataset, activations, config, args.out,

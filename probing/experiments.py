@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.stats import rankdata
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -101,8 +102,14 @@ class GridConfig:
     linear_solver: str = "lbfgs"
     C: float = 0.1
     controls: bool = True
+    device: str = "auto"  # where probes train: "auto" (cuda if available), "cpu", "cuda", "cuda:1" ...
 
     def __post_init__(self) -> None:
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as error:
+                raise ValueError(f"device {self.device!r} is not 'auto' or a torch device such as 'cpu' or 'cuda:0'") from error
         if not self.layers:
             raise ValueError("choose at least one layer")
         unknown = [p for p in self.probes if p not in PROBE_KINDS]
@@ -113,6 +120,12 @@ class GridConfig:
         if self.split not in SPLIT_KINDS:
             raise ValueError(f"split must be one of {SPLIT_KINDS}, got {self.split!r}")
         self.probe_config("linear")  # validates the training settings
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
     def probe_config(self, kind: str) -> ProbeConfig:
         solver = self.linear_solver if kind == "linear" else "adam"
@@ -215,8 +228,10 @@ def run_grid(
                 if on_epoch:
                     on_epoch(tagged)
 
-            fitted = fit_many(features, tasks, config.probe_config(kind), on_epoch=record_epoch)
-            shuffled = _shuffled_controls(features, tasks, config.probe_config(kind)) if config.controls else None
+            fitted = fit_many(features, tasks, config.probe_config(kind), on_epoch=record_epoch,
+                              device=config.resolved_device)
+            shuffled = (_shuffled_controls(features, tasks, config.probe_config(kind), config.resolved_device)
+                        if config.controls else None)
             for index, ((split, seed), probe) in enumerate(zip(members, fitted)):
                 key = (layer, kind, split.name, seed)
                 probes[key] = probe
@@ -241,12 +256,12 @@ def run_grid(
     return GridResult(pd.DataFrame(rows), pd.DataFrame(dynamics), probes, shuffled_probes)
 
 
-def _shuffled_controls(features: np.ndarray, tasks: Sequence[Task], config: ProbeConfig) -> list[Probe]:
+def _shuffled_controls(features: np.ndarray, tasks: Sequence[Task], config: ProbeConfig, device: str) -> list[Probe]:
     permuted = []
     for task in tasks:
         rng = np.random.default_rng(task.seed + 7)
         permuted.append(Task(task.train, rng.permutation(task.y_train), seed=task.seed + 7))
-    return fit_many(features, permuted, config)
+    return fit_many(features, permuted, config, device=device)
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -203,8 +203,7 @@ def fit_many(
     if config.kind == "mass_mean":
         parts = [_fit_mass_mean(features, task, m, s) for task, m, s in zip(tasks, mean, scale)]
     elif config.solver == "lbfgs":
-        parts = [_fit_lbfgs(features, task, m, s, config, member, on_epoch)
-                 for member, (task, m, s) in enumerate(zip(tasks, mean, scale))]
+        parts = _fit_lbfgs_each(features, tasks, mean, scale, config, on_epoch)
     else:
         # A batched matmul over one member takes another kernel path than over two or more
         # (results differ in the last bits, and Adam amplifies that). Training a lone probe
@@ -218,8 +217,9 @@ def fit_many(
     for member, (task, (weights, biases, history)) in enumerate(zip(tasks, parts)):
         probe = Probe(**{**asdict(config), "seed": task.seed})
         probe.mean_, probe.scale_ = mean[member].cpu().numpy(), scale[member].cpu().numpy()
-        probe.weights_ = [w.detach().cpu().numpy() for w in weights]
-        probe.biases_ = [b.detach().cpu().numpy() for b in biases]
+        # Stacked layers are (out, in); a fitted probe keeps scikit-learn's (in, out).
+        probe.weights_ = [w.detach().T.contiguous().cpu().numpy() for w in weights]
+        probe.biases_ = [b.detach().reshape(-1).cpu().numpy() for b in biases]
         probe.history_ = pd.DataFrame(history)
         if on_epoch and config.kind == "mass_mean":
             on_epoch(member, history[-1])
@@ -244,14 +244,41 @@ def _check_task(task: Task, n: int) -> None:
 
 
 def _standardisers(X: torch.Tensor, tasks: Sequence[Task]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-task mean and scale, fitted on that task's training rows only."""
-    means, scales = [], []
+    """Per-task mean and scale, fitted on that task's training rows only (once per distinct row set)."""
+    fitted: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
     for task in tasks:
-        rows = X[torch.as_tensor(task.train, device=X.device)].double()
-        means.append(rows.mean(0).float())
-        std = rows.std(0, unbiased=False).float()
-        scales.append(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        key = np.asarray(task.train).tobytes()
+        if key not in fitted:
+            std, mean = torch.std_mean(X[torch.as_tensor(task.train, device=X.device)].double(), 0, unbiased=False)
+            fitted[key] = mean.float(), torch.where(std > 1e-6, std, torch.ones_like(std)).float()
+    means, scales = zip(*(fitted[np.asarray(task.train).tobytes()] for task in tasks))
     return torch.stack(means), torch.stack(scales)
+
+
+class _Standardised:
+    """Rows of X standardised with each member's own mean and scale, gathered per member.
+
+    Members that share a training set share a standardised copy of X, made once,
+    unless the copies would exceed ``max_bytes``; then rows are standardised as
+    they are gathered. Both give the same numbers.
+    """
+
+    def __init__(self, X: torch.Tensor, tasks: Sequence[Task], mean, scale, max_bytes: int = 1 << 30):
+        self.X, self.mean, self.scale = X, mean.unsqueeze(1), scale.unsqueeze(1)
+        tables: dict[bytes, int] = {}
+        owners = [tables.setdefault(np.asarray(t.train).tobytes(), len(tables)) for t in tasks]
+        first = [owners.index(table) for table in range(len(tables))]
+        self.copies = None
+        if len(tables) * X.numel() * X.element_size() <= max_bytes:
+            self.copies = torch.cat([(X - mean[j]) / scale[j] for j in first])  # copy t holds rows t*n..
+            self.offset = torch.as_tensor(owners, device=X.device).unsqueeze(1) * len(X)
+
+    def __call__(self, rows: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
+        """rows: (members, n) indices into X -> (members, n, width)."""
+        if self.copies is not None:
+            flat = (rows + self.offset[members]).reshape(-1)
+            return self.copies.index_select(0, flat).view(*rows.shape, -1)
+        return (self.X[rows] - self.mean[members]) / self.scale[members]
 
 
 def _member_generator(seed: int) -> torch.Generator:
@@ -259,38 +286,70 @@ def _member_generator(seed: int) -> torch.Generator:
 
 
 def _init_member(in_width: int, hidden: tuple[int, ...], generator: torch.Generator):
-    """nn.Linear's default init (uniform in +-1/sqrt(fan_in)) for each layer of one member."""
+    """nn.Linear's default init (uniform in +-1/sqrt(fan_in)) for each layer of one member.
+
+    Weights are drawn (in, out) and returned (out, in), the layout the stack trains in.
+    """
     sizes = [in_width, *hidden, 1]
     weights, biases = [], []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         bound = 1 / math.sqrt(fan_in)
-        weights.append((torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound)
+        weights.append(((torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound).T)
         biases.append((torch.rand(fan_out, generator=generator) * 2 - 1) * bound)
     return weights, biases
 
 
-def _stack_forward(h: torch.Tensor, weights, biases) -> torch.Tensor:
-    """h: (members, rows, in) -> logits (members, rows)."""
+def _stack_forward(h: torch.Tensor, weights, biases) -> list[torch.Tensor]:
+    """h: (members, rows, in); weights (members, out, in), biases (members, 1, out).
+
+    Returns every layer's input and, last, the logits (members, rows, 1).
+    """
+    outputs = [h]
     for layer, (W, b) in enumerate(zip(weights, biases)):
-        h = torch.baddbmm(b.unsqueeze(1), h, W)
+        h = torch.baddbmm(b, h, W.transpose(1, 2))
         if layer < len(weights) - 1:
             h = F.relu(h)
-    return h.squeeze(-1)
+        outputs.append(h)
+    return outputs
 
 
+def _stack_backward(outputs: list[torch.Tensor], weights, grad: torch.Tensor):
+    """Gradients of the weights and biases, given d loss / d logits (members, rows, 1).
+
+    Written out rather than left to autograd: every product is a batched matmul
+    over members, so a member's gradient does not depend on who else is stacked.
+    """
+    ones = torch.ones(grad.shape[0], 1, grad.shape[1], device=grad.device)
+    grad_w, grad_b = [None] * len(weights), [None] * len(weights)
+    for layer in reversed(range(len(weights))):
+        grad_w[layer] = torch.bmm(grad.transpose(1, 2), outputs[layer])
+        grad_b[layer] = torch.bmm(ones, grad)
+        if layer:
+            grad = torch.bmm(grad, weights[layer]) * (outputs[layer] > 0)
+    return grad_w, grad_b
+
+
+@torch.no_grad()
 def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochCallback | None):
+    """Mini-batch Adam for a stack of same-shape MLPs, each on its own rows, batches and seed.
+
+    The training loss and accuracy of an epoch are means over its mini-batches, taken
+    before each update (as Keras reports them); held-out ones are measured after the epoch.
+    """
     device, members, B = X.device, len(tasks), config.batch_size
     generators = [_member_generator(task.seed) for task in tasks]
     inits = [_init_member(X.shape[1], config.hidden_sizes, g) for g in generators]
-    weights = [torch.stack([w[k] for w, _ in inits]).to(device).requires_grad_() for k in range(len(inits[0][0]))]
-    biases = [torch.stack([b[k] for _, b in inits]).to(device).requires_grad_() for k in range(len(inits[0][1]))]
-    adam = _MaskedAdam(weights + biases, config.lr, config.weight_decay)
+    depth = len(inits[0][0])
+    weights = [torch.stack([w[k] for w, _ in inits]).contiguous().to(device) for k in range(depth)]
+    biases = [torch.stack([b[k] for _, b in inits]).unsqueeze(1).to(device) for k in range(depth)]
     train_rows = [torch.as_tensor(t.train, device=device) for t in tasks]
     train_y = [torch.as_tensor(t.y_train, dtype=torch.float32, device=device) for t in tasks]
     sizes = [len(rows) for rows in train_rows]
+    adam = _StackedAdam(weights + biases, sizes, config.lr, config.weight_decay)
     most_steps = max(math.ceil(n / B) for n in sizes)
     histories: list[list[dict]] = [[] for _ in tasks]
-    mu, sd = mean.unsqueeze(1), scale.unsqueeze(1)
+    standardised = _Standardised(X, tasks, mean, scale)
+    heldout = _HeldOut(X, tasks, standardised)
 
     for epoch in range(1, config.epochs + 1):
         index = torch.zeros(members, most_steps * B, dtype=torch.long, device=device)
@@ -301,62 +360,113 @@ def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochC
             index[j, :n], targets[j, :n], valid[j, :n] = train_rows[j][order], train_y[j][order], 1
         index, targets, valid = (t.view(members, most_steps, B).transpose(0, 1) for t in (index, targets, valid))
         counts = valid.sum(-1)
+        weight_per_row = valid / counts.clamp(min=1).unsqueeze(-1)
+        active = (counts > 0).tolist()
+        loss_sum = torch.zeros(members, dtype=torch.float64, device=device)
+        correct = torch.zeros(members, dtype=torch.float64, device=device)
         for step in range(most_steps):
-            logits = _stack_forward((X[index[step]] - mu) / sd, weights, biases)
-            losses = F.binary_cross_entropy_with_logits(logits, targets[step], reduction="none")
-            per_member = (losses * valid[step]).sum(1) / counts[step].clamp(min=1)
-            for parameter in adam.params:
-                parameter.grad = None
-            per_member.sum().backward()
-            adam.step(counts[step] > 0)
-        with torch.no_grad():
-            for j, task in enumerate(tasks):
-                record = {"epoch": epoch}
-                record.update(_evaluate(X, task.train, task.y_train, mu[j], sd[j], weights, biases, j, "train"))
-                if task.test is not None and len(task.test):
-                    record.update(_evaluate(X, task.test, task.y_test, mu[j], sd[j], weights, biases, j, "heldout"))
-                histories[j].append(record)
-                if on_epoch:
-                    on_epoch(j, record)
+            outputs = _stack_forward(standardised(index[step]), weights, biases)
+            logits, y, v = outputs[-1].squeeze(-1), targets[step], valid[step]
+            loss_sum += (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * v).sum(1)
+            correct += (((logits > 0).float() == y).float() * v).sum(1)
+            grad = ((torch.sigmoid(logits) - y) * weight_per_row[step]).unsqueeze(-1)
+            grad_w, grad_b = _stack_backward(outputs, weights, grad)
+            adam.step(grad_w + grad_b, active[step])
+        seen = torch.tensor(sizes, dtype=torch.float64, device=device)
+        train_loss, train_accuracy = (loss_sum / seen).tolist(), (correct / seen).tolist()
+        heldout_metrics = heldout.evaluate(weights, biases)
+        for j in range(members):
+            record = {"epoch": epoch, "train_loss": train_loss[j], "train_accuracy": train_accuracy[j]}
+            if heldout_metrics[j] is not None:
+                record["heldout_loss"], record["heldout_accuracy"] = heldout_metrics[j]
+            histories[j].append(record)
+            if on_epoch:
+                on_epoch(j, record)
     return [([w[j] for w in weights], [b[j] for b in biases], histories[j]) for j in range(members)]
 
 
-def _evaluate(X, rows, labels, mu, sd, weights, biases, member, prefix) -> dict:
-    rows_t = torch.as_tensor(rows, device=X.device)
-    h = ((X[rows_t] - mu) / sd).unsqueeze(0)
-    logits = _stack_forward(h, [w[member : member + 1] for w in weights], [b[member : member + 1] for b in biases])[0]
-    y = torch.as_tensor(labels, dtype=torch.float32, device=X.device)
-    loss = F.binary_cross_entropy_with_logits(logits, y).item()
-    accuracy = ((logits > 0).float() == y).float().mean().item()
-    return {f"{prefix}_loss": loss, f"{prefix}_accuracy": accuracy}
+class _HeldOut:
+    """Each member's held-out rows, padded into one stack so all members are scored at once."""
+
+    def __init__(self, X, tasks: Sequence[Task], standardised: _Standardised, members_per_pass: int = 16):
+        self.standardised, self.members_per_pass = standardised, members_per_pass
+        tests = [t.test if t.test is not None else np.zeros(0, dtype=int) for t in tasks]
+        width = max(1, max(len(rows) for rows in tests))
+        self.rows = torch.zeros(len(tasks), width, dtype=torch.long, device=X.device)
+        self.labels = torch.zeros(len(tasks), width, device=X.device)
+        self.mask = torch.zeros(len(tasks), width, device=X.device)
+        for j, (task, rows) in enumerate(zip(tasks, tests)):
+            if len(rows):
+                self.rows[j, : len(rows)] = torch.as_tensor(rows, device=X.device)
+                self.labels[j, : len(rows)] = torch.as_tensor(task.y_test, dtype=torch.float32, device=X.device)
+                self.mask[j, : len(rows)] = 1
+        self.counts = self.mask.sum(1)
+
+    def evaluate(self, weights, biases) -> list[tuple[float, float] | None]:
+        """(loss, accuracy) per member, or None for a member without held-out rows."""
+        if not self.counts.any():
+            return [None] * len(self.counts)
+        losses, accuracies = [], []
+        for start in range(0, len(self.counts), self.members_per_pass):
+            part = slice(start, start + self.members_per_pass)
+            h = self.standardised(self.rows[part], part)
+            logits = _stack_forward(h, [w[part] for w in weights], [b[part] for b in biases])[-1].squeeze(-1)
+            y, mask = self.labels[part], self.mask[part]
+            losses.append((F.binary_cross_entropy_with_logits(logits, y, reduction="none") * mask).sum(1))
+            accuracies.append((((logits > 0).float() == y).float() * mask).sum(1))
+        count = self.counts.clamp(min=1)
+        loss, accuracy = (torch.cat(losses) / count).tolist(), (torch.cat(accuracies) / count).tolist()
+        return [(l, a) if n else None for l, a, n in zip(loss, accuracy, self.counts.tolist())]
 
 
-class _MaskedAdam:
+class _StackedAdam:
     """Adam on stacked (members, ...) parameters where only active members take a step.
 
-    Each member's slice of each parameter is its own Adam parameter with its own
-    step count, updated by torch's fused Adam kernel, so a member's updates are
-    exactly those torch.optim.Adam would make for it alone.
+    Members are updated in runs of neighbours that are active at the same steps
+    (same training-set size, so the same step count); each run's slice of each
+    parameter is one tensor for torch's fused Adam kernel, which works element by
+    element, so a member's updates are exactly those torch.optim.Adam would make for
+    it alone.
     """
 
-    def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, params: list[torch.Tensor], sizes: Sequence[int], lr: float, weight_decay: float,
+                 betas=(0.9, 0.999), eps=1e-8):
         self.params, self.lr, self.weight_decay, self.betas, self.eps = params, lr, weight_decay, betas, eps
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-        members = params[0].shape[0]
-        self.steps = [[torch.zeros((), dtype=torch.float32, device=p.device) for p in params] for _ in range(members)]
+        self.fused = params[0].device.type in ("cpu", "cuda")
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        starts = [j for j in range(len(sizes)) if j == 0 or sizes[j] != sizes[j - 1]]
+        self.runs = [slice(a, b) for a, b in zip(starts, [*starts[1:], len(sizes)])]
+        self.steps = {(run.start, k): torch.zeros((), device=p.device) for run in self.runs for k, p in enumerate(params)}
 
-    @torch.no_grad()
-    def step(self, active: torch.Tensor) -> None:
-        chosen = torch.nonzero(active).flatten().tolist()
-        slices = [(p, m, v, j, k) for j in chosen for k, (p, m, v) in enumerate(zip(self.params, self.m, self.v))]
+    def step(self, grads: list[torch.Tensor], active: list[bool]) -> None:
+        runs = [run for run in self.runs if active[run.start]]
+        if not runs:
+            return
         adam_update(
-            [p[j] for p, _, _, j, _ in slices], [p.grad[j] for p, _, _, j, _ in slices],
-            [m[j] for _, m, _, j, _ in slices], [v[j] for _, _, v, j, _ in slices], [],
-            [self.steps[j][k] for _, _, _, j, k in slices],
-            fused=self.params[0].device.type in ("cpu", "cuda"), amsgrad=False, beta1=self.betas[0],
-            beta2=self.betas[1], lr=self.lr, weight_decay=self.weight_decay, eps=self.eps, maximize=False,
+            [p[run] for run in runs for p in self.params], [g[run] for run in runs for g in grads],
+            [m[run] for run in runs for m in self.exp_avg], [v[run] for run in runs for v in self.exp_avg_sq], [],
+            [self.steps[run.start, k] for run in runs for k in range(len(self.params))],
+            fused=self.fused, amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr,
+            weight_decay=self.weight_decay, eps=self.eps, maximize=False,
         )
+
+
+def _fit_lbfgs_each(X, tasks: Sequence[Task], mean, scale, config: ProbeConfig, on_epoch: EpochCallback | None):
+    """L-BFGS per task; tasks that differ only in seed are fitted once (L-BFGS from zero ignores it)."""
+    fitted: dict[tuple, tuple] = {}
+    parts = []
+    for member, (task, m, s) in enumerate(zip(tasks, mean, scale)):
+        key = tuple(np.asarray(a).tobytes() if a is not None else None
+                    for a in (task.train, task.y_train, task.test, task.y_test))
+        if key in fitted:
+            parts.append(fitted[key])
+            if on_epoch:
+                for record in fitted[key][2]:
+                    on_epoch(member, record)
+        else:
+            parts.append(fitted.setdefault(key, _fit_lbfgs(X, task, m, s, config, member, on_epoch)))
+    return parts
 
 
 def _fit_lbfgs(X, task: Task, mean, scale, config: ProbeConfig, member: int, on_epoch: EpochCallback | None,
@@ -380,7 +490,7 @@ def _fit_lbfgs(X, task: Task, mean, scale, config: ProbeConfig, member: int, on_
         loss.backward()
         return loss
 
-    weights, biases = [w.detach().unsqueeze(0)], [b.detach().unsqueeze(0)]
+    weights, biases = [w.detach().T.unsqueeze(0)], [b.detach().view(1, 1, 1)]  # stacked (1, out, in) views
     history = []
     for record_number in range(1, max_records + 1):
         before = optimiser.state[w].get("n_iter", 0) if w in optimiser.state else 0
@@ -403,9 +513,9 @@ def _fit_mass_mean(X, task: Task, mean, scale):
     projection = raw @ theta
     a, c = _fit_1d_logistic(projection, y.double())
     # Express as a linear layer on standardised features: x = z * scale + mean.
-    w = (a * theta * scale.double()).float().unsqueeze(1)
-    b = (a * (mean.double() @ theta) + c).float().reshape(1)
-    return _single_history(X, task, mean, scale, [w.unsqueeze(0)], [b.unsqueeze(0)])
+    w = (a * theta * scale.double()).float()
+    b = (a * (mean.double() @ theta) + c).float()
+    return _single_history(X, task, mean, scale, [w.view(1, 1, -1)], [b.view(1, 1, 1)])
 
 
 def _fit_1d_logistic(x: torch.Tensor, y: torch.Tensor, iterations: int = 50) -> tuple[float, float]:
@@ -429,10 +539,20 @@ def _fit_1d_logistic(x: torch.Tensor, y: torch.Tensor, iterations: int = 50) -> 
 def _history_record(X, task, mean, scale, weights, biases, epoch: int) -> dict:
     with torch.no_grad():
         record = {"epoch": epoch}
-        record.update(_evaluate(X, task.train, task.y_train, mean, scale, weights, biases, 0, "train"))
+        record.update(_evaluate(X, task.train, task.y_train, mean, scale, weights, biases, "train"))
         if task.test is not None and len(task.test):
-            record.update(_evaluate(X, task.test, task.y_test, mean, scale, weights, biases, 0, "heldout"))
+            record.update(_evaluate(X, task.test, task.y_test, mean, scale, weights, biases, "heldout"))
     return record
+
+
+def _evaluate(X, rows, labels, mean, scale, weights, biases, prefix) -> dict:
+    """Loss and accuracy of a one-member stack on the given rows."""
+    h = ((X[torch.as_tensor(rows, device=X.device)] - mean) / scale).unsqueeze(0)
+    logits = _stack_forward(h, weights, biases)[-1][0, :, 0]
+    y = torch.as_tensor(labels, dtype=torch.float32, device=X.device)
+    loss = F.binary_cross_entropy_with_logits(logits, y).item()
+    accuracy = ((logits > 0).float() == y).float().mean().item()
+    return {f"{prefix}_loss": loss, f"{prefix}_accuracy": accuracy}
 
 
 def _single_history(X, task, mean, scale, weights, biases):

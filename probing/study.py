@@ -43,7 +43,8 @@ def train_final_probes(dataset: StatementSet, activations: Activations, config: 
     for layer in config.layers:
         features = activations.layer(dataset.statements, layer)
         for kind in config.probes:
-            (probes[(layer, kind)],) = fit_many(features, [task], config.probe_config(kind))
+            (probes[(layer, kind)],) = fit_many(features, [task], config.probe_config(kind),
+                                               device=config.resolved_device)
     return probes
 
 
