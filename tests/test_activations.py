@@ -2,8 +2,12 @@ import stat
 
 import numpy as np
 import pytest
+import torch
+from sklearn.model_selection import StratifiedKFold
 
 from probing.activations import Activations, StatementTooLong, plan_batches, run_batch
+from probing.models import ModelSpec, load_model
+from probing.probes import make_probe
 from probing.storage import ActivationStore
 
 TEXTS = [
@@ -149,3 +153,23 @@ def test_full_disk_stops_with_advice_and_keeps_finished_batches(model, tmp_path,
     assert 0 < kept < len(TEXTS)
     monkeypatch.undo()
     assert activations.ensure(TEXTS) == len(TEXTS) - kept
+
+
+def test_bfloat16_vectors_agree_with_float32_and_probes_score_the_same(model, shared_cache, small_saplma):
+    """bf16 is the default where hardware runs it fast (GPUs, AMX CPUs); it must not change the results."""
+    fast_model = load_model(ModelSpec("embedded", dtype="bfloat16"), cache_dir=shared_cache)
+    assert fast_model.dtype == torch.bfloat16
+    texts, labels = small_saplma.statements, small_saplma.labels
+    exact, fast = (Activations(model=m, cache_dir=shared_cache) for m in (model, fast_model))
+    exact.ensure(texts)
+    fast.ensure(texts)
+    assert exact.missing(texts) == fast.missing(texts) == []
+    split = next(StratifiedKFold(4, shuffle=True, random_state=0).split(texts, labels))
+    train, test = split
+    noise = 2 * np.sqrt(0.25 / len(test))  # two binomial standard errors at accuracy 0.5
+    for layer in (-1, -5, -9, -13, -17):
+        a, b = exact.layer(texts, layer), fast.layer(texts, layer)
+        assert cosine(a, b).min() >= 0.99, layer
+        probe_a, probe_b = (make_probe("linear").fit(x[train], labels[train]) for x in (a, b))
+        assert abs(probe_a.score(a[test], labels[test]) - probe_b.score(b[test], labels[test])) <= noise, layer
+        assert (probe_a.predict(a[test]) == probe_a.predict(b[test])).mean() >= 0.9, layer
