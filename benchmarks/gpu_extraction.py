@@ -20,8 +20,14 @@ Measured per model:
   tokens / (measured bf16 matmul FLOP/s, 8192-square) / seconds;
 - agreement: largest 1 - cosine of ours vs naive on the naive sample (last and middle layer).
 
+Then, if time is left (``--grid-budget-s``), the probe grid on the GPU: 5 layers x
+4 kinds x 6 category splits (SAPLMA's topic sizes) x 3 seeds = 360 probes on random
+features of the embedded model's width (576) and Llama-2-7B's (4096), SAPLMA's
+training settings, stacked as ``run_grid`` stacks them, and one layer one probe at
+a time: seconds, and whether both give the same weights.
+
 Results are printed and, if ``$OUT`` is set, written to ``$OUT/gpu_results.json``
-(after each model, so a timeout keeps what finished). About 2-4 minutes on one H100.
+(after each part, so a timeout keeps what finished). About 3-6 minutes on one H100.
 
     python -m benchmarks.gpu_extraction              # on the GPU machine
     python -m benchmarks.gpu_extraction --dry-run    # tiny model on CPU: checks the script
@@ -48,6 +54,10 @@ except ImportError:
 from benchmarks._common import machine, matmul_flops, sync, table  # noqa: E402
 from probing.activations import Batch, run_batch  # noqa: E402
 from probing.models import LoadedModel, ModelSpec  # noqa: E402
+from probing.probes import ProbeConfig, Task, fit_many  # noqa: E402
+
+SAPLMA_TOPIC_SIZES = (1008, 1458, 1200, 930, 612, 876)
+"""Statements per topic in the SAPLMA data (animals, capitals, companies, elements, facts, inventions)."""
 
 LLAMA2 = {  # published configurations (config.json of meta-llama/Llama-2-{7b,13b}-hf)
     "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -199,6 +209,38 @@ def bench_model(name: str, args, flops: float, started: float) -> dict:
             "mean_tokens": real / len(ids), "peak_gpu_memory_gib": peak, "rows": rows}
 
 
+def bench_grid(width: int, device: str, seeds: int, layers: int, topic_sizes: tuple[int, ...]) -> dict:
+    """360 probes (by default) on random features of ``width``: stacked per (layer, kind), and one layer alone."""
+    generator = torch.Generator().manual_seed(0)
+    n = sum(topic_sizes)
+    labels = (torch.rand(n, generator=generator) < 0.5).long().numpy()
+    topic = np.repeat(np.arange(len(topic_sizes)), topic_sizes)
+    splits = [(np.flatnonzero(topic != t), np.flatnonzero(topic == t)) for t in range(len(topic_sizes))]
+    tasks = [Task(train, labels[train], test, labels[test], seed=1000 * t + seed)
+             for t, (train, test) in enumerate(splits) for seed in range(seeds)]
+    rows, stacked_probes = [], {}
+    for layer in range(layers):
+        X = torch.randn(n, width, generator=generator).to(device)
+        X[:, layer] += torch.as_tensor(labels, dtype=torch.float32, device=device)  # something to learn
+        for kind in ("linear", "tiny", "small", "medium"):
+            sync(device)
+            t = time.perf_counter()
+            probes = fit_many(X, tasks, ProbeConfig(kind), device=device)
+            sync(device)
+            rows.append({"width": width, "layer": layer, "kind": kind, "probes": len(tasks),
+                         "stacked_s": time.perf_counter() - t})
+            if layer == 0:
+                stacked_probes[kind] = probes
+                t = time.perf_counter()
+                alone = [fit_many(X, [task], ProbeConfig(kind), device=device)[0] for task in tasks]
+                sync(device)
+                rows[-1]["alone_s"] = time.perf_counter() - t
+                rows[-1]["max_abs_dw"] = max(float(np.abs(a - b).max()) for p, q in zip(probes, alone)
+                                             for a, b in zip(p.weights_ + p.biases_, q.weights_ + q.biases_))
+    return {"width": width, "probes": len(rows) * len(tasks), "stacked_s": sum(r["stacked_s"] for r in rows),
+            "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="llama-2-7b,llama-2-13b")
@@ -208,11 +250,16 @@ def main() -> None:
     parser.add_argument("--length-scale", type=float, default=1.2, help="Llama-2 / SmolLM2 token-count ratio")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--grid-widths", default="576,4096", help="feature widths for the probe grid ('' = skip)")
+    parser.add_argument("--grid-budget-s", type=float, default=420,
+                        help="start a probe-grid width only if fewer seconds than this have passed")
     parser.add_argument("--dry-run", action="store_true", help="tiny model, float32, CPU, 200 statements")
     args = parser.parse_args()
+    topic_sizes, grid_seeds, grid_layers = SAPLMA_TOPIC_SIZES, 3, 5
     if args.dry_run:
         args.models, args.device, args.dtype = "tiny", "cpu", "float32"
         args.n, args.naive_n, args.budgets = 200, 10, "256,1024"
+        args.grid_widths, topic_sizes, grid_seeds, grid_layers = "32", (40, 30, 50), 2, 2
     args.budgets = [int(b) for b in args.budgets.split(",")]
     started = time.perf_counter()
     info = machine()
@@ -226,12 +273,25 @@ def main() -> None:
     log(f"{args.dtype} matmul: {flops / 1e12:.2f} TFLOP/s (best of 3)", started)
     results = {"machine": info, "settings": {k: v for k, v in vars(args).items()},
                "matmul_tflops": flops / 1e12, "models": []}
-    for name in args.models.split(","):
-        results["models"].append(bench_model(name, args, flops, started))
+
+    def save() -> None:
         if os.environ.get("OUT"):
             os.makedirs(os.environ["OUT"], exist_ok=True)
             with open(os.path.join(os.environ["OUT"], "gpu_results.json"), "w") as handle:
                 json.dump(results, handle, indent=2, default=str)
+
+    for name in args.models.split(","):
+        results["models"].append(bench_model(name, args, flops, started))
+        save()
+    results["grid"] = []
+    for width in [int(w) for w in args.grid_widths.split(",") if w]:
+        if time.perf_counter() - started > args.grid_budget_s:
+            log(f"probe grid at width {width} skipped: past --grid-budget-s", started)
+            break
+        results["grid"].append(bench_grid(width, args.device, grid_seeds, grid_layers, topic_sizes))
+        log(f"probe grid, width {width}: {results['grid'][-1]['probes']} probes stacked in "
+            f"{results['grid'][-1]['stacked_s']:.1f} s", started)
+        save()
     rows = [row for model in results["models"] for row in model["rows"]]
     print(f"\n## GPU extraction, synthetic SAPLMA-length statements (x{args.length_scale} + BOS), "
           f"{args.dtype} on {info.get('gpu', info['cpu'])}\n")
@@ -239,6 +299,10 @@ def main() -> None:
     for model in results["models"]:
         print(f"{model['model']}: mean {model['mean_tokens']:.1f} tokens/statement, "
               f"peak GPU memory {model['peak_gpu_memory_gib'] or 0:.1f} GiB")
+    if results["grid"]:
+        print(f"\n## Probe grid on {args.device} (random features, SAPLMA settings; alone = layer 0 one probe "
+              "at a time; max_abs_dw = largest weight difference stacked vs alone)\n")
+        print(table([row for grid in results["grid"] for row in grid["rows"]]))
     log("done", started)
 
 

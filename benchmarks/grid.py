@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from benchmarks._common import SAPLMA_DATA, cached_activations, peak_rss_mb, print_machine, table
+from benchmarks._common import BENCH_CACHE, SAPLMA_DATA, cached_activations, peak_rss_mb, print_machine, table
 from probing.experiments import GridConfig, category_splits, run_grid, split_seed
 from probing.probes import Task, fit_many
 from probing.statements import load_dataset
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--linear-solver", choices=("lbfgs", "adam"), default="lbfgs",
                         help="lbfgs: the engine's default; adam: SAPLMA's settings for the linear probe too")
     parser.add_argument("--quick", action="store_true", help="100 statements per topic, layers -1,-5")
+    parser.add_argument("--cache", default=BENCH_CACHE, help=f"activation cache (default {BENCH_CACHE})")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,7 +68,7 @@ def main() -> None:
     if args.per_topic:
         dataset = dataset.subset(per_topic=args.per_topic)
     texts, labels = dataset.statements, dataset.labels
-    activations, computed, extract_s = cached_activations(texts)
+    activations, computed, extract_s = cached_activations(texts, args.cache)
     print(f"{len(dataset)} statements, {len(dataset.topics)} topics; activations cached "
           f"({computed} computed now in {extract_s:.0f} s, excluded from the timings)", flush=True)
 

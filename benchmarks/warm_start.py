@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -71,7 +72,7 @@ def app_child(per_topic: int | None, cache: str) -> None:
 
     def session() -> tuple[float, AppTest]:
         started = time.perf_counter()
-        app = AppTest.from_file("app.py", default_timeout=900).run()
+        app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=900).run()
         return time.perf_counter() - started, app
 
     first_s, _ = session()

@@ -13,11 +13,13 @@ Kinds:
   1-D logistic calibration of the projection for P(true).
 
 ``fit_many`` trains any number of same-kind probes together: the weights are
-stacked (member x in x out) and one batched Adam step updates every member.
-Each member draws its initial weights and batch order from its own seed only,
-has its own Adam step count, and is not updated once its epoch has run out of
-batches, so a probe trained in a stack equals, bit for bit, the same probe
-trained alone (a lone probe trains beside a throwaway twin: see ``fit_many``).
+stacked (member x out x in), forward and backward passes are batched matmuls
+over members, and one fused Adam call updates every member. Each member draws
+its initial weights and batch order from its own seed only, has its own Adam
+step count, and is not updated once its epoch has run out of batches, so a probe
+trained in a stack equals, bit for bit, the same probe trained alone (a lone
+probe trains beside a throwaway twin: see ``fit_many``). L-BFGS starts from
+zero and ignores the seed, so tasks that differ only in seed are fitted once.
 """
 
 from __future__ import annotations
@@ -522,14 +524,14 @@ def _fit_1d_logistic(x: torch.Tensor, y: torch.Tensor, iterations: int = 50) -> 
     """Newton's method for P(y) = sigmoid(a*x + c) on standardised x; returns (a, c) for raw x."""
     centre, spread = x.mean(), x.std().clamp(min=1e-12)
     z = (x - centre) / spread
-    a, c = torch.tensor(1.0, dtype=x.dtype), torch.tensor(0.0, dtype=x.dtype)
+    a, c = torch.tensor(1.0, dtype=x.dtype, device=x.device), torch.tensor(0.0, dtype=x.dtype, device=x.device)
     for _ in range(iterations):
         p = torch.sigmoid(a * z + c)
         g = torch.stack([((p - y) * z).sum(), (p - y).sum()]) + torch.stack([1e-4 * a, torch.zeros_like(c)])
         s = p * (1 - p)
         H = torch.stack([torch.stack([(s * z * z).sum() + 1e-4, (s * z).sum()]),
                          torch.stack([(s * z).sum(), s.sum()])])
-        delta = torch.linalg.solve(H + 1e-9 * torch.eye(2, dtype=x.dtype), g)
+        delta = torch.linalg.solve(H + 1e-9 * torch.eye(2, dtype=x.dtype, device=x.device), g)
         a, c = a - delta[0], c - delta[1]
         if delta.abs().max() < 1e-10:
             break

@@ -1,7 +1,8 @@
 """End to end in a real browser: Debian's chromium driven by playwright against `streamlit run app.py`.
 
 Extract a small statement set, train a probe while watching the live chart, run a small grid,
-open the truth directions, score a statement; screenshots go to docs/screenshots/.
+open the truth directions, score a statement. Screenshots go to cache/screenshots/ (git-ignored);
+set PROBING_SCREENSHOTS=docs/screenshots to refresh the README's.
 """
 
 import os
@@ -21,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("PROBING_TEST_CACHE", ROOT / "cache" / "tests"))  # as in conftest.py
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("PROBING_SCREENSHOTS", ROOT / "cache" / "screenshots"))
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"]
 LONG = 480_000  # ms: generous, the machine may be busy with other work

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from probing.activations import Activations
 from probing.directions import compare_directions, cosine_matrix, off_diagonal_mean, random_baseline, sign_matrix
@@ -114,3 +115,10 @@ def test_auroc_matches_scikit_learn_with_ties():
     scores = np.round(rng.normal(size=500) + labels, 1)  # many ties
     assert _auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert np.isnan(_auroc(np.ones(4, dtype=int), scores[:4]))
+
+
+def test_grid_config_checks_the_device_and_resolves_auto():
+    with pytest.raises(ValueError, match="device 'gpu9'"):
+        GridConfig(device="gpu9")
+    assert GridConfig(device="cpu").resolved_device == "cpu"
+    assert GridConfig().resolved_device == ("cuda" if torch.cuda.is_available() else "cpu")

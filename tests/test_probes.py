@@ -104,3 +104,36 @@ def test_invalid_settings_and_inputs_are_refused():
         make_probe("linear").fit(np.zeros((4, 3)), [1, 1, 1, 1])
     with pytest.raises(RuntimeError, match="not fitted"):
         make_probe("linear").predict(np.zeros((2, 3)))
+
+
+def test_stacked_training_is_plain_torch_adam_on_an_mlp():
+    """The hand-written batched backprop and Adam make the updates nn.Linear + torch.optim.Adam would."""
+    X, y = separable(n=300, width=16)
+    seed, epochs, batch = 11, 2, 32
+    probe = make_probe("small", seed=seed, epochs=epochs, batch_size=batch).fit(X, y)
+
+    generator = torch.Generator().manual_seed(seed)  # the member's own stream: init, then one order per epoch
+    sizes = [16, 128, 64, 1]
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = 1 / np.sqrt(fan_in)
+        linear = torch.nn.Linear(fan_in, fan_out)
+        with torch.no_grad():
+            linear.weight.copy_(((torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound).T)
+            linear.bias.copy_((torch.rand(fan_out, generator=generator) * 2 - 1) * bound)
+        layers += [linear, torch.nn.ReLU()]
+    mlp = torch.nn.Sequential(*layers[:-1])
+    rows = torch.from_numpy(X).double()
+    Z = ((rows - rows.mean(0)) / rows.std(0, unbiased=False)).float()
+    target = torch.from_numpy(y).float()
+    optimiser = torch.optim.Adam(mlp.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(X), generator=generator)
+        for start in range(0, len(X), batch):
+            chosen = order[start : start + batch]
+            optimiser.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(mlp(Z[chosen])[:, 0], target[chosen]).backward()
+            optimiser.step()
+    expected = [m.weight.detach().T.numpy() for m in mlp if isinstance(m, torch.nn.Linear)]
+    for ours, theirs in zip(probe.weights_, expected):
+        np.testing.assert_allclose(ours, theirs, atol=2e-5)
