@@ -24,11 +24,11 @@ import pandas as pd
 
 from probing.activations import Activations
 from probing.experiments import (
-    RANDOM_SPLIT, GridConfig, GridResult, Split, category_splits, random_split, run_grid,
-    text_only_accuracy, accuracy_table,
+    RANDOM_SPLIT, GridConfig, GridResult, Split, accuracy_table, make_splits, run_grid, shuffled_label_task,
+    split_seed, text_only_accuracy,
 )
 from probing.models import EMBEDDED, PRESETS, LoadedModel, ModelLoadError, ModelSpec, load_model
-from probing.probes import PROBE_KINDS, Probe, make_probe
+from probing.probes import PROBE_KINDS, Probe, Task, make_probe
 from probing.results import markdown_table
 from probing.statements import StatementSet
 
@@ -364,10 +364,9 @@ class TrainOutcome:
     n_test: int
 
 
-def make_split(dataset: StatementSet, heldout: str, seed: int = 0) -> Split:
-    if heldout == RANDOM_SPLIT:
-        return random_split(dataset, seed=seed)
-    for split in category_splits(dataset):
+def make_split(dataset: StatementSet, heldout: str) -> Split:
+    """The split the grid trains for ``heldout``: a topic held out, or the random split."""
+    for split in make_splits(dataset, "random" if heldout == RANDOM_SPLIT else "category"):
         if split.name == heldout:
             return split
     raise ValueError(f"topic {heldout!r} is not in this statement set ({dataset.topics})")
@@ -413,9 +412,11 @@ def train_work(activations: Activations, dataset: StatementSet, layer: int, kind
         job.set_phase("Extracting activations", len(activations.missing(texts)))
         activations.ensure(texts, on_progress=job.progress)
         X = activations.layer(texts, layer)
-        split = make_split(dataset, heldout, seed=0)
+        split = make_split(dataset, heldout)
         y = dataset.labels
-        probe = make_probe(kind, **settings)
+        # The seed rule of the grid, so this probe is the grid's probe for the same cell and seed.
+        task = Task(np.arange(len(split.train)), y[split.train], seed=split_seed(seed, split.name))
+        probe = make_probe(kind, **{**settings, "seed": task.seed})
         stepwise = probe.config.solver == "adam" and kind != "mass_mean"
         job.set_phase("Training", epochs if stepwise else 0, unit="epochs")
 
@@ -428,8 +429,8 @@ def train_work(activations: Activations, dataset: StatementSet, layer: int, kind
         job.set_phase("Controls: text-only and shuffled labels", 2, unit="controls")
         text_only = text_only_accuracy(dataset, split)
         job.progress(1, 2)
-        shuffled_y = np.random.default_rng(seed + 7).permutation(y[split.train])
-        shuffled = make_probe(kind, **settings).fit(X[split.train], shuffled_y)
+        control = shuffled_label_task(task)
+        shuffled = make_probe(kind, **{**settings, "seed": control.seed}).fit(X[split.train], control.y_train)
         job.progress(2, 2)
         per_topic, confusion = evaluate_probe(probe, X, dataset, split)
         return TrainOutcome(

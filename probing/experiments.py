@@ -256,12 +256,14 @@ def run_grid(
     return GridResult(pd.DataFrame(rows), pd.DataFrame(dynamics), probes, shuffled_probes)
 
 
+def shuffled_label_task(task: Task) -> Task:
+    """The shuffled-label control of ``task``: its training rows with permuted labels, and a seed of its own."""
+    seed = task.seed + 7
+    return Task(task.train, np.random.default_rng(seed).permutation(task.y_train), seed=seed)
+
+
 def _shuffled_controls(features: np.ndarray, tasks: Sequence[Task], config: ProbeConfig, device: str) -> list[Probe]:
-    permuted = []
-    for task in tasks:
-        rng = np.random.default_rng(task.seed + 7)
-        permuted.append(Task(task.train, rng.permutation(task.y_train), seed=task.seed + 7))
-    return fit_many(features, permuted, config, device=device)
+    return fit_many(features, [shuffled_label_task(task) for task in tasks], config, device=device)
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:

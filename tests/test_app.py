@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from probing import Activations, GridConfig, compare_directions, load_model, make_probe, model_says_true, run_grid
 from probing.builtin import load_builtin
 from probing.dashboard import accuracy_long, make_split, pca_points
-from probing.experiments import text_only_accuracy
+from probing.experiments import split_seed, text_only_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("PROBING_TEST_CACHE", ROOT / "cache" / "tests"))  # as in conftest.py
@@ -144,14 +144,16 @@ def test_train_page(app_cache, dataset, engine):
     job = wait_job(at, "train")
     assert [r["epoch"] for r in job.records] == [1, 2, 3, 4, 5, 6]
 
-    # recompute with the engine
+    # recompute with the engine: the page trains the grid's probe for this cell and seed
     _, activations = engine
     X = activations.layer(dataset.statements, -5)
     split = make_split(dataset, "cities")
     y = dataset.labels
-    probe = make_probe("tiny", epochs=6, lr=1e-3, seed=1).fit(X[split.train], y[split.train],
-                                                            X[split.test], y[split.test])
+    grid = run_grid(dataset, lambda layer: activations.layer(dataset.statements, layer),
+                    GridConfig(layers=(-5,), probes=("tiny",), seeds=2, epochs=6, controls=False))
+    probe = grid.probes[(-5, "tiny", "cities", 1)]
     accuracy = probe.score(X[split.test], y[split.test])
+    np.testing.assert_array_equal(job.result.probe.weights_[0], probe.weights_[0])
     shown = metrics(at)
     assert shown["Held-out accuracy"] == f"{accuracy:.3f}"
     assert shown["Text-only control"] == f"{text_only_accuracy(dataset, split):.3f}"
@@ -351,8 +353,8 @@ def test_two_sessions_train_at_the_same_time(app_cache, dataset, engine):
     for (at, heldout, kind), job in zip(sessions, jobs):
         wait_job(at, "train")
         split = make_split(dataset, heldout)
-        probe = make_probe(kind, epochs=30, lr=1e-3, seed=0).fit(X[split.train], y[split.train],
-                                                                 X[split.test], y[split.test])
+        probe = make_probe(kind, epochs=30, lr=1e-3, seed=split_seed(0, heldout)).fit(
+            X[split.train], y[split.train], X[split.test], y[split.test])
         assert job.result.heldout == heldout and job.result.kind == kind
         np.testing.assert_allclose(job.result.history["heldout_loss"], probe.history_["heldout_loss"], rtol=1e-4)
         assert metrics(at)["Held-out accuracy"] == f"{probe.score(X[split.test], y[split.test]):.3f}"
