@@ -43,6 +43,8 @@ HIDDEN_SIZES: dict[str, tuple[int, ...]] = {
 PROBE_KINDS = (*HIDDEN_SIZES, "mass_mean")
 EpochCallback = Callable[[int, dict], None]
 """Called with (member index, one history record) after every epoch."""
+STANDARDISED_COPIES_MAX_BYTES = 1 << 30
+"""Above this, training standardises rows as it gathers them instead of keeping standardised copies."""
 
 
 @dataclass(frozen=True)
@@ -261,17 +263,17 @@ class _Standardised:
     """Rows of X standardised with each member's own mean and scale, gathered per member.
 
     Members that share a training set share a standardised copy of X, made once,
-    unless the copies would exceed ``max_bytes``; then rows are standardised as
-    they are gathered. Both give the same numbers.
+    unless the copies would exceed ``STANDARDISED_COPIES_MAX_BYTES``; then rows
+    are standardised as they are gathered. Both give the same numbers.
     """
 
-    def __init__(self, X: torch.Tensor, tasks: Sequence[Task], mean, scale, max_bytes: int = 1 << 30):
+    def __init__(self, X: torch.Tensor, tasks: Sequence[Task], mean, scale):
         self.X, self.mean, self.scale = X, mean.unsqueeze(1), scale.unsqueeze(1)
         tables: dict[bytes, int] = {}
         owners = [tables.setdefault(np.asarray(t.train).tobytes(), len(tables)) for t in tasks]
         first = [owners.index(table) for table in range(len(tables))]
         self.copies = None
-        if len(tables) * X.numel() * X.element_size() <= max_bytes:
+        if len(tables) * X.numel() * X.element_size() <= STANDARDISED_COPIES_MAX_BYTES:
             self.copies = torch.cat([(X - mean[j]) / scale[j] for j in first])  # copy t holds rows t*n..
             self.offset = torch.as_tensor(owners, device=X.device).unsqueeze(1) * len(X)
 

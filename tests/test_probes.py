@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
+from probing import probes
 from probing.probes import PROBE_KINDS, Probe, ProbeConfig, Task, fit_many, make_probe
 
 
@@ -137,3 +138,22 @@ def test_stacked_training_is_plain_torch_adam_on_an_mlp():
     expected = [m.weight.detach().T.numpy() for m in mlp if isinstance(m, torch.nn.Linear)]
     for ours, theirs in zip(probe.weights_, expected):
         np.testing.assert_allclose(ours, theirs, atol=2e-5)
+
+
+def test_big_stacks_and_the_memory_saving_path_give_the_same_probes(monkeypatch):
+    """20 members (held-out passes run 16 at a time) equal their lone selves, with or without standardised copies."""
+    X, y = separable(n=600, width=24)
+    rng = np.random.default_rng(0)
+    tasks = []
+    for seed in range(20):
+        rows = np.sort(rng.choice(600, size=300 + 10 * seed, replace=False))
+        rest = np.setdiff1d(np.arange(600), rows)
+        tasks.append(Task(rows, y[rows], rest, y[rest], seed=seed))
+    config = ProbeConfig("tiny", epochs=2)
+    stacked = fit_many(X, tasks, config)
+    monkeypatch.setattr(probes, "STANDARDISED_COPIES_MAX_BYTES", 0)
+    alone = [fit_many(X, [task], config)[0] for task in tasks[::4]]
+    for together, single in zip(stacked[::4], alone):
+        for a, b in zip(together.weights_ + together.biases_, single.weights_ + single.biases_):
+            np.testing.assert_array_equal(a, b)
+        pd.testing.assert_frame_equal(together.history_, single.history_)
