@@ -247,15 +247,19 @@ def _check_task(task: Task, n: int) -> None:
         raise ValueError("task rows and labels disagree or point outside X")
 
 
+def _training_set(task: Task) -> bytes:
+    """A key equal for tasks that train on the same rows."""
+    return np.asarray(task.train).tobytes()
+
+
 def _standardisers(X: torch.Tensor, tasks: Sequence[Task]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task mean and scale, fitted on that task's training rows only (once per distinct row set)."""
     fitted: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
     for task in tasks:
-        key = np.asarray(task.train).tobytes()
-        if key not in fitted:
+        if _training_set(task) not in fitted:
             std, mean = torch.std_mean(X[torch.as_tensor(task.train, device=X.device)].double(), 0, unbiased=False)
-            fitted[key] = mean.float(), torch.where(std > 1e-6, std, torch.ones_like(std)).float()
-    means, scales = zip(*(fitted[np.asarray(task.train).tobytes()] for task in tasks))
+            fitted[_training_set(task)] = mean.float(), torch.where(std > 1e-6, std, torch.ones_like(std)).float()
+    means, scales = zip(*(fitted[_training_set(task)] for task in tasks))
     return torch.stack(means), torch.stack(scales)
 
 
@@ -270,7 +274,7 @@ class _Standardised:
     def __init__(self, X: torch.Tensor, tasks: Sequence[Task], mean, scale):
         self.X, self.mean, self.scale = X, mean.unsqueeze(1), scale.unsqueeze(1)
         tables: dict[bytes, int] = {}
-        owners = [tables.setdefault(np.asarray(t.train).tobytes(), len(tables)) for t in tasks]
+        owners = [tables.setdefault(_training_set(t), len(tables)) for t in tasks]
         first = [owners.index(table) for table in range(len(tables))]
         self.copies = None
         if len(tables) * X.numel() * X.element_size() <= STANDARDISED_COPIES_MAX_BYTES:
@@ -317,6 +321,13 @@ def _stack_forward(h: torch.Tensor, weights, biases) -> list[torch.Tensor]:
     return outputs
 
 
+def _masked_sums(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per member, the summed cross-entropy loss and the number of correct predictions over rows where mask is 1."""
+    loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * mask).sum(-1)
+    hits = (((logits > 0).float() == y).float() * mask).sum(-1)
+    return loss, hits
+
+
 def _stack_backward(outputs: list[torch.Tensor], weights, grad: torch.Tensor):
     """Gradients of the weights and biases, given d loss / d logits (members, rows, 1).
 
@@ -353,7 +364,7 @@ def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochC
     most_steps = max(math.ceil(n / B) for n in sizes)
     histories: list[list[dict]] = [[] for _ in tasks]
     standardised = _Standardised(X, tasks, mean, scale)
-    heldout = _HeldOut(X, tasks, standardised)
+    heldout = _HeldOut(tasks, standardised)
 
     for epoch in range(1, config.epochs + 1):
         index = torch.zeros(members, most_steps * B, dtype=torch.long, device=device)
@@ -370,9 +381,10 @@ def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochC
         correct = torch.zeros(members, dtype=torch.float64, device=device)
         for step in range(most_steps):
             outputs = _stack_forward(standardised(index[step]), weights, biases)
-            logits, y, v = outputs[-1].squeeze(-1), targets[step], valid[step]
-            loss_sum += (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * v).sum(1)
-            correct += (((logits > 0).float() == y).float() * v).sum(1)
+            logits, y = outputs[-1].squeeze(-1), targets[step]
+            loss, hits = _masked_sums(logits, y, valid[step])
+            loss_sum += loss
+            correct += hits
             grad = ((torch.sigmoid(logits) - y) * weight_per_row[step]).unsqueeze(-1)
             grad_w, grad_b = _stack_backward(outputs, weights, grad)
             adam.step(grad_w + grad_b, active[step])
@@ -392,17 +404,18 @@ def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochC
 class _HeldOut:
     """Each member's held-out rows, padded into one stack so all members are scored at once."""
 
-    def __init__(self, X, tasks: Sequence[Task], standardised: _Standardised, members_per_pass: int = 16):
+    def __init__(self, tasks: Sequence[Task], standardised: _Standardised, members_per_pass: int = 16):
         self.standardised, self.members_per_pass = standardised, members_per_pass
+        device = standardised.X.device
         tests = [t.test if t.test is not None else np.zeros(0, dtype=int) for t in tasks]
         width = max(1, max(len(rows) for rows in tests))
-        self.rows = torch.zeros(len(tasks), width, dtype=torch.long, device=X.device)
-        self.labels = torch.zeros(len(tasks), width, device=X.device)
-        self.mask = torch.zeros(len(tasks), width, device=X.device)
+        self.rows = torch.zeros(len(tasks), width, dtype=torch.long, device=device)
+        self.labels = torch.zeros(len(tasks), width, device=device)
+        self.mask = torch.zeros(len(tasks), width, device=device)
         for j, (task, rows) in enumerate(zip(tasks, tests)):
             if len(rows):
-                self.rows[j, : len(rows)] = torch.as_tensor(rows, device=X.device)
-                self.labels[j, : len(rows)] = torch.as_tensor(task.y_test, dtype=torch.float32, device=X.device)
+                self.rows[j, : len(rows)] = torch.as_tensor(rows, device=device)
+                self.labels[j, : len(rows)] = torch.as_tensor(task.y_test, dtype=torch.float32, device=device)
                 self.mask[j, : len(rows)] = 1
         self.counts = self.mask.sum(1)
 
@@ -415,9 +428,9 @@ class _HeldOut:
             part = slice(start, start + self.members_per_pass)
             h = self.standardised(self.rows[part], part)
             logits = _stack_forward(h, [w[part] for w in weights], [b[part] for b in biases])[-1].squeeze(-1)
-            y, mask = self.labels[part], self.mask[part]
-            losses.append((F.binary_cross_entropy_with_logits(logits, y, reduction="none") * mask).sum(1))
-            accuracies.append((((logits > 0).float() == y).float() * mask).sum(1))
+            loss, hits = _masked_sums(logits, self.labels[part], self.mask[part])
+            losses.append(loss)
+            accuracies.append(hits)
         count = self.counts.clamp(min=1)
         loss, accuracy = (torch.cat(losses) / count).tolist(), (torch.cat(accuracies) / count).tolist()
         return [(l, a) if n else None for l, a, n in zip(loss, accuracy, self.counts.tolist())]
@@ -554,9 +567,8 @@ def _evaluate(X, rows, labels, mean, scale, weights, biases, prefix) -> dict:
     h = ((X[torch.as_tensor(rows, device=X.device)] - mean) / scale).unsqueeze(0)
     logits = _stack_forward(h, weights, biases)[-1][0, :, 0]
     y = torch.as_tensor(labels, dtype=torch.float32, device=X.device)
-    loss = F.binary_cross_entropy_with_logits(logits, y).item()
-    accuracy = ((logits > 0).float() == y).float().mean().item()
-    return {f"{prefix}_loss": loss, f"{prefix}_accuracy": accuracy}
+    loss, hits = _masked_sums(logits, y, torch.ones_like(y))
+    return {f"{prefix}_loss": loss.item() / len(y), f"{prefix}_accuracy": hits.item() / len(y)}
 
 
 def _single_history(X, task, mean, scale, weights, biases):
