@@ -24,6 +24,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline, make_union
 
+from probing.models import default_device
 from probing.probes import PROBE_KINDS, Probe, ProbeConfig, Task, fit_many
 from probing.statements import StatementSet, require_topics
 
@@ -123,9 +124,7 @@ class GridConfig:
 
     @property
     def resolved_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return default_device() if self.device == "auto" else self.device
 
     def probe_config(self, kind: str) -> ProbeConfig:
         solver = self.linear_solver if kind == "linear" else "adam"

@@ -54,9 +54,7 @@ class ModelSpec:
 
     @property
     def resolved_device(self) -> str:
-        if self.device:
-            return self.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device or default_device()
 
     @property
     def resolved_dtype(self) -> str:
@@ -95,6 +93,11 @@ class ModelSource:
         if self.kind == "folder":
             return f"folder:{_folder_digest(Path(self.location))}"
         return f"hub:{self.location}@{_hub_commit(self.location, revision) or revision or 'main'}"
+
+
+def default_device() -> str:
+    """Where models run and probes train unless told otherwise: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def cpu_has_fast_bfloat16() -> bool:

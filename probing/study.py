@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,14 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probing.activations import Activations
+from probing.activations import Activations, Progress
 from probing.directions import DIRECTION_KINDS, compare_directions
 from probing.experiments import GridConfig, GridResult, run_grid
 from probing.probes import Probe, Task, fit_many
 from probing.results import command_line, package_versions, save_probes, write_table
 from probing.statements import StatementSet
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -66,10 +63,12 @@ def reproduce(
                     model_name=activations.spec.name, on_progress=on_train)
     accuracy_mean, accuracy_max = grid.accuracy_table("mean"), grid.accuracy_table("max")
     cosine, sign, matrices = [], [], []
-    for kind in (k for k in config.probes if k in DIRECTION_KINDS):
-        if config.split == "category":
-            c, s, m = compare_directions(grid, kind)
-            cosine.append(c), sign.append(s), matrices.append(m)
+    if config.split == "category":  # directions are compared across held-out topics
+        for kind in (k for k in config.probes if k in DIRECTION_KINDS):
+            kind_cosine, kind_sign, kind_matrices = compare_directions(grid, kind)
+            cosine.append(kind_cosine)
+            sign.append(kind_sign)
+            matrices.append(kind_matrices)
     final = train_final_probes(dataset, activations, config)
     outputs = StudyOutputs(
         grid, accuracy_mean, accuracy_max,
