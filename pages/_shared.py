@@ -16,7 +16,7 @@ from probing.activations import Activations
 from probing.builtin import load_builtin
 from probing.dashboard import (
     MODEL_CHOICES, Job, ModelBusy, ModelHolder, ResultStore, context_key, default_cache_dir,
-    default_model_name, default_per_topic, model_choices, start_job,
+    default_model_name, default_per_topic, extract_work, model_choices, start_job,
 )
 
 POSITION_HELP = {
@@ -102,18 +102,22 @@ def start(ctx: Context, kind: str, label: str, work, params: dict | None = None)
     st.session_state["job"] = start_job(job, work, holder=ctx.holder)
 
 
-def results(ctx: Context) -> dict:
-    """This context's finished results: from session state, else from the disk store."""
+def _results_bucket(context: str, store: ResultStore) -> dict:
+    """A context's finished results in session state, read from the disk store the first time."""
     everything = st.session_state.setdefault("results", {})
-    if ctx.key not in everything:
-        store = ctx.store
-        everything[ctx.key] = {
+    if context not in everything:
+        everything[context] = {
             "trained": store.load("trained", {}),
             "last_train": store.load("last_train"),
             "grid": store.load("grid"),
             "directions": store.load("directions"),
         }
-    return everything[ctx.key]
+    return everything[context]
+
+
+def results(ctx: Context) -> dict:
+    """This context's finished results: from session state, else from the disk store."""
+    return _results_bucket(ctx.key, ctx.store)
 
 
 def collect_finished_job() -> None:
@@ -125,13 +129,8 @@ def collect_finished_job() -> None:
     job.params["seen_running"] = False
     if job.error or job.result is None:
         return
-    everything = st.session_state.setdefault("results", {})
-    bucket = everything.get(job.params["context"])
     store = ResultStore(job.params["cache_dir"], job.params["context"])
-    if bucket is None:
-        bucket = everything[job.params["context"]] = {
-            "trained": store.load("trained", {}), "last_train": store.load("last_train"),
-            "grid": store.load("grid"), "directions": store.load("directions")}
+    bucket = _results_bucket(job.params["context"], store)
     if job.kind == "train":
         outcome = job.result
         bucket["trained"][(outcome.layer, outcome.kind)] = outcome
@@ -300,8 +299,6 @@ def require_ready(ctx: Context) -> bool:
 
 def extraction_controls(ctx: Context, key: str) -> int:
     """Cached-count line and an *Extract activations* button; returns how many are missing."""
-    from probing.dashboard import extract_work
-
     texts = ctx.dataset.statements
     unique = len(dict.fromkeys(texts))
     missing = len(ctx.activations.missing(texts))

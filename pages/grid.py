@@ -5,9 +5,9 @@ import streamlit as st
 from pages._shared import context, job_panel, job_running, require_ready, results, start, show_chart
 from probing import PROBE_KINDS, charts
 from probing.dashboard import (
-    GRID_PROBES, accuracy_long, cell_dynamics, cell_per_topic, grid_csv, grid_markdown, grid_work,
-    layer_options, partial_results, study_layers,
+    cell_dynamics, cell_per_topic, grid_csv, grid_markdown, grid_work, layer_options, partial_results, study_layers,
 )
+from probing.experiments import GridConfig, accuracy_long
 
 ctx = context()
 st.title("Accuracy grid")
@@ -22,7 +22,7 @@ if require_ready(ctx):
     c1, c2 = st.columns([3, 2])
     layers = c1.multiselect("Layers (from the end)", options, default=study_layers(ctx.model.n_hidden_states),
                             key="grid_layers", disabled=busy)
-    probes = c2.multiselect("Probe kinds", PROBE_KINDS, default=list(GRID_PROBES), key="grid_probes",
+    probes = c2.multiselect("Probe kinds", PROBE_KINDS, default=list(GridConfig().probes), key="grid_probes",
                             disabled=busy)
     c3, c4, c5 = st.columns(3)
     epochs = c3.number_input("Epochs", 1, 200, 5, key="grid_epochs", disabled=busy)

@@ -28,12 +28,10 @@ from probing.experiments import (
     split_seed, text_only_accuracy,
 )
 from probing.models import EMBEDDED, PRESETS, LoadedModel, ModelLoadError, ModelSpec, load_model
-from probing.probes import PROBE_KINDS, Probe, Task, make_probe
+from probing.probes import Probe, Task, make_probe
 from probing.results import markdown_table
 from probing.statements import StatementSet
 
-STUDY_LAYERS = (-17, -13, -9, -5, -1)
-GRID_PROBES = ("linear", "tiny", "small", "medium")
 EXAMPLES = (
     "The city of Paris is located in France.",
     "The city of Paris is located in Japan.",
@@ -314,32 +312,27 @@ def layer_options(n_hidden_states: int) -> list[int]:
 
 
 def study_layers(n_hidden_states: int) -> list[int]:
-    """The study's layers (-17, -13, -9, -5, -1) that this model has, deepest first."""
-    return [layer for layer in STUDY_LAYERS if -layer <= n_hidden_states]
-
-
-def layer_sort_key(layer) -> int:
-    return int(layer)
+    """The study's layers (the grid's defaults, -17 ... -1) that this model has, deepest first."""
+    return sorted(layer for layer in GridConfig().layers if -layer <= n_hidden_states)
 
 
 # ----------------------------------------------------------------------------- extraction
 
 
+def extract_missing(job: Job, activations: Activations, texts: list[str]) -> int:
+    """Every job's first phase: compute what the cache lacks, with the count shown from the start."""
+    job.set_phase("Extracting activations", len(activations.missing(texts)))
+    return activations.ensure(texts, on_progress=job.progress)
+
+
 def extract_work(activations: Activations, texts: list[str]) -> Callable[[Job], int]:
     def work(job: Job) -> int:
-        todo = len(activations.missing(texts))
-        job.set_phase("Extracting activations", todo)
-        computed = activations.ensure(texts, on_progress=job.progress)
+        computed = extract_missing(job, activations, texts)
         job.set_phase("Done", computed)
         job.progress(computed, computed)
         return computed
 
     return work
-
-
-def cached_count(activations: Activations, texts: list[str]) -> int:
-    unique = list(dict.fromkeys(texts))
-    return len(unique) - len(activations.missing(unique))
 
 
 # ----------------------------------------------------------------------------- one probe
@@ -409,8 +402,7 @@ def train_work(activations: Activations, dataset: StatementSet, layer: int, kind
         settings["solver"] = solver
 
     def work(job: Job) -> TrainOutcome:
-        job.set_phase("Extracting activations", len(activations.missing(texts)))
-        activations.ensure(texts, on_progress=job.progress)
+        extract_missing(job, activations, texts)
         X = activations.layer(texts, layer)
         split = make_split(dataset, heldout)
         y = dataset.labels
@@ -463,8 +455,7 @@ def grid_work(activations: Activations, dataset: StatementSet, layers: list[int]
     layers = sorted(layers)
 
     def work(job: Job) -> GridOutcome:
-        job.set_phase("Extracting activations", len(activations.missing(texts)))
-        activations.ensure(texts, on_progress=job.progress)
+        extract_missing(job, activations, texts)
         load = lambda layer: activations.layer(texts, layer)  # noqa: E731
         common = dict(layers=tuple(layers), probes=tuple(probes), seeds=seeds, epochs=epochs)
         n_splits = len(dataset.topics)
@@ -496,17 +487,6 @@ def partial_results(records: list[dict], split: str = "category") -> pd.DataFram
     if frame.empty:
         return pd.DataFrame(columns=["layer", "probe", "heldout", "seed", "accuracy", "split"])
     return frame[frame["split"] == split]
-
-
-def accuracy_long(results: pd.DataFrame, statistic: str = "mean") -> pd.DataFrame:
-    """layer, probe, accuracy (mean or max over splits, after averaging seeds), splits done."""
-    if results.empty:
-        return pd.DataFrame(columns=["layer", "probe", "accuracy", "splits"])
-    per_split = results.groupby(["probe", "layer", "heldout"], sort=False)["accuracy"].mean().reset_index()
-    grouped = per_split.groupby(["probe", "layer"], sort=False)
-    table = grouped["accuracy"].agg(statistic).rename("accuracy").to_frame()
-    table["splits"] = grouped.size()
-    return table.reset_index()
 
 
 def grid_markdown(outcome: GridOutcome, title: str = "") -> str:

@@ -149,16 +149,24 @@ class GridResult:
         return accuracy_table(self.results, statistic)
 
 
-def accuracy_table(results: pd.DataFrame, statistic: str = "mean") -> pd.DataFrame:
-    """The study's layout: a row per probe kind, a column per layer from the deepest (-17) to -1.
-
-    Each cell is the ``statistic`` (mean or max) over splits of the per-split accuracy
-    (itself the mean over seeds). Works on a partial grid, too.
+def accuracy_long(results: pd.DataFrame, statistic: str = "mean") -> pd.DataFrame:
+    """probe, layer, accuracy, splits: the ``statistic`` (mean or max) over splits of the
+    per-split accuracy (itself the mean over seeds), and how many splits are in. Works on a
+    partial grid, too.
     """
     if results.empty:
-        return pd.DataFrame(columns=["probe"])
+        return pd.DataFrame(columns=["probe", "layer", "accuracy", "splits"])
     per_split = results.groupby(["probe", "layer", "heldout"], sort=False)["accuracy"].mean()
-    table = per_split.groupby(["probe", "layer"], sort=False).agg(statistic).unstack("layer")
+    grouped = per_split.groupby(["probe", "layer"], sort=False)
+    return grouped.agg(statistic).rename("accuracy").to_frame().assign(splits=grouped.size()).reset_index()
+
+
+def accuracy_table(results: pd.DataFrame, statistic: str = "mean") -> pd.DataFrame:
+    """The study's layout of :func:`accuracy_long`: a row per probe kind, a column per layer
+    from the deepest (-17) to -1."""
+    if results.empty:
+        return pd.DataFrame(columns=["probe"])
+    table = accuracy_long(results, statistic).pivot(index="probe", columns="layer", values="accuracy")
     table = table.loc[[p for p in PROBE_KINDS if p in table.index], sorted(table.columns)]
     table.columns = [str(c) for c in table.columns]
     return table.reset_index()

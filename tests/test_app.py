@@ -19,8 +19,8 @@ from streamlit.testing.v1 import AppTest
 
 from probing import Activations, GridConfig, compare_directions, load_model, make_probe, model_says_true, run_grid
 from probing.builtin import load_builtin
-from probing.dashboard import accuracy_long, make_split, pca_points
-from probing.experiments import split_seed, text_only_accuracy
+from probing.dashboard import make_split, pca_points
+from probing.experiments import accuracy_long, split_seed, text_only_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("PROBING_TEST_CACHE", ROOT / "cache" / "tests"))  # as in conftest.py

@@ -15,10 +15,9 @@ from probing import Activations, GridConfig, ModelSpec, compare_directions, load
 from probing import charts
 from probing.builtin import load_builtin
 from probing.dashboard import (
-    accuracy_long, cell_dynamics, cell_per_topic, evaluate_probe, GridOutcome, grid_markdown,
-    make_split, pca_points,
+    cell_dynamics, cell_per_topic, evaluate_probe, GridOutcome, grid_markdown, make_split, pca_points,
 )
-from probing.experiments import accuracy_table
+from probing.experiments import accuracy_long, accuracy_table
 from probing.results import markdown_table
 
 # Shared with tests/test_app.py and tests/test_browser.py: the embedded model is converted once.
