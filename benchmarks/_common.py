@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SAPLMA_DATA = "/work/shared/datasets/azaria-mitchell"
@@ -79,6 +80,11 @@ def matmul_flops(dtype: torch.dtype, device: str = "cpu", size: int | None = Non
         sync(device)
         best = min(best, (time.perf_counter() - started) / inner)
     return 2 * size**3 / best
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``a`` with the same row of ``b`` (numpy arrays)."""
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-30)
 
 
 def sync(device: str | torch.device) -> None:

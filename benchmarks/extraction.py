@@ -34,7 +34,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 import torch
 
-from benchmarks._common import SAPLMA_DATA, matmul_flops, model_cache, peak_rss_mb, print_machine, table
+from benchmarks._common import (
+    SAPLMA_DATA, matmul_flops, model_cache, peak_rss_mb, print_machine, row_cosines, table,
+)
 from probing.activations import plan_batches, run_batch
 from probing.models import DTYPES, LoadedModel, ModelSpec, cpu_has_fast_bfloat16, load_model
 from probing.statements import load_dataset
@@ -79,15 +81,11 @@ def ours(loaded: LoadedModel, texts: Sequence[str], budget: int,
     return seconds, out, sum(b.input_ids.numel() for b in batches)
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
-
-
 def agreement(ref: dict[int, np.ndarray], got: dict[int, np.ndarray], n: int) -> dict[str, float]:
     """Largest and mean 1 - cosine per layer (last, middle) over the first ``n`` statements."""
     row: dict[str, float] = {}
     for name, layer in zip(("last", "mid"), ref):
-        gap = 1 - cosines(ref[layer][:n], got[layer][:n])
+        gap = 1 - row_cosines(ref[layer][:n], got[layer][:n])
         row[f"1-cos_{name}_max"], row[f"1-cos_{name}_mean"] = float(gap.max()), float(gap.mean())
     return row
 

@@ -51,7 +51,7 @@ try:
 except ImportError:
     sys.modules["diskcache"] = types.ModuleType("diskcache")  # the disk cache is not used here
 
-from benchmarks._common import machine, matmul_flops, sync, table  # noqa: E402
+from benchmarks._common import machine, matmul_flops, row_cosines, sync, table  # noqa: E402
 from probing.activations import Batch, run_batch  # noqa: E402
 from probing.models import LoadedModel, ModelSpec  # noqa: E402
 from probing.probes import ProbeConfig, Task, fit_many  # noqa: E402
@@ -160,10 +160,6 @@ def naive(loaded: LoadedModel, ids: list[torch.Tensor], keep: tuple[int, ...]) -
     return time.perf_counter() - started, out
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-30)
-
-
 def bench_model(name: str, args, flops: float, started: float) -> dict:
     device, dtype = args.device, getattr(torch, args.dtype)
     if device.startswith("cuda"):
@@ -191,7 +187,7 @@ def bench_model(name: str, args, flops: float, started: float) -> dict:
              "bound_frac": bound(naive_s, sum(len(x) for x in ids[:n_naive]))}]
     for budget in args.budgets:
         seconds, out, n_batches, padded = ours(loaded, ids, budget, keep)
-        agree = {f"1-cos_{label}_max": float((1 - cosine(out[:n_naive, k], reference[:, k])).max())
+        agree = {f"1-cos_{label}_max": float((1 - row_cosines(out[:n_naive, k], reference[:, k])).max())
                  for k, label in enumerate(("last", "mid"))}
         rows.append({"model": name, "method": "ours", "budget": budget, "statements": len(ids),
                      "batches": n_batches, "seconds": seconds, "stmt_per_s": len(ids) / seconds,
