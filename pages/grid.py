@@ -46,11 +46,11 @@ if require_ready(ctx):
               type="primary", key="grid_button", disabled=busy or not can_run, on_click=launch)
 
     def live(job):
-        done = partial_results(job.records, "category")
+        done = partial_results(job.records_so_far(), "category")
         if len(done):
             show_chart(charts.accuracy_heatmap(accuracy_long(done), "Mean accuracy so far (category splits)",
-                                                    layers=job.params["layers"], probes=job.params["probes"]),
-                            key="live_grid")
+                                               layers=job.params["layers"], probes=job.params["probes"]),
+                       key="live_grid")
             st.caption("Cells fill in as the probes of each layer and kind finish.")
 
     job_panel("grid", live=live)

@@ -57,10 +57,10 @@ if require_ready(ctx):
     st.button("Train", type="primary", key="train_button", disabled=busy, on_click=launch)
 
     def live(job):
-        if job.records:
-            show_chart(charts.training_dynamics_chart(job.records, job.params.get("epochs")),
-                            key="live_dynamics")
-            last = job.records[-1]
+        records = job.records_so_far()
+        if records:
+            show_chart(charts.training_dynamics_chart(records, job.params.get("epochs")), key="live_dynamics")
+            last = records[-1]
             step = (f"Epoch {last['epoch']} / {job.params['epochs']}" if job.params.get("epochs")
                     else f"Round {last['epoch']} (10 L-BFGS iterations each)")
             st.caption(f"{step}: train accuracy "

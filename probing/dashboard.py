@@ -176,7 +176,11 @@ def _same_spec(spec: ModelSpec, name: str, device: str | None, dtype: str | None
 
 @dataclass
 class Job:
-    """Work running in a background thread; the page polls it. Only the thread writes to it."""
+    """Work running in a background thread; the page polls it. Only the thread writes to it.
+
+    The page reads ``records`` through ``records_so_far()``: a copy taken under a lock, since
+    building a DataFrame from a list that grows meanwhile fails (length mismatch).
+    """
 
     kind: str  # "extract" | "train" | "grid" | "directions"
     label: str
@@ -192,6 +196,15 @@ class Job:
     params: dict = field(default_factory=dict)
     unit: str = "statements"
     thread: threading.Thread | None = field(default=None, repr=False)
+    _records_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_record(self, record: dict) -> None:
+        with self._records_lock:
+            self.records.append(record)
+
+    def records_so_far(self) -> list[dict]:
+        with self._records_lock:
+            return list(self.records)
 
     @property
     def running(self) -> bool:
@@ -413,7 +426,7 @@ def train_work(activations: Activations, dataset: StatementSet, layer: int, kind
         job.set_phase("Training", epochs if stepwise else 0, unit="epochs")
 
         def on_epoch(record: dict) -> None:
-            job.records.append(dict(record))
+            job.add_record(dict(record))
             if job.total:
                 job.progress(record["epoch"], job.total)
 
@@ -464,7 +477,7 @@ def grid_work(activations: Activations, dataset: StatementSet, layers: list[int]
         offset = [0]
 
         def on_result(row: dict) -> None:
-            job.records.append({**row, "split": "category" if row["heldout"] != RANDOM_SPLIT else "random"})
+            job.add_record({**row, "split": "category" if row["heldout"] != RANDOM_SPLIT else "random"})
 
         def on_progress(done: int, _total: int) -> None:
             job.progress(offset[0] + done, total)

@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from streamlit.testing.v1 import AppTest
 
 from probing import Activations, GridConfig, compare_directions, load_model, make_probe, model_says_true, run_grid
 from probing.builtin import load_builtin
-from probing.dashboard import make_split, pca_points
+from probing.charts import dynamics_long
+from probing.dashboard import Job, make_split, pca_points, start_job, train_work
 from probing.experiments import accuracy_long, split_seed, text_only_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,6 +179,26 @@ def test_train_page(app_cache, dataset, engine):
     no_errors(at)
     assert metrics(at)["Held-out accuracy"] == f"{accuracy:.3f}"
     assert at.expander and "Probes kept" in at.expander[0].label
+
+
+def test_live_chart_reads_a_snapshot_of_the_records(dataset, engine):
+    """The page draws job records while the thread appends: it must get a copy, not the growing list."""
+    _, activations = engine
+    epochs = 400
+    job = start_job(Job("train", "live"), train_work(activations, dataset, -5, "tiny", "cities", epochs, 1e-3, 0))
+    snapshots = []
+    while job.running:
+        records = job.records_so_far()
+        if 0 < len(records) < epochs:
+            snapshots.append(records)
+            long = dynamics_long(records)  # what the live chart draws
+            assert sorted(set(long.epoch)) == list(range(1, len(records) + 1))
+        time.sleep(0.005)
+    job.wait()
+    assert job.error is None, job.params.get("traceback")
+    assert len(job.records) == epochs and snapshots, "no snapshot was taken while the job ran"
+    for records in snapshots:
+        assert len(records) < epochs and records == job.records[:len(records)]
 
 
 def test_grid_page(app_cache, dataset, engine):
