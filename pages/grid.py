@@ -69,12 +69,12 @@ if require_ready(ctx):
         with right:
             if outcome.random is not None:
                 show_chart(charts.accuracy_heatmap(accuracy_long(outcome.random.results), "Random split accuracy",
-                                                        layers_done, probes_done), key="grid_random_chart")
+                                                   layers_done, probes_done), key="grid_random_chart")
                 st.caption("Same probes on a random 80/20 split: what they reach in distribution.")
         left2, right2 = st.columns(2)
         with left2:
             show_chart(charts.accuracy_heatmap(accuracy_long(cat, "max"), "Max accuracy over category splits",
-                                                    layers_done, probes_done), key="grid_max")
+                                               layers_done, probes_done), key="grid_max")
             st.caption("The best held-out topic per cell (the study's appendix table).")
         with right2:
             d1, d2 = st.columns(2)
@@ -101,9 +101,9 @@ if require_ready(ctx):
         a, b = st.columns([2, 3])
         with a:
             show_chart(charts.cell_topics_chart(cell_per_topic(outcome, cell_layer, cell_probe),
-                                                     f"{cell_probe} at layer {cell_layer}: per held-out topic"),
-                            key="cell_topics")
+                                                f"{cell_probe} at layer {cell_layer}: per held-out topic"),
+                       key="cell_topics")
             st.caption("Bars: held-out accuracy; red ticks: the text-only control on the same split.")
         with b:
             show_chart(charts.grid_curves_chart(cell_dynamics(outcome, cell_layer, cell_probe),
-                                                     outcome.config["epochs"]), key="cell_curves")
+                                                outcome.config["epochs"]), key="cell_curves")

@@ -82,9 +82,9 @@ if require_ready(ctx):
                     help="The same probe trained on shuffled labels; should sit near 0.5.")
         m[3].metric("Trained on", f"{outcome.n_train:,}", help="training statements")
         show_chart(charts.training_dynamics_chart(outcome.history), key="final_dynamics")
-        st.caption("Training dynamics: loss and accuracy after each epoch (L-BFGS: each round of 10 "
-                   "iterations) on the training statements "
-                   "and on the held-out ones. A widening gap means the probe learns topic-specific cues.")
+        st.caption("Training dynamics per epoch: on the training statements the mean over the epoch's "
+                   "batches, on the held-out ones the value after the epoch (L-BFGS: both after each round "
+                   "of 10 iterations). A widening gap means the probe learns topic-specific cues.")
         a, b, c = st.columns([3, 2, 3])
         with a:
             show_chart(charts.topic_accuracy_chart(outcome.per_topic), key="topic_accuracy")
@@ -93,7 +93,7 @@ if require_ready(ctx):
             show_chart(charts.confusion_chart(outcome.confusion), key="confusion")
         with c:
             show_chart(charts.controls_chart(outcome.accuracy, outcome.text_only, outcome.shuffled),
-                            key="controls")
+                       key="controls")
             st.caption("The probe should beat both controls; dashed line = chance.")
     trained = bucket["trained"]
     if trained:

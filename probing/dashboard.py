@@ -176,8 +176,9 @@ def _same_spec(spec: ModelSpec, name: str, device: str | None, dtype: str | None
 
 @dataclass
 class Job:
-    """Work running in a background thread; the page polls it. Only the thread writes to it.
+    """Work running in a background thread; the page polls it.
 
+    The thread writes progress, records, result and error; the page only marks ``params``.
     The page reads ``records`` through ``records_so_far()``: a copy taken under a lock, since
     building a DataFrame from a list that grows meanwhile fails (length mismatch).
     """
