@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,6 +176,20 @@ def _load_csv_file(path: Path, default_topic: str | None) -> StatementSet:
     return StatementSet(frame, name=path.stem, source=str(path), duplicates=duplicates)
 
 
+def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
+    """(first line number, fields) per record, by the csv module's rules: a quoted field may hold
+    line breaks, and only line feeds and carriage returns end a line (not U+2028 and the like, as ``splitlines`` would)."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, line = [], 1
+    try:
+        for fields in reader:
+            rows.append((line, fields))
+            line = reader.line_num + 1
+    except csv.Error as error:
+        raise DatasetError(f"{path}: not a readable CSV near line {line} ({error})") from None
+    return rows
+
+
 def _read_statement_csv(path: Path, default_topic: str) -> tuple[pd.DataFrame, Duplicates]:
     """Read and validate one CSV; line numbers in errors are the file's own (header = 1)."""
     try:
@@ -186,17 +201,14 @@ def _read_statement_csv(path: Path, default_topic: str) -> tuple[pd.DataFrame, D
         ) from None
     if b"\x00" in raw:
         raise DatasetError(f"{path}: this is a binary file, not a CSV; export it as CSV first")
-    try:
-        rows = list(csv.reader(text.splitlines()))
-    except csv.Error as error:
-        raise DatasetError(f"{path}: not a readable CSV ({error})") from None
+    rows = _csv_rows(path, text)
     if not rows:
         raise DatasetError(f"{path}: the file is empty; expected a header statement,label[,topic]")
-    header = [h.strip().lower() for h in rows[0]]
+    header = [h.strip().lower() for h in rows[0][1]]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DatasetError(
-            f"{path}: missing column(s) {missing} in the header line {rows[0]!r}. "
+            f"{path}: missing column(s) {missing} in the header line {rows[0][1]!r}. "
             "The first line must name the columns, e.g. statement,label,topic"
         )
     body = rows[1:]
@@ -204,7 +216,7 @@ def _read_statement_csv(path: Path, default_topic: str) -> tuple[pd.DataFrame, D
         raise DatasetError(f"{path}: the header is there but no statements follow")
     problems: list[str] = []
     records = []
-    for number, row in enumerate(body, start=2):
+    for number, row in body:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):

@@ -97,3 +97,16 @@ def test_subset_is_stratified_and_round_trips_through_csv(saplma, tmp_path):
     assert small.summary()["true"].tolist() == [5, 5]
     again = load_dataset(small.to_csv(tmp_path / "small.csv"))
     assert again.fingerprint() == small.fingerprint()
+
+
+def test_quoted_statement_with_a_line_break_is_read_intact(tmp_path):
+    path = write(tmp_path, "multi.csv", CSV_HEADER + '"The sky is\nblue.",1,t\nGrass is red.,0,t\n"x",2,t\n')
+    with pytest.raises(DatasetError, match="line 5: label '2'"):  # line numbers stay the file's own
+        load_dataset(path)
+    path.write_text(CSV_HEADER + '"The sky is\nblue.",1,t\r\nGrass is red.,0,t\n')
+    assert load_dataset(path).statements == ["The sky is\nblue.", "Grass is red."]
+
+
+def test_unicode_line_separator_inside_a_field_is_text(tmp_path):
+    path = write(tmp_path, "sep.csv", CSV_HEADER + "A\u2028B is true.,1,t\nC\u2029D is false.,0,t\n")
+    assert load_dataset(path).statements == ["A\u2028B is true.", "C\u2029D is false."]
