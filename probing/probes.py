@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,10 @@ EpochCallback = Callable[[int, dict], None]
 """Called with (member index, one history record) after every epoch."""
 STANDARDISED_COPIES_MAX_BYTES = 1 << 30
 """Above this, training standardises rows as it gathers them instead of keeping standardised copies."""
+
+
+class ProbeTrainingError(ValueError):
+    """Training produced non-finite numbers (diverged, or non-finite features): no probe is returned."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,11 @@ class ProbeConfig:
             raise ValueError(f"probe kind {self.kind!r} is not one of {PROBE_KINDS}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
-        if not self.lr > 0 or self.weight_decay < 0 or not self.C > 0:
-            raise ValueError("lr and C must be > 0 and weight_decay >= 0")
+        numbers = {"lr": self.lr, "C": self.C, "weight_decay": self.weight_decay}
+        if not all(math.isfinite(value) for value in numbers.values()) or not (
+            self.lr > 0 and self.C > 0 and self.weight_decay >= 0
+        ):
+            raise ValueError(f"lr and C must be finite and > 0, weight_decay finite and >= 0 (got {numbers})")
         if self.solver not in ("adam", "lbfgs"):
             raise ValueError(f"solver {self.solver!r} is not 'auto', 'adam' or 'lbfgs'")
         if self.solver == "lbfgs" and self.kind != "linear":
@@ -110,8 +117,7 @@ class Probe:
 
     @property
     def config(self) -> ProbeConfig:
-        return ProbeConfig(self.kind, self.epochs, self.lr, self.batch_size, self.weight_decay,
-                           self.solver, self.C, self.seed)
+        return ProbeConfig(**{name.name: getattr(self, name.name) for name in fields(ProbeConfig)})
 
     def fit(self, X, y, X_val=None, y_val=None, on_epoch: Callable[[dict], None] | None = None) -> Probe:
         """Train on (X, y); with (X_val, y_val) the history also tracks held-out loss and accuracy."""
@@ -203,6 +209,7 @@ def fit_many(
                                dtype=torch.float32, device=device)
     for task in tasks:
         _check_task(task, len(features))
+    _check_finite_features(features, tasks)
     mean, scale = _standardisers(features, tasks)
     if config.kind == "mass_mean":
         parts = [_fit_mass_mean(features, task, m, s) for task, m, s in zip(tasks, mean, scale)]
@@ -219,6 +226,10 @@ def fit_many(
         parts = _fit_adam_stack(features, padded, mean_p, scale_p, config, report)[: len(tasks)]
     probes = []
     for member, (task, (weights, biases, history)) in enumerate(zip(tasks, parts)):
+        if not all(torch.isfinite(t).all() for t in (*weights, *biases)):
+            raise ProbeTrainingError(
+                f"the {config.kind} probe (seed {task.seed}) ended with non-finite weights; "
+                f"lower the learning rate (lr={config.lr}) or check the activations")
         probe = Probe(**{**asdict(config), "seed": task.seed})
         probe.mean_, probe.scale_ = mean[member].cpu().numpy(), scale[member].cpu().numpy()
         # Stacked layers are (out, in); a fitted probe keeps scikit-learn's (in, out).
@@ -245,6 +256,19 @@ def _check_task(task: Task, n: int) -> None:
         raise ValueError(f"training labels must contain both 0 and 1 (found {sorted(labels)})")
     if len(task.train) != len(task.y_train) or task.train.max() >= n:
         raise ValueError("task rows and labels disagree or point outside X")
+
+
+def _check_finite_features(X: torch.Tensor, tasks: Sequence[Task]) -> None:
+    """Refuse NaN or inf in the rows the tasks use: they would train a probe that silently scores 0.5."""
+    used = np.unique(np.concatenate([np.asarray(rows) for task in tasks for rows in (task.train, task.test)
+                                     if rows is not None]))
+    finite = torch.isfinite(X[torch.as_tensor(used, device=X.device)]).all(1).cpu().numpy()
+    if not finite.all():
+        bad = used[~finite]
+        raise ProbeTrainingError(
+            f"{len(bad)} row(s) of the features hold NaN or inf (first: row {bad[0]}); "
+            "the activations may come from a damaged model or an overflowing dtype: recompute them "
+            "(in float32) before training")
 
 
 def _training_set(task: Task) -> bytes:
@@ -390,6 +414,12 @@ def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochC
             adam.step(grad_w + grad_b, active[step])
         seen = torch.tensor(sizes, dtype=torch.float64, device=device)
         train_loss, train_accuracy = (loss_sum / seen).tolist(), (correct / seen).tolist()
+        diverged = [j for j, loss in enumerate(train_loss) if not math.isfinite(loss)]
+        if diverged:
+            raise ProbeTrainingError(
+                f"{config.kind} probe training diverged in epoch {epoch}: the training loss of "
+                f"{len(diverged)} of {members} probe(s) became {train_loss[diverged[0]]} "
+                f"(lr={config.lr}). Lower the learning rate.")
         heldout_metrics = heldout.evaluate(weights, biases)
         for j in range(members):
             record = {"epoch": epoch, "train_loss": train_loss[j], "train_accuracy": train_accuracy[j]}

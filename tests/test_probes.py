@@ -157,3 +157,32 @@ def test_big_stacks_and_the_memory_saving_path_give_the_same_probes(monkeypatch)
         for a, b in zip(together.weights_ + together.biases_, single.weights_ + single.biases_):
             np.testing.assert_array_equal(a, b)
         pd.testing.assert_frame_equal(together.history_, single.history_)
+
+
+@pytest.mark.parametrize("bad", [{"lr": float("inf")}, {"lr": float("nan")}, {"C": float("inf")},
+                                 {"weight_decay": float("nan")}, {"lr": 0.0}])
+def test_non_finite_or_non_positive_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="must be finite"):
+        make_probe("small", **bad)
+
+
+@pytest.mark.parametrize("kind", PROBE_KINDS)
+def test_non_finite_features_stop_training_with_the_row(kind):
+    X, y = separable(n=200)
+    X[57, 3] = np.nan
+    with pytest.raises(probes.ProbeTrainingError, match=r"1 row\(s\) .* NaN or inf \(first: row 57\)"):
+        make_probe(kind).fit(X, y)
+    X[57, 3] = np.inf  # held-out rows count too: they would be scored as 0.5
+    with pytest.raises(probes.ProbeTrainingError, match="row 57"):
+        make_probe(kind).fit(X[:50], y[:50], X[50:], y[50:])
+
+
+def test_diverging_training_stops_with_a_message_instead_of_returning_a_probe():
+    X, y = separable(n=400)
+    with pytest.raises(probes.ProbeTrainingError, match=r"diverged in epoch \d+.*Lower the learning rate"):
+        make_probe("medium", lr=1e30, epochs=3).fit(X, y)
+
+
+def test_probe_config_comes_from_the_fields_by_name():
+    probe = make_probe("small", lr=0.02, batch_size=8, weight_decay=0.1, seed=4)
+    assert probe.config == ProbeConfig(kind="small", lr=0.02, batch_size=8, weight_decay=0.1, seed=4)
