@@ -4,7 +4,7 @@ Kinds:
 
 - ``linear``: logistic regression on standardised features. By default it is
   fitted to convergence with L-BFGS and an L2 penalty (scikit-learn's objective,
-  ``C=0.1`` as in REFERENCE.md's sanity figures); ``solver="adam"`` trains it the
+  ``C=0.1`` as in docs/reference.md's sanity figures); ``solver="adam"`` trains it the
   SAPLMA way instead (a few epochs of Adam, which underfits a linear model);
 - ``tiny`` (32), ``small`` (128-64), ``medium`` (256-128-64): ReLU MLPs with a
   sigmoid output; ``medium`` is SAPLMA's probe, tiny and small sit between it

@@ -1,4 +1,4 @@
-"""The check that ties the engine to the study: REFERENCE.md's sanity figures for the embedded model."""
+"""The check that ties the engine to the study: docs/reference.md's sanity figures for the embedded model."""
 
 import pytest
 
@@ -6,7 +6,7 @@ from probing.activations import Activations
 from probing.directions import compare_directions
 from probing.experiments import GridConfig, run_grid
 
-# REFERENCE.md, "Sanity figures for the embedded CPU model": last token (with its period),
+# docs/reference.md, "Sanity figures for the embedded CPU model": last token (with its period),
 # standardised features, logistic regression with C=0.1, mean over the six category splits.
 REFERENCE_MEAN = {-1: 0.529, -5: 0.539, -9: 0.548, -13: 0.556, -17: 0.564}
 REFERENCE_MAX = {-1: 0.564, -5: 0.587, -9: 0.617, -13: 0.634, -17: 0.616}
