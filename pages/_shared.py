@@ -5,7 +5,7 @@ Computation lives in ``probing/``; this module only wires widgets to it.
 
 from __future__ import annotations
 
-import tempfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +15,14 @@ from probing import POSITIONS, DatasetError, LoadedModel, StatementSet, load_dat
 from probing.activations import Activations
 from probing.builtin import load_builtin
 from probing.dashboard import (
-    MODEL_CHOICES, Job, ModelBusy, ModelHolder, ResultStore, context_key, default_cache_dir,
-    default_model_name, default_per_topic, extract_work, model_choices, start_job,
+    MODEL_CHOICES, Job, ModelBusy, ModelHolder, ResultStore, app_arguments, context_key, data_roots,
+    default_cache_dir, default_model_name, default_per_topic, extract_work, model_choices, path_under_roots,
+    start_job, statement_sets_under,
 )
+from probing.statements import load_csv_bytes
+
+APP_ROOT = Path(__file__).resolve().parents[1]
+OTHER_PATH = "Other path…"
 
 POSITION_HELP = {
     "last": "last token of the statement, its final period included",
@@ -44,10 +49,8 @@ def _from_path(path: str) -> StatementSet:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _from_upload(name: str, content: bytes) -> StatementSet:
-    folder = Path(tempfile.mkdtemp(prefix="probing-upload-"))
-    path = folder / Path(name).name
-    path.write_bytes(content)
-    return load_dataset(path)
+    """Parsed in memory: an upload is never written to disk, so nothing is left behind."""
+    return load_csv_bytes(Path(name).name, content, source=f"upload:{Path(name).name}")
 
 
 @dataclass
@@ -107,7 +110,7 @@ def _results_bucket(context: str, store: ResultStore) -> dict:
     everything = st.session_state.setdefault("results", {})
     if context not in everything:
         everything[context] = {
-            "trained": store.load("trained", {}),
+            "trained": store.load_trained(),
             "last_train": store.load("last_train"),
             "grid": store.load("grid"),
             "directions": store.load("directions"),
@@ -133,9 +136,9 @@ def collect_finished_job() -> None:
     bucket = _results_bucket(job.params["context"], store)
     if job.kind == "train":
         outcome = job.result
-        bucket["trained"][(outcome.layer, outcome.kind)] = outcome
+        store.save_trained(outcome)
+        bucket["trained"] = store.load_trained()  # with what other sessions trained meanwhile
         bucket["last_train"] = outcome
-        store.save("trained", bucket["trained"])
         store.save("last_train", outcome)
     elif job.kind in ("grid", "directions"):
         bucket[job.kind] = job.result
@@ -189,12 +192,9 @@ def _load_dataset_from_sidebar(busy: bool) -> StatementSet | None:
                                                 step=20, key="per_topic", disabled=busy)
             dataset = _builtin(int(per_topic) or None)
         elif source == "Folder":
-            path = st.sidebar.text_input("Folder or CSV path", key="dataset_path", disabled=busy,
-                                         placeholder="/path/to/azaria-mitchell")
-            if not path.strip():
-                st.sidebar.info("Type the path of a folder of <topic>_true_false.csv files.")
+            dataset = _dataset_from_folder(busy)
+            if dataset is None:
                 return st.session_state.get("last_dataset")
-            dataset = _from_path(path.strip())
         else:
             upload = st.sidebar.file_uploader("CSV file", type=["csv"], key="dataset_upload", disabled=busy)
             if upload is None:
@@ -210,6 +210,24 @@ def _load_dataset_from_sidebar(busy: bool) -> StatementSet | None:
     st.session_state["last_dataset"] = dataset
     st.sidebar.caption(f"{dataset.name}: {len(dataset):,} statements, {len(dataset.topics)} topics")
     return dataset
+
+
+def _dataset_from_folder(busy: bool) -> StatementSet | None:
+    """A folder or CSV inside the allowed data roots: picked from those found there, or typed."""
+    roots = data_roots(APP_ROOT, app_arguments(sys.argv[1:]).data_root)
+    found = [str(path) for path in statement_sets_under(roots)]
+    choice = st.sidebar.selectbox("Statement set", [*found, OTHER_PATH], key="dataset_found", disabled=busy,
+                                  help="Folders of <topic>_true_false.csv files and CSV files found in: "
+                                       + (", ".join(map(str, roots)) or "no data folder"))
+    path = choice
+    if choice == OTHER_PATH:
+        path = st.sidebar.text_input("Folder or CSV path", key="dataset_path", disabled=busy,
+                                     placeholder=str(roots[0] / "my_set.csv") if roots else "data/my_set.csv").strip()
+        st.sidebar.caption("Readable folders: " + (", ".join(f"`{r}`" for r in roots) or "none")
+                           + ". Start the app with `-- --data-root DIR` (or PROBING_DATA_ROOTS) to add one.")
+        if not path:
+            return None
+    return _from_path(str(path_under_roots(path, roots)))
 
 
 def _model_from_sidebar(holder: ModelHolder, busy: bool) -> LoadedModel | None:

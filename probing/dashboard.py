@@ -8,13 +8,14 @@ a click elsewhere or a reopened browser tab never loses finished work.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import pickle
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,8 @@ from probing.experiments import (
 from probing.models import EMBEDDED, PRESETS, LoadedModel, ModelLoadError, ModelSpec, load_model
 from probing.probes import Probe, Task, make_probe
 from probing.results import markdown_table
-from probing.statements import StatementSet
+from probing.statements import SAPLMA_SUFFIX, DatasetError, StatementSet
+from probing.storage import private_dir
 
 EXAMPLES = (
     "The city of Paris is located in France.",
@@ -54,6 +56,56 @@ MODEL_CHOICES = {
 def default_cache_dir() -> Path:
     """``$PROBING_CACHE`` or ``./cache``: activations, converted models and dashboard results."""
     return Path(os.environ.get("PROBING_CACHE", "cache"))
+
+
+def data_roots(app_root: Path, extra: Sequence[str | Path] = ()) -> list[Path]:
+    """Folders the dashboard may read statement sets from, resolved, those that exist.
+
+    The project's ``data/``, the shared datasets beside the project (``../shared/datasets``),
+    ``$PROBING_DATA_ROOTS`` (separated by ``os.pathsep``) and ``extra`` (the app's ``--data-root``).
+    A browser user types paths on the server: anything else on it stays out of reach.
+    """
+    candidates = [app_root / "data", app_root.parent / "shared" / "datasets", *extra]
+    candidates += [Path(p) for p in os.environ.get("PROBING_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
+    roots = [Path(c).expanduser().resolve() for c in candidates]
+    return list(dict.fromkeys(root for root in roots if root.is_dir()))
+
+
+def path_under_roots(path: str | Path, roots: Sequence[Path]) -> Path:
+    """``path`` resolved (links followed), if it lies inside one of ``roots``; else a DatasetError."""
+    resolved = Path(path).expanduser().resolve()
+    if any(resolved.is_relative_to(root) for root in roots):
+        return resolved
+    allowed = ", ".join(map(str, roots)) or "none (no data/ folder and no ../shared/datasets)"
+    raise DatasetError(
+        f"{path} is outside the folders this dashboard reads statement sets from ({allowed}). "
+        "Put the data in one of them, or allow another folder when starting the app: "
+        "`streamlit run app.py -- --data-root DIR` or PROBING_DATA_ROOTS=DIR."
+    )
+
+
+def statement_sets_under(roots: Sequence[Path], depth: int = 2) -> list[Path]:
+    """Folders of ``<topic>_true_false.csv`` files and single CSV files found in ``roots`` (sorted)."""
+    found: set[Path] = set()
+    for root in roots:
+        if any(root.glob(f"*{SAPLMA_SUFFIX}")):
+            found.add(root)
+        for level in range(depth + 1):
+            for path in root.glob("/".join(["*"] * (level + 1))):
+                if path.is_dir() and any(path.glob(f"*{SAPLMA_SUFFIX}")):
+                    found.add(path)
+                elif path.suffix == ".csv" and not path.name.endswith(SAPLMA_SUFFIX):
+                    found.add(path)
+    return sorted(found)
+
+
+def app_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The app's own options, given after ``--``: ``streamlit run app.py -- --data-root DIR``."""
+    parser = argparse.ArgumentParser(prog="streamlit run app.py --", add_help=False)
+    parser.add_argument("--data-root", action="append", default=[],
+                        help="a folder the sidebar may read statement sets from (repeatable)")
+    known, _ = parser.parse_known_args(list(argv))
+    return known
 
 
 def llama_7b_available() -> bool:
@@ -287,6 +339,9 @@ def start_job(job: Job, work: Callable[[Job], object], holder: ModelHolder | Non
 # ----------------------------------------------------------------------------- contexts and storage
 
 
+TRAINED_PREFIX = "trained_"
+
+
 def context_key(model_fingerprint: str, position: str, dataset: StatementSet) -> str:
     """Results belong to one model, token position and statement set."""
     raw = f"{model_fingerprint}|{position}|{dataset.fingerprint()}"
@@ -294,17 +349,31 @@ def context_key(model_fingerprint: str, position: str, dataset: StatementSet) ->
 
 
 class ResultStore:
-    """Finished trainings and grids of one context, pickled under ``cache/dashboard/<context>``."""
+    """Finished trainings and grids of one context, pickled under ``cache/dashboard/<context>``.
+
+    Pickles run code when loaded, so the folders are the owner's alone (0700, files 0600).
+    Each trained probe is a file of its own, written atomically: sessions that train at the
+    same time add files and never overwrite each other's.
+    """
 
     def __init__(self, cache_dir: str | Path, context: str):
         self.folder = Path(cache_dir) / "dashboard" / context
 
     def save(self, name: str, value: object) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder.parent)
+        private_dir(self.folder)
         partial = self.folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with partial.open("wb") as handle:
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
             pickle.dump(value, handle)
         partial.replace(self.folder / f"{name}.pkl")
+
+    def save_trained(self, outcome: TrainOutcome) -> None:
+        self.save(f"{TRAINED_PREFIX}{outcome.kind}_layer{outcome.layer}", outcome)
+
+    def load_trained(self) -> dict[tuple[int, str], TrainOutcome]:
+        """(layer, kind) -> the last probe trained for it, by any session."""
+        outcomes = (self.load(path.stem) for path in sorted(self.folder.glob(f"{TRAINED_PREFIX}*.pkl")))
+        return {(o.layer, o.kind): o for o in outcomes if isinstance(o, TrainOutcome)}
 
     def load(self, name: str, default=None):
         path = self.folder / f"{name}.pkl"

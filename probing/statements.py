@@ -160,7 +160,7 @@ def _load_folder(folder: Path) -> StatementSet:
             + (f" (found {found})" if found else "")
             + ". Name each topic's file <topic>" + SAPLMA_SUFFIX + " or pass one CSV file."
         )
-    parts = [_read_statement_csv(f, default_topic=f.name[: -len(SAPLMA_SUFFIX)]) for f in files]
+    parts = [_read_statement_csv(f, f.read_bytes(), default_topic=f.name[: -len(SAPLMA_SUFFIX)]) for f in files]
     frame = pd.concat([p for p, _ in parts], ignore_index=True)
     where: dict[str, list[int]] = {}
     for _, dup in parts:
@@ -169,11 +169,19 @@ def _load_folder(folder: Path) -> StatementSet:
 
 
 def _load_csv_file(path: Path, default_topic: str | None) -> StatementSet:
-    topic = default_topic or (
-        path.name[: -len(SAPLMA_SUFFIX)] if path.name.endswith(SAPLMA_SUFFIX) else path.stem
-    )
-    frame, duplicates = _read_statement_csv(path, default_topic=topic)
-    return StatementSet(frame, name=path.stem, source=str(path), duplicates=duplicates)
+    return load_csv_bytes(path, path.read_bytes(), topic=default_topic, source=str(path))
+
+
+def load_csv_bytes(name: str | Path, content: bytes, *, topic: str | None = None, source: str = "") -> StatementSet:
+    """A statement set from the bytes of one CSV (an upload, say) without writing them anywhere.
+
+    ``name`` is the file name: it names the set, appears in error messages and, without a
+    ``topic`` column or argument, gives the topic (``<topic>_true_false.csv``, else its stem).
+    """
+    name = Path(name)
+    default_topic = topic or (name.name[: -len(SAPLMA_SUFFIX)] if name.name.endswith(SAPLMA_SUFFIX) else name.stem)
+    frame, duplicates = _read_statement_csv(name, content, default_topic=default_topic)
+    return StatementSet(frame, name=name.stem, source=source, duplicates=duplicates)
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
@@ -190,10 +198,9 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _read_statement_csv(path: Path, default_topic: str) -> tuple[pd.DataFrame, Duplicates]:
-    """Read and validate one CSV; line numbers in errors are the file's own (header = 1)."""
+def _read_statement_csv(path: Path, raw: bytes, default_topic: str) -> tuple[pd.DataFrame, Duplicates]:
+    """Validate one CSV's bytes; line numbers in errors are the file's own (header = 1)."""
     try:
-        raw = path.read_bytes()
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise DatasetError(

@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+import stat
 import time
 from pathlib import Path
 
@@ -332,16 +333,37 @@ def test_activations_page(app_cache, dataset, engine):
 # ----------------------------------------------------------------------------- errors
 
 
-def test_bad_csv_shows_line_numbers(app_cache, tmp_path):
+def test_bad_csv_shows_line_numbers(app_cache, tmp_path, monkeypatch):
     bad = tmp_path / "bad.csv"
     bad.write_text("statement,label,topic\nParis is in France.,1,geo\nRome is in Spain.,maybe,geo\n,0,geo\n")
+    monkeypatch.setenv("PROBING_DATA_ROOTS", str(tmp_path))
     at = new_app().run()
     at.radio(key="dataset_source").set_value("Folder").run()
-    at.text_input(key="dataset_path").input(str(bad)).run()
+    assert str(bad) in at.selectbox(key="dataset_found").options  # found in the allowed folder
+    at.selectbox(key="dataset_found").set_value(str(bad)).run()
     no_errors(at)
     errors = " ".join(e.value for e in at.sidebar.error)
     assert "line 3" in errors and "line 4" in errors
     assert metrics(at)["Blocks"] == "30"  # the page still works, on the previous statement set
+
+
+def test_folder_picker_reads_only_the_allowed_folders(app_cache, saplma):
+    at = new_app().run()
+    at.radio(key="dataset_source").set_value("Folder").run()
+    found = at.selectbox(key="dataset_found").options
+    assert saplma.source in found  # ../shared/datasets is allowed: its sets are offered
+    at.selectbox(key="dataset_found").set_value(saplma.source).run()
+    no_errors(at)
+    assert at.session_state["ctx"].dataset.fingerprint() == saplma.fingerprint()
+
+    at.selectbox(key="dataset_found").set_value("Other path…").run()
+    for outside in ("/etc/passwd", "/etc", f"{saplma.source}/../../../../etc/passwd"):
+        at.text_input(key="dataset_path").input(outside).run()
+        no_errors(at)
+        errors = " ".join(e.value for e in at.sidebar.error)
+        assert "is outside the folders this dashboard reads" in errors and "--data-root" in errors
+        assert "root:" not in errors  # nothing of the file is shown
+    assert at.session_state["ctx"].dataset.fingerprint() == saplma.fingerprint()  # the previous set stays
 
 
 def test_failed_model_load_keeps_previous_model(app_cache):
@@ -369,14 +391,27 @@ def test_two_sessions_train_at_the_same_time(app_cache, dataset, engine):
         at.button(key="train_button").click().run()
     jobs = [at.session_state["job"] for at, _, _ in sessions]
     assert jobs[1].started < (jobs[0].finished or float("inf")), "the two trainings should overlap"
+    for at, _, _ in sessions:
+        wait_job(at, "train")
+    # read after the jobs: in bfloat16 a vector depends on the batch it was computed in, so the
+    # engine must read the cached vectors the jobs trained on, not extract its own batches
     _, activations = engine
     X = activations.layer(dataset.statements, -9)
     y = dataset.labels
     for (at, heldout, kind), job in zip(sessions, jobs):
-        wait_job(at, "train")
         split = make_split(dataset, heldout)
         probe = make_probe(kind, epochs=30, lr=1e-3, seed=split_seed(0, heldout)).fit(
             X[split.train], y[split.train], X[split.test], y[split.test])
         assert job.result.heldout == heldout and job.result.kind == kind
         np.testing.assert_allclose(job.result.history["heldout_loss"], probe.history_["heldout_loss"], rtol=1e-4)
         assert metrics(at)["Held-out accuracy"] == f"{probe.score(X[split.test], y[split.test]):.3f}"
+    # each session's probe is kept on disk: a new session sees both, whichever finished last
+    later = new_app().run()
+    later.switch_page("pages/statement.py").run()
+    trained = later.session_state["results"][later.session_state["ctx"].key]["trained"]
+    assert {(-9, "tiny"), (-9, "small")} <= set(trained)
+    # what the dashboard pickles is its owner's alone, whatever the umask
+    for folder in [app_cache / "dashboard", *(app_cache / "dashboard").iterdir()]:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = list((app_cache / "dashboard").glob("*/*.pkl"))
+    assert files and {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o600}

@@ -1,6 +1,6 @@
 import pytest
 
-from probing.statements import DatasetError, load_dataset, require_topics
+from probing.statements import DatasetError, load_csv_bytes, load_dataset, require_topics
 
 CSV_HEADER = "statement,label,topic\n"
 
@@ -110,3 +110,12 @@ def test_quoted_statement_with_a_line_break_is_read_intact(tmp_path):
 def test_unicode_line_separator_inside_a_field_is_text(tmp_path):
     path = write(tmp_path, "sep.csv", CSV_HEADER + "A\u2028B is true.,1,t\nC\u2029D is false.,0,t\n")
     assert load_dataset(path).statements == ["A\u2028B is true.", "C\u2029D is false."]
+
+
+def test_csv_bytes_load_like_a_file_without_touching_the_disk(tmp_path):
+    content = (CSV_HEADER + "Paris is in France.,1,geo\nParis is in Peru.,0,geo\n").encode()
+    from_bytes = load_csv_bytes("upload_true_false.csv", content)
+    from_file = load_dataset(write(tmp_path, "upload_true_false.csv", content, mode="wb"))
+    assert from_bytes.fingerprint() == from_file.fingerprint() and from_bytes.name == "upload_true_false"
+    with pytest.raises(DatasetError, match=r"up\.csv: 1 bad row\(s\): line 2"):
+        load_csv_bytes("up.csv", b"statement,label\nA.,yes\n")
