@@ -11,7 +11,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from probing.probes import PROBE_KINDS
+from probing.constants import PROBE_KINDS
 
 TRUE_COLOR, FALSE_COLOR = "#2a9d8f", "#e76f51"
 LABEL_SCALE = alt.Scale(domain=["true", "false"], range=[TRUE_COLOR, FALSE_COLOR])

@@ -34,13 +34,15 @@ import torch
 from torch.nn import functional as F
 from torch.optim.adam import adam as adam_update
 
+from probing.constants import PROBE_KINDS
+
 HIDDEN_SIZES: dict[str, tuple[int, ...]] = {
     "linear": (),
     "tiny": (32,),
     "small": (128, 64),
     "medium": (256, 128, 64),
 }
-PROBE_KINDS = (*HIDDEN_SIZES, "mass_mean")
+assert PROBE_KINDS == (*HIDDEN_SIZES, "mass_mean"), "probing.constants.PROBE_KINDS is out of step"
 EpochCallback = Callable[[int, dict], None]
 """Called with (member index, one history record) after every epoch."""
 STANDARDISED_COPIES_MAX_BYTES = 1 << 30
