@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SAPLMA_DATA = "/work/shared/datasets/azaria-mitchell"
+REPOSITORY = Path(__file__).resolve().parents[1]
+SAPLMA_DATA = os.environ.get("PROBING_SAPLMA") or str(REPOSITORY.parent / "shared" / "datasets" / "azaria-mitchell")
+"""The SAPLMA True-False folder: $PROBING_SAPLMA, else beside the repository (where the tests look too)."""
+SAPLMA_HELP = "SAPLMA True-False folder (default: $PROBING_SAPLMA, else ../shared/datasets/azaria-mitchell)"
 BENCH_CACHE = "cache/bench"
 """Benchmark activations live here (``cache/`` is git-ignored)."""
 CONVERTED_MODEL_CACHES = ("cache/bench", "cache/tests", "cache")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks._common import (
-    SAPLMA_DATA, matmul_flops, model_cache, peak_rss_mb, print_machine, row_cosines, table,
+    SAPLMA_DATA, SAPLMA_HELP, matmul_flops, model_cache, peak_rss_mb, print_machine, row_cosines, table,
 )
 from probing.activations import plan_batches, run_batch
 from probing.models import DTYPES, LoadedModel, ModelSpec, cpu_has_fast_bfloat16, load_model
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="256,1024,4096", help="token budgets for ours (1024 = CPU default)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="200 statements, budgets 256,1024")
+    parser.add_argument("--saplma", default=SAPLMA_DATA, help=SAPLMA_HELP)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,7 +109,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     print_machine()
 
-    texts = load_dataset(SAPLMA_DATA).statements
+    texts = load_dataset(args.saplma).statements
     texts = sample(texts, args.n or len(texts))
     n_naive = min(args.naive_n or len(texts), len(texts))
     dtypes = ["float32"] + (["bfloat16"] if cpu_has_fast_bfloat16() else [])

@@ -35,7 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from benchmarks._common import BENCH_CACHE, SAPLMA_DATA, cached_activations, peak_rss_mb, print_machine, table
+from benchmarks._common import (
+    BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, cached_activations, peak_rss_mb, print_machine, table,
+)
 from probing.experiments import GridConfig, category_splits, run_grid, split_seed
 from probing.probes import Task, fit_many
 from probing.statements import load_dataset
@@ -55,6 +57,7 @@ def main() -> None:
                         help="lbfgs: the engine's default; adam: SAPLMA's settings for the linear probe too")
     parser.add_argument("--quick", action="store_true", help="100 statements per topic, layers -1,-5")
     parser.add_argument("--cache", default=BENCH_CACHE, help=f"activation cache (default {BENCH_CACHE})")
+    parser.add_argument("--saplma", default=SAPLMA_DATA, help=SAPLMA_HELP)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,7 +67,7 @@ def main() -> None:
     loop_layers = tuple(int(x) for x in args.loop_layers.split(","))
     print_machine()
 
-    dataset = load_dataset(SAPLMA_DATA)
+    dataset = load_dataset(args.saplma)
     if args.per_topic:
         dataset = dataset.subset(per_topic=args.per_topic)
     texts, labels = dataset.statements, dataset.labels

@@ -41,15 +41,15 @@ CHILD_FLAG = "--child"
 APP_CHILD_FLAG = "--app-child"
 
 
-def child(per_topic: int | None, layer: int, cache: str) -> None:
+def child(saplma: str, per_topic: int | None, layer: int, cache: str) -> None:
     """In a fresh process: time import, dataset, cache open and two reads of one layer; print JSON."""
     t0 = _STARTED
-    from benchmarks._common import SAPLMA_DATA, peak_rss_mb
+    from benchmarks._common import peak_rss_mb
     from probing.activations import Activations
     from probing.statements import load_dataset
 
     t1 = time.perf_counter()
-    dataset = load_dataset(SAPLMA_DATA)
+    dataset = load_dataset(saplma)
     if per_topic:
         dataset = dataset.subset(per_topic=per_topic)
     texts = dataset.statements
@@ -123,29 +123,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes for the layer load")
     parser.add_argument("--cache", default=None, help="activation cache (default cache/bench)")
     parser.add_argument("--quick", action="store_true", help="50 statements per topic, 2 repeats")
+    parser.add_argument("--saplma", default=None,
+                        help="SAPLMA True-False folder (default: $PROBING_SAPLMA, else ../shared/datasets/azaria-mitchell)")
     parser.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(APP_CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     cache = args.cache or "cache/bench"  # benchmarks._common.BENCH_CACHE, not imported yet: it imports torch
     if args.child:
-        return child(args.per_topic, args.layer, cache)
+        return child(args.saplma, args.per_topic, args.layer, cache)
     if args.app_child:
         return app_child(args.per_topic, cache)
     if args.quick:
         args.per_topic, args.repeats = args.per_topic or 50, 2
 
     from benchmarks._common import SAPLMA_DATA, cached_activations, print_machine, table
+    saplma = args.saplma or SAPLMA_DATA
     from probing.builtin import load_builtin
     from probing.statements import load_dataset
 
     print_machine()
-    dataset = load_dataset(SAPLMA_DATA)
+    dataset = load_dataset(saplma)
     if args.per_topic:
         dataset = dataset.subset(per_topic=args.per_topic)
     _, computed, _ = cached_activations(dataset.statements, cache)
     print(f"{len(dataset)} statements; activations cached ({computed} computed now, not timed)", flush=True)
 
-    me = [sys.executable, "-m", "benchmarks.warm_start", CHILD_FLAG, "--layer", str(args.layer), "--cache", cache]
+    me = [sys.executable, "-m", "benchmarks.warm_start", CHILD_FLAG, "--layer", str(args.layer), "--cache", cache,
+          "--saplma", saplma]
     if args.per_topic:
         me += ["--per-topic", str(args.per_topic)]
     runs = []
@@ -160,7 +164,7 @@ def main() -> None:
             for name, f in (("best", min), ("median", statistics.median))]
 
     with tempfile.TemporaryDirectory() as folder:
-        source = SAPLMA_DATA if not args.per_topic else str(dataset.to_csv(f"{folder}/subset.csv"))
+        source = saplma if not args.per_topic else str(dataset.to_csv(f"{folder}/subset.csv"))
         command = [sys.executable, "-m", "probing", "reproduce", "--dataset", source, "--layers", "-1",
                    "--probes", "linear", "--no-controls", "--cache", cache, "--out", f"{folder}/results"]
         wall, rss, text = run_child(command)

@@ -1,16 +1,47 @@
-"""Probe what a language model's hidden states know about truth (SAPLMA, Geometry of Truth)."""
+"""Probe what a language model's hidden states know about truth (SAPLMA, Geometry of Truth).
 
-from probing.activations import POSITIONS, Activations
-from probing.directions import compare_directions
-from probing.experiments import GridConfig, GridResult, category_splits, random_split, run_grid
-from probing.models import PRESETS, LoadedModel, ModelLoadError, ModelSpec, load_model
-from probing.probes import PROBE_KINDS, Probe, ProbeConfig, fit_many, make_probe
-from probing.scoring import model_says_true, score_statements
-from probing.statements import DatasetError, StatementSet, load_dataset
+Names are imported from their modules on first use (PEP 562), so ``import probing``
+and the command line's option checks do not load torch.
+"""
 
-__all__ = [
-    "POSITIONS", "PRESETS", "PROBE_KINDS", "Activations", "DatasetError", "GridConfig", "GridResult",
-    "LoadedModel", "ModelLoadError", "ModelSpec", "Probe", "ProbeConfig", "StatementSet",
-    "category_splits", "compare_directions", "fit_many", "load_dataset", "load_model", "make_probe",
-    "model_says_true", "random_split", "run_grid", "score_statements",
-]
+from importlib import import_module
+
+_HOMES = {
+    "POSITIONS": "probing.constants",
+    "PROBE_KINDS": "probing.constants",
+    "Activations": "probing.activations",
+    "compare_directions": "probing.directions",
+    "GridConfig": "probing.experiments",
+    "GridResult": "probing.experiments",
+    "category_splits": "probing.experiments",
+    "random_split": "probing.experiments",
+    "run_grid": "probing.experiments",
+    "PRESETS": "probing.models",
+    "LoadedModel": "probing.models",
+    "ModelLoadError": "probing.models",
+    "ModelSpec": "probing.models",
+    "load_model": "probing.models",
+    "Probe": "probing.probes",
+    "ProbeConfig": "probing.probes",
+    "fit_many": "probing.probes",
+    "make_probe": "probing.probes",
+    "model_says_true": "probing.scoring",
+    "score_statements": "probing.scoring",
+    "DatasetError": "probing.statements",
+    "StatementSet": "probing.statements",
+    "load_dataset": "probing.statements",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> object:
+    """Import ``name`` from its module the first time it is asked for, then keep it here."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'probing' has no attribute {name!r}")
+    value = getattr(import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

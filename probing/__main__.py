@@ -1,5 +1,8 @@
+"""``python -m probing``: the same entry point as the ``probing`` console script."""
+
 import sys
 
 from probing.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

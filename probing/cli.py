@@ -1,31 +1,51 @@
-"""Command line: ``python -m probing {extract,reproduce,data,score}``."""
+"""Command line: ``python -m probing {extract,reproduce,data,score}`` (``probing ...`` once installed).
+
+Options, paths and launcher variables are checked before torch is imported, so a
+typo fails in a fraction of a second with one ``error: ...`` line (exit code 2).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
-from probing.activations import POSITIONS, Activations
-from probing.experiments import GridConfig
-from probing.models import EMBEDDED, ModelLoadError, ModelSpec
-from probing.probes import PROBE_KINDS
-from probing.results import load_study, markdown_table
-from probing.statements import DatasetError, load_dataset
-from probing.storage import CacheError
+from probing.constants import DEVICE_KINDS, DTYPE_NAMES, EMBEDDED, MAX_TOKENS, POSITIONS, PROBE_KINDS, SPLIT_KINDS
+
+if TYPE_CHECKING:
+    from probing.activations import Activations, Progress
+    from probing.statements import StatementSet
+
+LAUNCHER_VARIABLES = (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                      ("PMI_RANK", "PMI_SIZE"))
+"""(rank, world size) variables of torchrun / accelerate launch, Open MPI and other MPI launchers."""
+_DEVICE = re.compile(rf"({'|'.join(DEVICE_KINDS)})(:\d+)?")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        layers = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as -1,-5,-9, got {text!r}")
+    if not layers:
+        raise argparse.ArgumentTypeError("expected at least one layer, such as -1,-5,-9")
+    repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"layer(s) {repeated} given more than once in {text!r}")
+    return layers
 
 
 def _kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not kinds:
+        raise argparse.ArgumentTypeError(f"expected at least one probe kind from {','.join(PROBE_KINDS)}")
     unknown = [k for k in kinds if k not in PROBE_KINDS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown probe kind(s) {unknown}; choose from {','.join(PROBE_KINDS)}")
@@ -42,25 +62,75 @@ def _shard(text: str) -> tuple[int, int]:
     return rank, world
 
 
+def _count(text: str) -> int:
+    """A whole number >= 1 (epochs, seeds, batch size, a token limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """A finite number > 0 (learning rate, C): inf or nan would train nothing and report chance."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.001, got {text!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    """The syntax of a device; whether it exists here is checked once torch is loaded."""
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device: use {', '.join(DEVICE_KINDS)} or cuda:N (N = the GPU's index)")
+    return text
+
+
+def _environment_int(name: str) -> int:
+    """A launcher's integer variable, or an error naming it."""
+    text = os.environ[name]
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {name}={text!r} is not an integer. Launchers (torchrun, accelerate "
+            f"launch, mpirun) set it to a process number: unset it, or pass --shard RANK/WORLD instead"
+        ) from None
+
+
 def launcher_shard() -> tuple[int, int] | None:
     """(rank, world) set by torchrun / accelerate launch (RANK, WORLD_SIZE) or mpirun, if any."""
-    for rank_name, world_name in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-                                  ("PMI_RANK", "PMI_SIZE")):
+    for rank_name, world_name in LAUNCHER_VARIABLES:
         if rank_name in os.environ and world_name in os.environ:
-            world = int(os.environ[world_name])
-            return (int(os.environ[rank_name]), world) if world > 1 else None
+            rank, world = _environment_int(rank_name), _environment_int(world_name)
+            if not 0 <= rank < world:
+                raise ValueError(f"environment variables {rank_name}={rank} and {world_name}={world}: the rank "
+                                 f"must be in 0..{world_name}-1. Fix the launcher command or unset them")
+            return (rank, world) if world > 1 else None
     return None
 
 
+def _program() -> str:
+    """How we were started: the ``probing`` console script or ``python -m probing``."""
+    return "probing" if Path(sys.argv[0]).name == "probing" else "python -m probing"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m probing", description=__doc__)
+    parser = argparse.ArgumentParser(prog=_program(), description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     def model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default=EMBEDDED,
                        help="'embedded' (SmolLM2-135M, default), llama-2-7b, llama-2-13b, a hub id, a folder or a .gguf file")
-        p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: chosen for the device")
-        p.add_argument("--device", help="where the model runs and probes train: cpu, cuda, cuda:1 ... (default: cuda if available)")
+        p.add_argument("--dtype", choices=DTYPE_NAMES, help="default: chosen for the device")
+        p.add_argument("--device", type=_device,
+                       help="where the model runs and probes train: cpu, cuda, cuda:1 ... (default: cuda if available)")
         p.add_argument("--position", choices=POSITIONS, default="last", help="token whose hidden state is read")
         p.add_argument("--cache", default="cache", help="activation cache folder (default: cache/)")
 
@@ -69,9 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'builtin', a folder of <topic>_true_false.csv files, or one CSV")
         p.add_argument("--drop-duplicates", action="store_true", help="drop repeated statements")
 
+    def extraction_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--max-tokens", type=_count, default=MAX_TOKENS,
+                       help=f"refuse statements longer than this many tokens (default {MAX_TOKENS})")
+
     extract = commands.add_parser("extract", help="compute and cache activations of every layer")
     model_options(extract)
     dataset_options(extract)
+    extraction_options(extract)
     extract.add_argument("--shard", type=_shard, default=None,
                          help="RANK/WORLD: this process's share (default: from torchrun / accelerate / MPI "
                               "environment variables when launched by one of them)")
@@ -79,21 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = commands.add_parser("reproduce", help="extract what is missing, train the grid, write results")
     model_options(reproduce)
     dataset_options(reproduce)
+    extraction_options(reproduce)
     reproduce.add_argument("--layers", type=_int_list, default=(-1, -5, -9, -13, -17),
                            help="hidden-state indices, negative = from the end (default -1,-5,-9,-13,-17)")
     reproduce.add_argument("--probes", type=_kinds, default=("linear", "tiny", "small", "medium"),
                            help=f"comma-separated, from {','.join(PROBE_KINDS)}")
-    reproduce.add_argument("--seeds", type=int, default=1, help="seeds per probe and split (default 1)")
-    reproduce.add_argument("--split", choices=("category", "random", "within"), default="category",
+    reproduce.add_argument("--seeds", type=_count, default=1, help="seeds per probe and split (default 1)")
+    reproduce.add_argument("--split", choices=SPLIT_KINDS, default="category",
                            help="category: hold one topic out (default); random: one stratified 80/20 split; "
                                 "within: per topic, train and test inside the topic")
-    reproduce.add_argument("--epochs", type=int, default=5)
-    reproduce.add_argument("--lr", type=float, default=1e-3)
-    reproduce.add_argument("--batch-size", type=int, default=32)
+    reproduce.add_argument("--epochs", type=_count, default=5)
+    reproduce.add_argument("--lr", type=_positive, default=1e-3)
+    reproduce.add_argument("--batch-size", type=_count, default=32)
     reproduce.add_argument("--linear-solver", choices=("lbfgs", "adam"), default="lbfgs",
                            help="lbfgs (default): L2-regularised logistic regression fitted to convergence, "
                                 "as scikit-learn does (see --C); adam: the SAPLMA training loop")
-    reproduce.add_argument("--C", type=float, default=0.1, help="inverse L2 strength for the lbfgs solver (default 0.1)")
+    reproduce.add_argument("--C", type=_positive, default=0.1,
+                           help="inverse L2 strength for the lbfgs solver (default 0.1)")
     reproduce.add_argument("--no-controls", action="store_true", help="skip the text-only and shuffled-label controls")
     reproduce.add_argument("--out", default="results", help="results folder (default results/)")
 
@@ -118,11 +195,40 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return joined
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse output and cache paths of the wrong kind before anything is loaded or computed."""
+    cache = getattr(args, "cache", None)
+    if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
+        raise ValueError(f"--cache {cache} is a file, but the activation cache is a folder: "
+                         "pass a folder (it is created if missing)")
+    if args.command == "reproduce" and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file, but results go into a folder: "
+                         "pass a folder (it is created if missing)")
+    if args.command == "data" and args.out != "-" and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; pass the CSV file to write, "
+                         f"such as {Path(args.out) / 'statements.csv'}")
+
+
+def _message_errors() -> tuple[type[Exception], ...]:
+    """Errors whose text is meant for the user. The engine's own error types are looked up only
+    in modules already imported: an error cannot come from a module that never loaded."""
+    errors: list[type[Exception]] = [ValueError, OSError, IndexError]  # DatasetError is a ValueError
+    for module, name in (("probing.models", "ModelLoadError"), ("probing.storage", "CacheError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; bad input ends with one ``error: ...`` line and exit code 2."""
+    # Here rather than in a __main__ block, so that `python -m probing` and the console script
+    # both set it before tokenizers loads (it would warn on fork otherwise).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
+        check_paths(args)
         return COMMANDS[args.command](args)
-    except (DatasetError, ModelLoadError, CacheError, FileNotFoundError, ValueError, IndexError) as error:
+    except _message_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -131,12 +237,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class PlainProgress:
+    """A (done, total) callback printing plain lines: at the start, every ~10 % or ``every_s``
+    seconds, and at the end. For logs and CI, where a redrawn bar shows nothing."""
+
+    def __init__(self, description: str, unit: str, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic, every_s: float = 10.0) -> None:
+        self.description, self.unit = description, unit
+        self.stream, self.clock, self.every_s = stream, clock, every_s
+        self.total: int | None = None
+        self.started = self.printed_at = 0.0
+        self.printed_done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if total != self.total:  # the first call, or a new round with a new total
+            self.total, self.started = total, now
+            self._print(done, now)
+        elif done != self.printed_done and (
+                done >= total or done - self.printed_done >= total / 10 or now - self.printed_at >= self.every_s):
+            self._print(done, now)
+
+    def _print(self, done: int, now: float) -> None:
+        self.printed_done, self.printed_at = done, now
+        total = self.total
+        if not total:
+            line = f"{self.description}: nothing to do"
+        else:
+            line = f"{self.description}: {done}/{total} {self.unit} ({round(100 * done / total)} %)"
+            elapsed = now - self.started
+            if done and elapsed > 0:
+                rate = done / elapsed
+                line += f", {rate:.1f}/s, " + (f"took {_duration(elapsed)}" if done >= total
+                                               else f"about {_duration((total - done) / rate)} left")
+        print(line, file=self.stream or sys.stderr, flush=True)
+
+
 @contextmanager
-def _bar(description: str, unit: str):
-    """A tqdm bar driven by (done, total) callbacks."""
+def _progress(description: str, unit: str) -> Iterator[Progress]:
+    """A (done, total) callback: a tqdm bar on a terminal, plain lines elsewhere."""
+    if not sys.stderr.isatty():
+        yield PlainProgress(description, unit)
+        return
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit=unit, dynamic_ncols=True, disable=None)
+    bar = tqdm(desc=description, unit=unit, dynamic_ncols=True)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
@@ -150,12 +303,17 @@ def _bar(description: str, unit: str):
         bar.close()
 
 
-def _activations(args) -> Activations:
+def _activations(args: argparse.Namespace) -> Activations:
+    from probing.activations import Activations
+    from probing.models import ModelSpec
+
     spec = ModelSpec(args.model, device=args.device, dtype=args.dtype)
-    return Activations(spec, position=args.position, cache_dir=args.cache)
+    return Activations(spec, position=args.position, cache_dir=args.cache, max_tokens=args.max_tokens)
 
 
-def _dataset(args):
+def _dataset(args: argparse.Namespace) -> StatementSet:
+    from probing.statements import load_dataset
+
     dataset = load_dataset(args.dataset, drop_duplicates=args.drop_duplicates)
     if dataset.duplicates.count and not args.drop_duplicates:
         example, lines = next(iter(dataset.duplicates.where.items()))
@@ -164,14 +322,15 @@ def _dataset(args):
     return dataset
 
 
-def cmd_extract(args) -> int:
-    dataset = _dataset(args)
+def cmd_extract(args: argparse.Namespace) -> int:
     shard = args.shard or launcher_shard()
+    local_rank = _environment_int("LOCAL_RANK") if shard and "LOCAL_RANK" in os.environ else None
+    dataset = _dataset(args)
     if shard and args.device is None and torch_cuda_count() > 1:
-        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard[0]))}"  # one GPU per process
+        args.device = f"cuda:{shard[0] if local_rank is None else local_rank}"  # one GPU per process
     activations = _activations(args)
     label = f"extracting (shard {shard[0] + 1} of {shard[1]})" if shard else "extracting"
-    with _bar(label, "stmt") as progress:
+    with _progress(label, "statements") as progress:
         computed = activations.ensure(dataset.statements, on_progress=progress, shard=shard)
     if shard:
         left = len(activations.missing(dataset.statements))
@@ -189,18 +348,19 @@ def torch_cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def cmd_reproduce(args) -> int:
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    dataset = _dataset(args)
+    from probing.experiments import GridConfig
+    from probing.results import markdown_table
     from probing.study import reproduce
 
-    dataset = _dataset(args)
     config = GridConfig(layers=args.layers, probes=args.probes, seeds=args.seeds, split=args.split,
                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                         linear_solver=args.linear_solver, C=args.C, controls=not args.no_controls,
                         device=args.device or "auto")
     activations = _activations(args)
-    with _bar("extracting", "stmt") as extract_progress, _bar("training", "probe") as train_progress:
-        outputs = reproduce(dataset, activations, config, args.out,
-                            on_extract=extract_progress, on_train=train_progress)
+    with _progress("extracting", "statements") as on_extract, _progress("training", "probes") as on_train:
+        outputs = reproduce(dataset, activations, config, args.out, on_extract=on_extract, on_train=on_train)
     print(f"\n{dataset.name}: {len(dataset)} statements, {len(dataset.topics)} topics; "
           f"model {args.model}; {outputs.computed_statements} statements extracted this run\n")
     print(f"Mean accuracy over the {config.split} splits\n\n{markdown_table(outputs.accuracy_mean)}")
@@ -212,7 +372,7 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
-def cmd_data(args) -> int:
+def cmd_data(args: argparse.Namespace) -> int:
     dataset = _dataset(args)
     if args.out == "-":
         dataset.frame.to_csv(sys.stdout, index=False)
@@ -222,7 +382,13 @@ def cmd_data(args) -> int:
     return 0
 
 
-def cmd_score(args) -> int:
+def cmd_score(args: argparse.Namespace) -> int:
+    from probing.results import markdown_table, read_config
+
+    read_config(args.results)  # a missing or outdated folder fails here, before torch loads
+    from probing.activations import Activations
+    from probing.models import ModelSpec
+    from probing.results import load_study
     from probing.scoring import score_statements
 
     study = load_study(args.results)
@@ -237,7 +403,3 @@ def cmd_score(args) -> int:
 
 
 COMMANDS = {"extract": cmd_extract, "reproduce": cmd_reproduce, "data": cmd_data, "score": cmd_score}
-
-if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())

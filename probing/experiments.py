@@ -18,18 +18,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats import rankdata
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline, make_union
 
-from probing.models import default_device
-from probing.probes import PROBE_KINDS, Probe, ProbeConfig, Task, fit_many
+from probing.constants import PROBE_KINDS, SPLIT_KINDS
+from probing.models import check_device, default_device
+from probing.probes import Probe, ProbeConfig, Task, fit_many
 from probing.statements import StatementSet, require_topics
 
 RANDOM_SPLIT = "random"
-SPLIT_KINDS = ("category", RANDOM_SPLIT, "within")
 LayerLoader = Callable[[int], np.ndarray]
 """Returns the (statements, width) activations of one layer for the dataset."""
 
@@ -107,10 +106,7 @@ class GridConfig:
 
     def __post_init__(self) -> None:
         if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError as error:
-                raise ValueError(f"device {self.device!r} is not 'auto' or a torch device such as 'cpu' or 'cuda:0'") from error
+            check_device(self.device)
         if not self.layers:
             raise ValueError("choose at least one layer")
         unknown = [p for p in self.probes if p not in PROBE_KINDS]
@@ -125,6 +121,16 @@ class GridConfig:
     @property
     def resolved_device(self) -> str:
         return default_device() if self.device == "auto" else self.device
+
+    def check_layers(self, n_hidden_states: int) -> None:
+        """Refuse layers the model does not have, before an extraction that may take hours."""
+        outside = [layer for layer in self.layers if not -n_hidden_states <= layer < n_hidden_states]
+        if outside:
+            raise ValueError(
+                f"layer(s) {outside} do not exist: this model has {n_hidden_states} hidden states (the "
+                f"embeddings and {n_hidden_states - 1} blocks), so layers run from {-n_hidden_states} to "
+                f"{n_hidden_states - 1} (negative = counted from the end). Fix --layers."
+            )
 
     def probe_config(self, kind: str) -> ProbeConfig:
         solver = self.linear_solver if kind == "linear" else "adam"
@@ -145,7 +151,7 @@ class GridResult:
     shuffled_probes: dict[tuple[int, str, str, int], Probe] = field(default_factory=dict, repr=False)
 
     def accuracy_table(self, statistic: str = "mean") -> pd.DataFrame:
-        """Rows = probe kinds, columns = layers (as in REFERENCE.md), over splits and seeds."""
+        """Rows = probe kinds, columns = layers (as in docs/reference.md), over splits and seeds."""
         return accuracy_table(self.results, statistic)
 
 
@@ -179,6 +185,44 @@ def make_splits(dataset: StatementSet, kind: str) -> list[Split]:
     if kind == "within":
         return within_topic_splits(dataset)
     return [random_split(dataset)]
+
+
+def check_splits(dataset: StatementSet, splits: Sequence[Split], kind: str) -> None:
+    """Refuse splits no probe can be trained or tested on, before anything is extracted or fitted.
+
+    Every training set needs true and false statements and every test set some; otherwise
+    scikit-learn and the probes fail deep inside with messages that name no split or topic.
+    """
+    labels = dataset.labels
+    if len(np.unique(labels)) < 2:
+        only = "true (label 1)" if labels[0] == 1 else "false (label 0)"
+        raise ValueError(f"{dataset.name}: all {len(dataset)} statements are {only}, but probes learn to tell "
+                         "true from false statements. Check the label column, or add statements of the other label.")
+    for split in splits:
+        trained_on = np.unique(labels[split.train])
+        if len(trained_on) == 2 and len(split.test):
+            continue
+        if not len(split.train):
+            problem = "leaves no statements to train on"
+        elif len(trained_on) < 2:
+            problem = (f"leaves {len(split.train)} statement(s) to train on, all "
+                       f"{'true' if trained_on[0] == 1 else 'false'}")
+        else:
+            problem = "leaves no statements to test on"
+        where = {"category": f"holding out topic {split.name!r}", "within": f"topic {split.name!r} (--split within)",
+                 RANDOM_SPLIT: "the random split"}[kind]
+        advice = ("Add statements, or drop or merge the small topics" if kind == "category" else
+                  "Each topic needs at least 2 true and 2 false statements here: add statements, "
+                  "or use --split category")
+        raise ValueError(f"{where} {problem}, but a probe needs true and false statements to train on and some to "
+                         f"test on. {advice} (true/false per topic: {_label_counts(dataset)}).")
+
+
+def _label_counts(dataset: StatementSet, shown: int = 6) -> str:
+    """The smallest topics' true/false counts, e.g. ``tiny 1/0, animals 20/20``."""
+    counts = dataset.frame.groupby("topic")["label"].agg(["sum", "size"]).sort_values("size", kind="stable")
+    parts = [f"{topic} {true}/{size - true}" for topic, true, size in counts.head(shown).itertuples()]
+    return ", ".join(parts) + (f", ... {len(counts) - shown} more" if len(counts) > shown else "")
 
 
 def split_seed(seed: int, split: str) -> int:
@@ -216,6 +260,7 @@ def run_grid(
     (with layer, probe, heldout and seed), ``on_progress`` (done, total) probe counts.
     """
     splits = make_splits(dataset, config.split)
+    check_splits(dataset, splits, config.split)
     labels = dataset.labels
     text_only = {s.name: text_only_accuracy(dataset, s) for s in splits} if config.controls else {}
     members = [(split, seed) for split in splits for seed in range(config.seeds)]

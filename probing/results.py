@@ -1,4 +1,8 @@
-"""Writing a study's results to a folder, and reading its probes back for scoring."""
+"""Writing a study's results to a folder, and reading its probes back for scoring.
+
+torch is imported only where probes are saved or loaded, so that ``score`` can refuse a
+missing or outdated folder (:func:`read_config`) before torch loads.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,22 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
-from probing.probes import Probe
+if TYPE_CHECKING:
+    from probing.probes import Probe
 
 PACKAGES = ("torch", "transformers", "accelerate", "numpy", "pandas", "scikit-learn", "diskcache", "gguf")
 PROBES_DIR = "probes"
+CONFIG_KEYS = (("model", "name"), ("model", "device"), ("model", "dtype"), ("position",), ("cache",))
+"""What ``score`` reads from a results folder's config.json."""
+
+
+class ResultsError(ValueError):
+    """A results folder that cannot be used, with what to do about it."""
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -53,6 +64,8 @@ def probe_path(out: Path, layer: int, kind: str) -> Path:
 
 
 def save_probes(probes: dict[tuple[int, str], Probe], out: Path) -> None:
+    import torch
+
     (out / PROBES_DIR).mkdir(parents=True, exist_ok=True)
     for (layer, kind), probe in probes.items():
         torch.save(probe.to_state(), probe_path(out, layer, kind))
@@ -67,8 +80,8 @@ class SavedStudy:
     probes: dict[tuple[int, str], Probe]
 
 
-def load_study(folder: str | Path) -> SavedStudy:
-    """Read ``config.json`` and the saved probes of a ``reproduce`` results folder."""
+def read_config(folder: str | Path) -> dict:
+    """A results folder's ``config.json``, with the entries ``score`` needs (no torch needed)."""
     folder = Path(folder)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -76,14 +89,51 @@ def load_study(folder: str | Path) -> SavedStudy:
             f"{folder} is not a results folder (no config.json). Run "
             f"`python -m probing reproduce --out {folder}` first, or pass --results."
         )
-    config = json.loads(config_file.read_text())
+    rerun = f"Rerun `python -m probing reproduce --out {folder}` to rewrite it."
+    try:
+        config = json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsError(f"{config_file} is not valid JSON ({error}). {rerun}") from None
+    for path in CONFIG_KEYS:
+        entry = config
+        for depth, key in enumerate(path):
+            if not isinstance(entry, dict) or key not in entry:
+                raise ResultsError(
+                    f"{config_file} has no {'.'.join(path[: depth + 1])!r} entry: the folder may have been "
+                    f"written by another version of this tool, or edited. {rerun}"
+                )
+            entry = entry[key]
+    return config
+
+
+def load_study(folder: str | Path) -> SavedStudy:
+    """Read ``config.json`` and the saved probes of a ``reproduce`` results folder."""
+    folder = Path(folder)
+    config = read_config(folder)
     probes = {}
     for path in sorted((folder / PROBES_DIR).glob("*_layer*.pt")):
-        kind, layer = path.stem.rsplit("_layer", 1)
-        probes[(int(layer), kind)] = Probe.from_state(torch.load(path, weights_only=True))
+        key, probe = _load_probe(path, folder)
+        probes[key] = probe
     if not probes:
         raise FileNotFoundError(f"{folder / PROBES_DIR} holds no trained probes; rerun `reproduce`")
     return SavedStudy(folder, config, probes)
+
+
+def _load_probe(path: Path, folder: Path) -> tuple[tuple[int, str], Probe]:
+    import torch
+
+    from probing.probes import Probe
+
+    try:
+        kind, layer = path.stem.rsplit("_layer", 1)
+        return (int(layer), kind), Probe.from_state(torch.load(path, weights_only=True))
+    except Exception as error:  # noqa: BLE001 - any damage becomes one message naming the file
+        detail = str(error).strip().splitlines()
+        reason = f"{type(error).__name__}: {detail[0][:200]}" if detail else type(error).__name__
+        raise ResultsError(
+            f"{path} is damaged or not a probe saved by `reproduce` ({reason}). Delete it to score with "
+            f"the other probes, or rerun `python -m probing reproduce --out {folder}` to retrain it."
+        ) from error
 
 
 def command_line() -> str:

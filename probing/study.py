@@ -13,7 +13,7 @@ import pandas as pd
 
 from probing.activations import Activations, Progress
 from probing.directions import DIRECTION_KINDS, compare_directions
-from probing.experiments import GridConfig, GridResult, run_grid
+from probing.experiments import GridConfig, GridResult, check_splits, make_splits, run_grid
 from probing.probes import Probe, Task, fit_many
 from probing.results import command_line, package_versions, save_probes, write_table
 from probing.statements import StatementSet
@@ -53,7 +53,12 @@ def reproduce(
     on_extract: Progress | None = None,
     on_train: Progress | None = None,
 ) -> StudyOutputs:
-    """Extract missing activations, train the grid and final probes, and write ``out``."""
+    """Extract missing activations, train the grid and final probes, and write ``out``.
+
+    Splits and layers are checked first: a mistake there must not cost an extraction.
+    """
+    check_splits(dataset, make_splits(dataset, config.split), config.split)
+    config.check_layers(activations.n_hidden_states)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -1,11 +1,14 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from probing.activations import Activations
 from probing.directions import compare_directions, cosine_matrix, off_diagonal_mean, random_baseline, sign_matrix
 from probing.statements import StatementSet
-from probing.experiments import GridConfig, category_splits, random_split, run_grid, text_only_accuracy
+from probing.experiments import (
+    GridConfig, category_splits, check_splits, make_splits, random_split, run_grid, text_only_accuracy,
+)
 
 
 @pytest.fixture(scope="module")
@@ -120,5 +123,37 @@ def test_auroc_matches_scikit_learn_with_ties():
 def test_grid_config_checks_the_device_and_resolves_auto():
     with pytest.raises(ValueError, match="device 'gpu9'"):
         GridConfig(device="gpu9")
+    with pytest.raises(ValueError, match="device 'cuda:99'"):  # no machine here has 100 GPUs
+        GridConfig(device="cuda:99")
     assert GridConfig(device="cpu").resolved_device == "cpu"
     assert GridConfig().resolved_device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_splits_without_both_labels_are_refused_before_any_layer_is_loaded(small_saplma):
+    def no_layer(layer):
+        raise AssertionError("a layer was loaded before the splits were checked")
+
+    frame = small_saplma.frame
+    true_only = StatementSet(frame[frame["label"] == 1].copy(), "true-only")
+    with pytest.raises(ValueError, match=r"true-only: all 120 statements are true \(label 1\)"):
+        run_grid(true_only, no_layer, GridConfig(layers=(-1,), probes=("linear",)))
+
+    # One animal statement left: beside one other topic, holding that out trains on the animal
+    # alone; within the topic there is nothing to train on.
+    one_animal = frame[(frame["topic"] == "animals") & (frame["label"] == 1)].head(1)
+    pair = StatementSet(pd.concat([frame[frame["topic"] == "capitals"], one_animal]), "pair")
+    with pytest.raises(ValueError, match=r"holding out topic 'capitals' leaves 1 statement\(s\) to train on, all true"):
+        run_grid(pair, no_layer, GridConfig(layers=(-1,), probes=("linear",)))
+    lonely = StatementSet(pd.concat([frame[frame["topic"] != "animals"], one_animal]), "lonely")
+    with pytest.raises(ValueError, match=r"topic 'animals' \(--split within\) leaves no statements to train on"
+                                         r".*add statements, or use --split category \(true/false per topic: "
+                                         r"animals 1/0, capitals 20/20"):
+        run_grid(lonely, no_layer, GridConfig(layers=(-1,), probes=("linear",), split="within"))
+    check_splits(small_saplma, make_splits(small_saplma, "within"), "within")  # the full subset is fine
+
+
+def test_layers_are_checked_against_the_model():
+    GridConfig(layers=(-31, 0, 30)).check_layers(31)
+    with pytest.raises(ValueError, match=r"layer\(s\) \[31, -32\] do not exist: this model has 31 hidden states "
+                                         r"\(the embeddings and 30 blocks\), so layers run from -31 to 30"):
+        GridConfig(layers=(-1, 31, -32)).check_layers(31)
