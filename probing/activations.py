@@ -15,6 +15,8 @@ Token positions:
 from __future__ import annotations
 
 import hashlib
+import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probing.constants import MAX_TOKENS, POSITIONS
 from probing.models import LoadedModel, ModelSpec, load_model
-from probing.storage import ActivationStore, CorruptEntry
+from probing.storage import (ActivationStore, CacheRepaired, CorruptEntry, claim_token, first_words,
+                             statement_key)
 
-POSITIONS = ("last", "before_period", "mean")
 Progress = Callable[[int, int], None]
 """Called with (statements done, statements to do)."""
 
@@ -44,6 +47,13 @@ class Batch:
     read_at: torch.Tensor  # index of the token read (last / before_period)
     content_mask: torch.Tensor  # tokens averaged for "mean"
 
+    def select(self, rows: Sequence[int]) -> Batch:
+        """The batch of only these rows, its padding trimmed to their longest statement."""
+        rows = list(rows)
+        width = int(self.attention_mask[rows].sum(1).max())
+        return Batch([self.indices[r] for r in rows], self.input_ids[rows, :width],
+                     self.attention_mask[rows, :width], self.read_at[rows], self.content_mask[rows, :width])
+
 
 def plan_batches(
     tokenizer, texts: Sequence[str], position: str, token_budget: int, max_tokens: int
@@ -57,9 +67,11 @@ def plan_batches(
     too_long = [i for i, n in enumerate(lengths) if n > max_tokens]
     if too_long:
         i = too_long[0]
+        others = f" (and {len(too_long) - 1} other statement(s))" if len(too_long) > 1 else ""
         raise StatementTooLong(
-            f"{len(too_long)} statement(s) exceed {max_tokens} tokens, e.g. #{i} "
-            f"({lengths[i]} tokens: {texts[i][:80]!r}...). Shorten them or raise max_tokens."
+            f"the statement {first_words(texts[i])!r} has {lengths[i]:,} tokens, more than the "
+            f"{max_tokens:,} allowed{others}. Shorten or split it, or raise the limit (--max-tokens on the "
+            "command line, max_tokens= in Activations); longer statements need more memory."
         )
     empty = [i for i, text in enumerate(texts) if not text.strip()]
     if empty:
@@ -128,8 +140,14 @@ def run_batch(model: LoadedModel, batch: Batch, position: str) -> np.ndarray:
 class Activations:
     """Activations of one model at one token position, backed by the disk cache.
 
-    The model is loaded only when something is missing from the cache.
+    The model is loaded only when something is missing from the cache. Several
+    processes extracting into one cache share the work through claims (see ``ensure``).
     """
+
+    claim_seconds = 600.0
+    """A claim on a batch expires after this long (a process on another host may have died)."""
+    poll_seconds = 0.5
+    """How often a process waiting for batches claimed by others looks at the cache."""
 
     def __init__(
         self,
@@ -138,7 +156,7 @@ class Activations:
         cache_dir: str | Path = "cache",
         model: LoadedModel | None = None,
         token_budget: int | None = None,
-        max_tokens: int = 512,
+        max_tokens: int = MAX_TOKENS,
     ):
         if position not in POSITIONS:
             raise ValueError(f"token position {position!r} is not one of {POSITIONS}")
@@ -148,7 +166,7 @@ class Activations:
         self._model = model
         self.token_budget = token_budget or (16384 if self.spec.resolved_device.startswith("cuda") else 1024)
         self.max_tokens = max_tokens
-        self.fingerprint = self.spec.fingerprint()
+        self.fingerprint = model.fingerprint if model is not None else self.spec.fingerprint(self.cache_dir)
         namespace = hashlib.sha256(f"{self.fingerprint}|{position}|v1".encode()).hexdigest()[:24]
         self.store = ActivationStore(self.cache_dir / "activations", namespace)
 
@@ -170,55 +188,112 @@ class Activations:
     def missing(self, texts: Sequence[str]) -> list[int]:
         return self.store.missing(list(dict.fromkeys(texts)))
 
-    def ensure(self, texts: Sequence[str], on_progress: Progress | None = None,
-               shard: tuple[int, int] | None = None) -> int:
-        """Compute and store whatever is missing; returns how many statements were computed.
-
-        With ``shard=(rank, world)`` this process takes every world-th batch of the plan
-        for *all* the statements (the same plan in every process, and the same batches
-        a single process would run on an empty cache) and skips batches already stored,
-        so several processes fill one cache together and a relaunch completes a killed one.
-        """
-        unique = list(dict.fromkeys(texts))
-        missing = self.store.missing(unique)
-        if shard is None:
-            todo = [unique[i] for i in missing]
-        else:
-            rank, world = shard
-            if not 0 <= rank < world:
-                raise ValueError(f"shard rank {rank} is not in 0..{world - 1}")
-            todo = unique if missing else []
-        if not todo:
-            if on_progress:
-                on_progress(0, 0)
-            return 0
-        model = self.model
+    def _write_meta(self) -> None:
+        """Describe the namespace (from the model) if it is new or its description was damaged."""
         if self.store.meta is None:
+            model = self.model
             self.store.set_meta({"layers": model.n_hidden_states, "width": model.width,
                                  "model": self.spec.name, "dtype": self.spec.resolved_dtype,
                                  "position": self.position})
-        batches = plan_batches(model.tokenizer, todo, self.position, self.token_budget, self.max_tokens)
+
+    def ensure(self, texts: Sequence[str], on_progress: Progress | None = None,
+               shard: tuple[int, int] | None = None) -> int:
+        """Compute and store whatever is missing; returns how many statements this call computed.
+
+        Every process plans the same length-sorted batches for *all* the statements (the
+        batches a single process would run on an empty cache) and computes, per batch, the
+        statements that are missing. With ``shard=(rank, world)`` this process takes every
+        world-th batch. Without it, a process claims each batch in the cache before computing
+        it and skips batches a live other process has claimed; at the end it waits for those
+        to appear, taking over any whose process died. So several processes fill one cache
+        together, each statement is computed once, and a relaunch completes a killed one.
+        """
+        unique = list(dict.fromkeys(texts))
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard rank {shard[0]} is not in 0..{shard[1] - 1}")
+        report = on_progress or (lambda done, total: None)
+        missing = set(self.store.missing(unique))
+        if not missing:
+            report(0, 0)
+            return 0
+        model = self.model
+        self._write_meta()
+        self.store.clean()
+        batches = plan_batches(model.tokenizer, unique, self.position, self.token_budget, self.max_tokens)
         if shard is not None:
-            missing_texts = {unique[i] for i in missing}
-            batches = [b for b in batches[shard[0]::shard[1]]
-                       if any(todo[i] in missing_texts for i in b.indices)]
-        total, done = sum(len(b.indices) for b in batches), 0
-        if on_progress:
-            on_progress(0, total)
+            batches = batches[shard[0]::shard[1]]
+        pending = []  # (batch, its statements, how many of them are missing)
         for batch in batches:
-            hidden = run_batch(model, batch, self.position)
-            self.store.write_chunk([todo[i] for i in batch.indices], hidden)
-            done += len(batch.indices)
-            if on_progress:
-                on_progress(done, total)
-        return total
+            if count := sum(i in missing for i in batch.indices):
+                pending.append((batch, [unique[i] for i in batch.indices], count))
+        total, done, computed = sum(count for *_, count in pending), 0, 0
+        report(0, total)
+        claiming = shard is None
+        with claim_token() as token:
+            waiting = []
+            for work in pending:
+                batch, statements, count = work
+                if claiming and not self.store.claim(batch_name(statements), token, self.claim_seconds):
+                    waiting.append(work)
+                    continue
+                computed += self._compute(batch, statements, token if claiming else None)
+                done += count
+                report(done, total)
+            while waiting:  # batches other processes claimed: wait for them, or take them over
+                time.sleep(self.poll_seconds)
+                stored = self.store.index()
+                for work in list(waiting):
+                    batch, statements, count = work
+                    if any(statement_key(text) not in stored for text in statements):
+                        if not self.store.claim(batch_name(statements), token, self.claim_seconds):
+                            continue  # still being computed elsewhere
+                        computed += self._compute(batch, statements, token)  # its process died or gave up
+                    waiting.remove(work)
+                    done += count
+                    report(done, total)
+        return computed
+
+    def _compute(self, batch: Batch, statements: list[str], token: str | None) -> int:
+        """Run and store the batch's statements that are still missing; then release its claim, if any."""
+        try:
+            stored = self.store.index()
+            rows = [row for row, text in enumerate(statements) if statement_key(text) not in stored]
+            if not rows:
+                return 0  # another process stored it between our plan and our claim
+            part = batch if len(rows) == len(statements) else batch.select(rows)
+            self.store.write_chunk([statements[row] for row in rows], run_batch(self.model, part, self.position))
+            return len(rows)
+        finally:
+            if token is not None:
+                self.store.release(batch_name(statements), token)
 
     def layer(self, texts: Sequence[str], layer: int, on_progress: Progress | None = None) -> np.ndarray:
-        """float32 (len(texts), width) hidden states at ``layer``, computing what is missing."""
+        """float32 (len(texts), width) hidden states at ``layer``, computing what is missing.
+
+        Corrupt entries are dropped and recomputed once (with a ``CacheRepaired`` warning);
+        if the recomputed ones fail their checks again, ``CorruptEntry`` says the disk may be failing.
+        """
         texts = list(texts)
-        for _ in range(3):
+        repaired: CorruptEntry | None = None
+        for _ in range(3):  # at most: not cached yet, corrupt, then corrupt again
+            self._write_meta()
             try:
                 return self.store.read_layer(texts, layer)
-            except (KeyError, CorruptEntry):  # not cached yet, or a bad chunk that was just dropped
-                self.ensure(texts, on_progress)
-        raise CorruptEntry("the activation cache keeps returning corrupt entries; delete it")
+            except KeyError:
+                pass  # not cached yet
+            except CorruptEntry as error:
+                if repaired is not None:
+                    raise CorruptEntry(
+                        f"entries of layer {layer} recomputed just now failed their checks again when read "
+                        f"back ({error}). The disk or filesystem under {self.store.directory} may be failing: "
+                        "check free space and the system log (dmesg). Everything else stays cached."
+                    ) from error
+                warnings.warn(CacheRepaired(str(error)), stacklevel=2)
+                repaired = error
+            self.ensure(texts, on_progress)
+        return self.store.read_layer(texts, layer)
+
+
+def batch_name(texts: Sequence[str]) -> str:
+    """What processes claim a batch of these statements by: the same in every process that plans it."""
+    return hashlib.sha1("".join(statement_key(text) for text in texts).encode()).hexdigest()

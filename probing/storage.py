@@ -7,25 +7,42 @@ Layout inside a ``diskcache.Cache`` (keys are tuples, all starting with a
 - ``(ns, "chunks")`` -> chunk ids in the order they were written
 - ``(ns, "chunk", chunk_id, "texts")`` -> sha1 of each statement of the chunk, in row order
 - ``(ns, "chunk", chunk_id, layer)`` -> bytes: a checked header + float16 rows
+- ``(ns, "claim", name)`` -> which process is computing the batch ``name`` (expires)
 
 A chunk is the statements of one extraction batch. It is written in one
 transaction (all layers, its statement list, then its place in the chunk list),
 so a killed run leaves whole chunks or none. Finding where statements are stored
-reads the chunk list and each chunk's statement list (one read per chunk, not
+reads the chunk list and each new chunk's statement list (one read per chunk, not
 per statement); reading one layer then touches only that layer's entries. Every
-payload carries its shape and a CRC32; a truncated or corrupt one raises
-``CorruptEntry`` and is dropped with its rows, so it gets recomputed.
+payload carries its shape and a CRC32. Non-finite values are refused on writing.
+
+Damage is repaired, never answered with "delete the cache": a payload that fails
+its checks is dropped with its chunk (its statements count as missing and get
+recomputed); a damaged statement list drops its chunk; a damaged chunk list is
+rebuilt from the chunks found in the database; a damaged description (``meta``)
+is dropped for the caller to rewrite. A damaged SQLite file is moved aside and
+every row that can still be read is copied into a fresh one. Each repair is
+reported with a ``CacheRepaired`` warning saying what was lost and what happens.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import functools
 import hashlib
 import os
+import socket
+import sqlite3
 import struct
+import threading
+import time
 import uuid
+import warnings
 import zlib
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import diskcache
@@ -34,14 +51,29 @@ import numpy as np
 _HEADER = struct.Struct("<4sIIIQ")  # magic, rows, width, crc32, payload bytes
 _MAGIC = b"PRB1"
 _NO_LIMIT = 2**50
+_DATABASE = "cache.db"
+_DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+_ROWID_PROBE = 100_000  # rowids tried when a damaged table cannot say its largest one
+_HOST = socket.gethostname()
+_LIVE_TOKENS: set[str] = set()  # claim tokens of extractions running in this process
+_DAMAGED = object()  # a row that exists but cannot be decoded or has the wrong type
 
 
 class CacheError(RuntimeError):
-    """The activation cache cannot be used (full disk, unwritable folder)."""
+    """The activation cache cannot be used (full disk, unwritable folder, failing disk)."""
 
 
 class CorruptEntry(CacheError):
-    """A stored chunk failed its checks; it has been removed and will be recomputed."""
+    """Stored chunks failed their checks; they have been removed and will be recomputed."""
+
+
+class CacheRepaired(UserWarning):
+    """Damage to the cache was found and repaired; what was lost is recomputed when needed."""
+
+
+class NonFiniteActivations(ValueError):
+    """Hidden states with NaN or inf, or beyond float16's range: refused, never stored."""
 
 
 def private_dir(path: str | Path) -> Path:
@@ -56,35 +88,114 @@ def statement_key(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
+def first_words(text: str, words: int = 8, chars: int = 60) -> str:
+    """The start of a statement, to name it in a message."""
+    head = " ".join(text.split()[:words])[:chars]
+    return head if head == " ".join(text.split()) else head + "..."
+
+
+@contextmanager
+def claim_token() -> Iterator[str]:
+    """A token to claim batches with; claims made with it count as live while the block runs."""
+    token = uuid.uuid4().hex
+    _LIVE_TOKENS.add(token)
+    try:
+        yield token
+    finally:
+        _LIVE_TOKENS.discard(token)
+
+
+def _repairing(method):
+    """Run a store method; if SQLite reports a damaged file, repair the database and run it once more."""
+
+    @functools.wraps(method)
+    def run(self: ActivationStore, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as error:
+            if not _is_damage(error):
+                raise
+            damage = error
+        self._repair_database(damage)
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as error:
+            if not _is_damage(error):
+                raise
+            raise CacheError(
+                f"the activation cache database {self.directory / _DATABASE} is damaged again right after "
+                f"being repaired ({error}): the disk under it may be failing. Check free space and the "
+                "system log (dmesg), or pass another --cache; the damaged copies are kept beside it."
+            ) from error
+
+    return run
+
+
 class ActivationStore:
     """Hidden states of many statements for one namespace (model x dtype x position)."""
 
     def __init__(self, directory: str | Path, namespace: str):
         self.directory = private_dir(directory)
         self.namespace = namespace
+        self._statements_of: dict[str, list[str]] = {}  # chunk id -> statement keys, read once
+        self._lock = threading.Lock()
         try:
-            self._cache = diskcache.Cache(
-                str(self.directory), size_limit=_NO_LIMIT, eviction_policy="none"
-            )
-        except Exception as error:  # noqa: BLE001 - a broken SQLite file or folder
-            raise CacheError(
-                f"cannot open the activation cache at {self.directory} ({error}). "
-                "Move the folder away or pass another --cache."
-            ) from error
+            self._cache = self._open_cache()
+        except sqlite3.DatabaseError as error:
+            if not _is_damage(error):
+                raise self._cannot_open(error) from error
+            self._repair_database(error)
+        except Exception as error:  # noqa: BLE001 - an unreadable folder or file
+            raise self._cannot_open(error) from error
+
+    def _open_cache(self) -> diskcache.Cache:
+        return diskcache.Cache(str(self.directory), size_limit=_NO_LIMIT, eviction_policy="none")
+
+    def _cannot_open(self, error: Exception) -> CacheError:
+        return CacheError(f"cannot open the activation cache at {self.directory} ({error}). "
+                          "Check the folder's permissions, or pass another --cache.")
+
+    def _replace_cache(self, cache: diskcache.Cache) -> None:
+        self._cache = cache
+        with self._lock:
+            self._statements_of.clear()
 
     def close(self) -> None:
         self._cache.close()
 
+    def _key(self, *parts: object) -> tuple:
+        return (self.namespace, *parts)
+
+    def _read(self, key: tuple, valid: Callable[[object], bool]) -> object:
+        """The value at ``key``: None when absent, ``_DAMAGED`` when undecodable or of the wrong type."""
+        try:
+            value = self._cache.get(key)
+        except (sqlite3.Error, diskcache.Timeout):
+            raise
+        except Exception:  # noqa: BLE001 - an undecodable pickle or unreadable file: damage, handled by callers
+            return _DAMAGED
+        if value is None:
+            return None
+        return value if valid(value) else _DAMAGED
+
     # -- metadata ---------------------------------------------------------------
     @property
+    @_repairing
     def meta(self) -> dict | None:
-        return self._cache.get((self.namespace, "meta"))
+        """What the namespace holds (layers, width, ...); None when absent or damaged (then dropped)."""
+        meta = self._read(self._key("meta"), _is_meta)
+        if meta is _DAMAGED:
+            self._cache.delete(self._key("meta"))
+            _report("the cache's description of this model (layers, width) was damaged; it is written "
+                    "again from the model, and no activation is lost")
+            return None
+        return meta
 
+    @_repairing
     def set_meta(self, meta: dict) -> None:
-        self._cache.set((self.namespace, "meta"), meta)
+        self._cache.set(self._key("meta"), meta)
 
-    def _layer_index(self, layer: int) -> int:
-        meta = self.meta
+    def _layer_index(self, layer: int, meta: dict | None) -> int:
         if meta is None:
             raise CacheError("nothing is cached for this model and token position yet")
         count = meta["layers"]
@@ -97,69 +208,151 @@ class ActivationStore:
         return index
 
     # -- queries ----------------------------------------------------------------
+    def _chunk_ids(self) -> list[str]:
+        chunks = self._read(self._key("chunks"), _is_key_list)
+        if chunks is _DAMAGED:
+            return self._rebuild_chunk_list()
+        return chunks or []
+
+    def _rebuild_chunk_list(self) -> list[str]:
+        """Replace a damaged chunk list by the chunks whose statement lists are in the database."""
+        with self._cache.transact():
+            found = [key[2] for key in self._readable_keys()
+                     if len(key) == 4 and key[:2] == self._key("chunk") and key[3] == "texts"]
+            self._cache.set(self._key("chunks"), found)
+        _report(f"the list of cached chunks for this model was damaged; it was rebuilt from the {len(found)} "
+                "chunk(s) found in the database"
+                + ("" if found else ", so this model's activations start afresh (other models' are kept)"))
+        return found
+
+    def _readable_keys(self) -> Iterator[tuple]:
+        """Every key of the database that can be decoded (a damaged one is skipped, not fatal)."""
+        disk = diskcache.Disk(str(self.directory))
+        reader = sqlite3.connect(f"file:{self.directory / _DATABASE}?mode=ro", uri=True)
+        try:
+            for blob, raw in reader.execute("SELECT key, raw FROM Cache").fetchall():
+                try:
+                    key = disk.get(blob, raw)
+                except Exception:  # noqa: BLE001 - an undecodable key belongs to no chunk we can use
+                    continue
+                if isinstance(key, tuple):
+                    yield key
+        finally:
+            reader.close()
+
+    @_repairing
     def index(self) -> dict[str, tuple[str, int]]:
         """sha1(statement) -> (chunk_id, row) for everything stored; later chunks win."""
-        where: dict[str, tuple[str, int]] = {}
-        for chunk_id in self._cache.get((self.namespace, "chunks")) or []:
-            keys = self._cache.get((self.namespace, "chunk", chunk_id, "texts"))
-            if not isinstance(keys, list):
+        chunk_ids = self._chunk_ids()
+        damaged = 0
+        with self._lock:
+            for gone in self._statements_of.keys() - set(chunk_ids):
+                del self._statements_of[gone]
+            unread = [c for c in chunk_ids if c not in self._statements_of]
+        for chunk_id in unread:
+            keys = self._read(self._key("chunk", chunk_id, "texts"), _is_key_list)
+            if isinstance(keys, list):
+                with self._lock:
+                    self._statements_of[chunk_id] = keys
+            elif keys is None and chunk_id not in self._chunk_ids():
+                continue  # dropped by another process since we read the list
+            else:  # a listed chunk always has its statement list: missing or undecodable means damage
                 self.drop_chunk(chunk_id)
-                continue
-            for row, key in enumerate(keys):
-                where[key] = (chunk_id, row)
+                damaged += 1
+        if damaged:
+            _report(f"{damaged} cached chunk(s) had a damaged statement list; they were dropped, "
+                    "so their statements count as missing and are recomputed")
+        where: dict[str, tuple[str, int]] = {}
+        with self._lock:
+            for chunk_id in chunk_ids:
+                for row, key in enumerate(self._statements_of.get(chunk_id, ())):
+                    where[key] = (chunk_id, row)
         return where
 
-    def locate(self, texts: list[str]) -> list[tuple[str, int] | None]:
+    def locate(self, texts: Sequence[str]) -> list[tuple[str, int] | None]:
         """Where each statement is stored, or None."""
         where = self.index()
         return [where.get(statement_key(t)) for t in texts]
 
-    def missing(self, texts: list[str]) -> list[int]:
+    def missing(self, texts: Sequence[str]) -> list[int]:
         """Indices of the statements that are not cached."""
         return [i for i, where in enumerate(self.locate(texts)) if where is None]
 
-    def read_layer(self, texts: list[str], layer: int) -> np.ndarray:
-        """float32 array (len(texts), width) of one layer; every statement must be cached."""
+    @_repairing
+    def read_layer(self, texts: Sequence[str], layer: int) -> np.ndarray:
+        """float32 array (len(texts), width) of one layer; every statement must be cached.
+
+        All chunks are read before anything is dropped, so one call finds every corrupt
+        entry the statements need, drops them all and raises one ``CorruptEntry``.
+        """
+        meta = self.meta
+        index = self._layer_index(layer, meta)
         places = self.locate(texts)
         absent = [i for i, where in enumerate(places) if where is None]
         if absent:
             raise KeyError(f"{len(absent)} statement(s) are not cached, e.g. {texts[absent[0]]!r}")
-        index = self._layer_index(layer)
         by_chunk: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for position, (chunk_id, row) in enumerate(places):
             by_chunk[chunk_id].append((position, row))
-        out = np.empty((len(texts), self.meta["width"]), dtype=np.float32)
+        out = np.empty((len(texts), meta["width"]), dtype=np.float32)
+        problems: dict[str, str] = {}
         for chunk_id, pairs in by_chunk.items():
-            block = self._read_chunk(chunk_id, index)
+            try:
+                block = self._read_chunk(chunk_id, index, meta["width"])
+            except ValueError as problem:
+                problems[chunk_id] = str(problem)
+                continue
             positions, rows = zip(*pairs)
             out[list(positions)] = block[list(rows)]
+        if problems:
+            for chunk_id in problems:
+                self.drop_chunk(chunk_id)
+            statements = sum(len(by_chunk[chunk_id]) for chunk_id in problems)
+            raise CorruptEntry(
+                f"{len(problems)} cached chunk(s) of layer {layer} failed their checks "
+                f"({next(iter(problems.values()))}); they were dropped, so their {statements} statement(s) "
+                "count as missing and are recomputed"
+            )
         return out
 
-    def _read_chunk(self, chunk_id: str, layer: int) -> np.ndarray:
+    def _read_chunk(self, chunk_id: str, layer: int, width: int) -> np.ndarray:
+        """One chunk's rows at one layer; ValueError saying what is wrong when it fails a check."""
         try:
-            payload = self._cache.get((self.namespace, "chunk", chunk_id, layer))
-            block = _decode(payload)
-        except Exception as error:  # noqa: BLE001 - unreadable file, bad pickle, bad CRC
-            self.drop_chunk(chunk_id)
-            raise CorruptEntry(f"cached chunk {chunk_id} layer {layer}: {error}") from error
-        return block
+            payload = self._cache.get(self._key("chunk", chunk_id, layer))
+        except (sqlite3.Error, diskcache.Timeout):
+            raise
+        except Exception as error:  # noqa: BLE001 - an undecodable value where bytes belong
+            raise ValueError(f"unreadable entry: {type(error).__name__}") from error
+        with self._lock:
+            rows = len(self._statements_of.get(chunk_id, ()))
+        return _decode(payload, rows, width)
 
     # -- writes -----------------------------------------------------------------
-    def write_chunk(self, texts: list[str], hidden: np.ndarray) -> str:
-        """Store (rows, layers, width) hidden states of ``texts`` as one chunk; returns its id."""
-        chunk_id = uuid.uuid4().hex
+    @_repairing
+    def write_chunk(self, texts: Sequence[str], hidden: np.ndarray) -> str:
+        """Store (rows, layers, width) hidden states of ``texts`` as one chunk; returns its id.
+
+        Raises ``NonFiniteActivations`` (storing nothing) when a value is NaN or inf, or
+        becomes inf as float16.
+        """
         rows, layers, _ = hidden.shape
-        assert rows == len(texts)
-        halves = hidden.astype(np.float16)
+        if rows != len(texts):
+            raise ValueError(f"{rows} rows of hidden states for {len(texts)} statements")
+        _check_finite(texts, hidden)
+        with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
+            halves = hidden.astype(np.float16)
+        _check_float16_range(texts, hidden, halves)
+        chunk_id = uuid.uuid4().hex
         try:
             with self._cache.transact():
                 for layer in range(layers):
-                    self._cache.set((self.namespace, "chunk", chunk_id, layer), _encode(halves[:, layer]))
-                self._cache.set((self.namespace, "chunk", chunk_id, "texts"), [statement_key(t) for t in texts])
-                chunks = self._cache.get((self.namespace, "chunks")) or []
-                self._cache.set((self.namespace, "chunks"), [*chunks, chunk_id])
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self._cache.set(self._key("chunk", chunk_id, layer), _encode(halves[:, layer]))
+                self._cache.set(self._key("chunk", chunk_id, "texts"), [statement_key(t) for t in texts])
+                self._cache.set(self._key("chunks"), [*self._chunk_ids(), chunk_id])
+        except (OSError, sqlite3.OperationalError) as error:
+            full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
+                getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL)
+            if full:
                 raise CacheError(
                     f"the disk holding {self.directory} is full; everything cached before this "
                     "batch is kept. Free space (or pass another --cache) and run again to resume."
@@ -167,14 +360,248 @@ class ActivationStore:
             raise CacheError(f"cannot write to the activation cache {self.directory}: {error}") from error
         return chunk_id
 
+    @_repairing
     def drop_chunk(self, chunk_id: str) -> None:
         """Remove a chunk: its statements count as missing again."""
+        meta = self.meta
         with self._cache.transact():
-            chunks = self._cache.get((self.namespace, "chunks")) or []
-            self._cache.set((self.namespace, "chunks"), [c for c in chunks if c != chunk_id])
-            layers = (self.meta or {}).get("layers", 0)
-            for part in [*range(layers), "texts"]:
-                self._cache.delete((self.namespace, "chunk", chunk_id, part))
+            chunks = self._chunk_ids()
+            self._cache.set(self._key("chunks"), [c for c in chunks if c != chunk_id])
+            self._cache.delete(self._key("chunk", chunk_id, "texts"))
+            if meta is not None:
+                for layer in range(meta["layers"]):
+                    self._cache.delete(self._key("chunk", chunk_id, layer))
+            else:  # layers are stored 0, 1, ... without gaps
+                layer = 0
+                while self._cache.delete(self._key("chunk", chunk_id, layer)):
+                    layer += 1
+        with self._lock:
+            self._statements_of.pop(chunk_id, None)
+
+    # -- claims: several processes share the work of one extraction --------------
+    @_repairing
+    def claim(self, name: str, token: str, seconds: float) -> bool:
+        """Claim ``name`` for ``token`` unless a live other holder has it; atomic across processes.
+
+        A claim expires after ``seconds``; one whose process has died (same host) is taken over.
+        """
+        key = self._key("claim", name)
+        with self._cache.transact():
+            holder = self._read(key, _is_claim)
+            if isinstance(holder, dict) and holder["token"] != token and _holder_alive(holder):
+                return False
+            self._cache.set(key, {"token": token, "host": _HOST, "pid": os.getpid(), "since": time.time()},
+                            expire=seconds)
+        return True
+
+    def release(self, name: str, token: str) -> None:
+        """Give a claim back (others may then compute the batch if it was not stored)."""
+        key = self._key("claim", name)
+        try:
+            with self._cache.transact():
+                holder = self._read(key, _is_claim)
+                if isinstance(holder, dict) and holder["token"] == token:
+                    self._cache.delete(key)
+        except (OSError, sqlite3.Error, diskcache.Timeout):
+            pass  # a claim that cannot be removed (full disk, damaged file) expires or is taken over
+
+    # -- housekeeping -----------------------------------------------------------
+    @_repairing
+    def clean(self) -> int:
+        """Remove value files no database row points to; returns how many were removed.
+
+        They are left by a write killed or stopped by a full disk, and by a deleted or
+        replaced ``cache.db``; nothing would ever read or remove them otherwise.
+        """
+        removed = 0
+        with self._cache.transact():  # writers wait: no file sits between being written and recorded
+            reader = sqlite3.connect(f"file:{self.directory / _DATABASE}?mode=ro", uri=True)
+            try:
+                referenced = {os.path.normpath(name) for (name,) in
+                              reader.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+            finally:
+                reader.close()
+            for path in self.directory.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*.val"):
+                if str(path.relative_to(self.directory)) not in referenced:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            for folder in [*self.directory.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]"),
+                           *self.directory.glob("[0-9a-f][0-9a-f]")]:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+        return removed
+
+    def _repair_database(self, damage: sqlite3.DatabaseError) -> None:
+        """Move a damaged database aside, copy what can still be read into a fresh one, and use that."""
+        database = self.directory / _DATABASE
+        with (self.directory / "repair.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two processes must not repair it twice; freed if we die
+            if hasattr(self, "_cache"):
+                self._cache.close()
+            if _healthy(database):  # another process has repaired it meanwhile
+                self._replace_cache(self._open_cache())
+                return
+            damaged = database.with_name(f"{_DATABASE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            for suffix in ("", "-wal", "-shm"):
+                part = database.with_name(_DATABASE + suffix)
+                if part.exists():
+                    part.replace(damaged.with_name(damaged.name + suffix))
+            self._replace_cache(self._open_cache())
+            copied, held = _copy_readable_rows(damaged, self._cache)
+            self.clean()
+        _report(
+            f"the activation cache database {database} was damaged (SQLite: {damage}). {copied} "
+            f"{'' if held is None else f'of its {held} '}entries could still be read and were copied into a "
+            f"fresh database; the damaged file is kept as {damaged.name}. Statements whose entries were lost "
+            "are recomputed when needed."
+        )
+
+
+def _copy_readable_rows(damaged: Path, target: diskcache.Cache) -> tuple[int, int | None]:
+    """Copy every row of a damaged diskcache database that can still be read.
+
+    Returns (rows copied, rows the database says it held, or None if that is unreadable).
+    Rows are looked up one rowid at a time, so a damaged page loses only the rows on it.
+    A copied row's value file is removed once its copy is written (no doubled disk use).
+    """
+    disk = diskcache.Disk(str(damaged.parent))
+    source = sqlite3.connect(damaged)
+    try:
+        try:
+            source.execute("PRAGMA writable_schema=ON")  # read a file shorter than its header says
+        except sqlite3.DatabaseError:
+            return 0, None  # not a database any more
+        held = _first_value(source, "SELECT value FROM Settings WHERE key = 'count'")
+        last = _first_value(source, "SELECT max(rowid) FROM Cache")
+        if last is None and held is None:
+            return 0, None  # neither the table nor the settings can be read
+        copied = 0
+        select = "SELECT key, raw, mode, filename, value FROM Cache WHERE rowid = ?"
+        for rowid in range(1, (last or _ROWID_PROBE) + 1):
+            try:
+                row = source.execute(select, (rowid,)).fetchone()
+                if row is None:
+                    continue
+                blob, raw, mode, filename, value = row
+                key, data = disk.get(blob, raw), disk.fetch(mode, filename, value, False)
+            except Exception:  # noqa: BLE001 - a damaged page, pickle or file: this row is lost
+                continue
+            if not (isinstance(key, tuple) and len(key) > 1 and key[1] == "claim"):  # claims are not work
+                target.set(key, data)
+            if filename:
+                (damaged.parent / filename).unlink(missing_ok=True)
+            copied += 1
+        return copied, held
+    finally:
+        source.close()
+
+
+def _first_value(connection: sqlite3.Connection, query: str) -> int | None:
+    try:
+        row = connection.execute(query).fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return row[0] if row and isinstance(row[0], int) else None
+
+
+def _healthy(database: Path) -> bool:
+    """True when ``database`` is absent or passes SQLite's quick check."""
+    if not database.exists():
+        return True
+    try:
+        reader = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            return reader.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        finally:
+            reader.close()
+    except sqlite3.DatabaseError:
+        return False
+
+
+def _is_damage(error: sqlite3.DatabaseError) -> bool:
+    return getattr(error, "sqlite_errorcode", None) in _DAMAGE_CODES
+
+
+def _report(message: str) -> None:
+    warnings.warn(CacheRepaired(message), stacklevel=2)
+
+
+def _is_meta(value: object) -> bool:
+    return (isinstance(value, dict) and all(isinstance(value.get(k), int) and value[k] > 0
+                                            for k in ("layers", "width")))
+
+
+def _is_key_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_claim(value: object) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("token"), str)
+            and isinstance(value.get("host"), str) and isinstance(value.get("pid"), int))
+
+
+def _holder_alive(holder: dict) -> bool:
+    """Whether the process holding a claim may still be computing (unknown counts as alive)."""
+    if holder["host"] != _HOST or os.name != "posix":
+        return True  # cannot look: the claim's expiry decides
+    if holder["pid"] == os.getpid():
+        return holder["token"] in _LIVE_TOKENS
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process with that pid
+    return True
+
+
+def _check_finite(texts: Sequence[str], hidden: np.ndarray) -> None:
+    finite = np.isfinite(hidden)
+    if finite.all():
+        return
+    rows, layers = _failing(finite, hidden.shape[1])
+    raise NonFiniteActivations(
+        f"the model produced NaN or infinite values at {layers} for {_statements(texts, rows)}. "
+        "Nothing of this batch was stored; everything cached before is kept. The model's weights may be "
+        "damaged (check or download the model file again), or its dtype may overflow: try --dtype float32."
+    )
+
+
+def _check_float16_range(texts: Sequence[str], hidden: np.ndarray, halves: np.ndarray) -> None:
+    finite = np.isfinite(halves)
+    if finite.all():
+        return
+    rows, layers = _failing(finite, hidden.shape[1])
+    largest = float(np.abs(hidden).max())
+    raise NonFiniteActivations(
+        f"the model's values at {layers} reach {largest:.3g} for {_statements(texts, rows)}, beyond float16's "
+        f"range (±{_FLOAT16_MAX:,.0f}) in which the cache stores activations. Nothing of this batch was "
+        "stored; everything cached before is kept. Values this large usually mean damaged weights: "
+        "check or download the model file again."
+    )
+
+
+def _failing(finite: np.ndarray, layers: int) -> tuple[list[int], str]:
+    """Rows with a bad value, and the hidden states that have one, described for a message."""
+    rows = np.flatnonzero(~finite.all(axis=(1, 2))).tolist()
+    bad = np.flatnonzero(~finite.all(axis=(0, 2))).tolist()
+    return rows, f"hidden state(s) {_spans(bad)} (of 0..{layers - 1}; -1 = {layers - 1}, 0 = the embeddings)"
+
+
+def _spans(indices: list[int]) -> str:
+    """[3, 4, 5, 9] -> '3..5, 9'."""
+    spans, start = [], indices[0]
+    for previous, current in zip(indices, [*indices[1:], None]):
+        if current != previous + 1:
+            spans.append(str(start) if start == previous else f"{start}..{previous}")
+            start = current
+    return ", ".join(spans)
+
+
+def _statements(texts: Sequence[str], rows: list[int]) -> str:
+    examples = "; ".join(repr(first_words(texts[row])) for row in rows[:3])
+    more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+    return f"{len(rows)} of the batch's {len(texts)} statement(s): {examples}{more}"
 
 
 def _encode(block: np.ndarray) -> bytes:
@@ -183,13 +610,15 @@ def _encode(block: np.ndarray) -> bytes:
     return _HEADER.pack(_MAGIC, rows, width, zlib.crc32(data), len(data)) + data
 
 
-def _decode(payload: object) -> np.ndarray:
+def _decode(payload: object, rows: int, width: int) -> np.ndarray:
     if not isinstance(payload, bytes) or len(payload) < _HEADER.size:
         raise ValueError("missing or truncated entry")
-    magic, rows, width, crc, size = _HEADER.unpack_from(payload)
+    magic, stored_rows, stored_width, crc, size = _HEADER.unpack_from(payload)
     data = payload[_HEADER.size :]
-    if magic != _MAGIC or size != rows * width * 2 or len(data) != size:
+    if magic != _MAGIC or size != stored_rows * stored_width * 2 or len(data) != size:
         raise ValueError(f"truncated entry ({len(data)} of {size} bytes)")
+    if (stored_rows, stored_width) != (rows, width):
+        raise ValueError(f"entry of shape {stored_rows}x{stored_width} where {rows}x{width} belongs")
     if zlib.crc32(data) != crc:
         raise ValueError("checksum mismatch")
     return np.frombuffer(data, dtype=np.float16).reshape(rows, width).astype(np.float32)

@@ -1,16 +1,28 @@
-"""Several processes fill one cache (torchrun / accelerate launch): the union equals one process."""
+"""Several processes fill one cache (torchrun / accelerate launch, or two plain extracts): the union
+equals one process, and each statement is computed once."""
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 
-from probing.activations import Activations
+from probing.activations import Activations, batch_name, plan_batches, run_batch
 
 LAYERS = (0, 7, 15, 23, 30)
+TEXTS = [
+    "Paris is in France.",
+    "The symbol of gold is Au.",
+    "A whale is a mammal.",
+    "Lima is the capital of Peru, a country in South America.",
+    "Dogs can fly.",
+    "Water boils at 100 degrees Celsius at sea level.",
+]
 
 
 def extract(cache, data, *extra, launcher=(sys.executable, "-m")):
@@ -59,3 +71,85 @@ def test_two_processes_equal_one_bit_for_bit_and_a_killed_one_is_completed(tmp_p
     for layer in LAYERS:
         np.testing.assert_array_equal(one.layer(texts, layer), union.layer(texts, layer))
     assert not one.model_loaded and not union.model_loaded
+
+
+def stored_rows(activations):
+    """Statements stored over all chunks, counting a statement once per chunk that holds it."""
+    store = activations.store
+    return sum(len(store._cache.get((store.namespace, "chunk", chunk, "texts")))
+               for chunk in store._cache.get((store.namespace, "chunks")) or [])
+
+
+def test_two_extracts_into_one_cache_compute_each_statement_once(tmp_path, small_saplma, shared_cache):
+    subset = small_saplma.subset(per_topic=20)
+    data = subset.to_csv(tmp_path / "data.csv")
+    texts = list(dict.fromkeys(subset.statements))
+    single, shared = (fresh_cache(tmp_path, name, shared_cache) for name in ("single", "shared"))
+    reference, first, second = extract(single, data), extract(shared, data), extract(shared, data)
+    finish(reference)
+    outputs = [finish(first), finish(second)]
+
+    computed = [int(re.search(r"^(\d+) statement\(s\) computed", output, re.M).group(1)) for output in outputs]
+    assert sum(computed) == len(texts), outputs  # without claims: 2 x len(texts)
+    one, union = Activations("embedded", cache_dir=single), Activations("embedded", cache_dir=shared)
+    assert stored_rows(union) == len(texts)  # no batch was stored twice
+    for layer in LAYERS:
+        np.testing.assert_array_equal(one.layer(texts, layer), union.layer(texts, layer))
+
+
+def claim_for(activations, statements, pid):
+    """Claim a batch as another process (``pid`` on this host) would."""
+    store = activations.store
+    store._cache.set((store.namespace, "claim", batch_name(statements)),
+                     {"token": f"process-{pid}", "host": socket.gethostname(), "pid": pid, "since": time.time()})
+
+
+def test_batches_claimed_by_live_processes_are_awaited_and_taken_over_when_they_die(model, tmp_path):
+    activations = Activations(model=model, cache_dir=tmp_path, token_budget=20)
+    activations.poll_seconds = 0.05
+    batches = plan_batches(model.tokenizer, TEXTS, "last", 20, 512)  # the plan every process makes
+    assert len(batches) >= 4
+    finishing, dying, dead = ([TEXTS[i] for i in batch.indices] for batch in batches[:3])
+    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+    finisher, dier = subprocess.Popen(sleep), subprocess.Popen(sleep)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    progress, results = [], []
+
+    def extract_all():
+        results.append(activations.ensure(TEXTS, on_progress=lambda *done_total: progress.append(done_total)))
+
+    def wait_until_missing(statements):
+        deadline = time.time() + 60
+        while activations.missing(TEXTS) != sorted(TEXTS.index(text) for text in statements):
+            assert time.time() < deadline, f"still missing: {activations.missing(TEXTS)}"
+            time.sleep(0.05)
+
+    try:
+        claim_for(activations, finishing, finisher.pid)
+        claim_for(activations, dying, dier.pid)
+        claim_for(activations, dead, gone.pid)
+        worker = threading.Thread(target=extract_all)
+        worker.start()
+        wait_until_missing([*finishing, *dying])  # the unclaimed batches and the dead process's are done
+        time.sleep(0.3)
+        assert worker.is_alive()  # waiting for the live processes' batches, not computing them
+
+        # One live process stores its batch and releases its claim: the waiting one counts it as done.
+        activations.store.write_chunk(finishing, run_batch(model, batches[0], "last"))
+        activations.store.release(batch_name(finishing), f"process-{finisher.pid}")
+        wait_until_missing(dying)
+        assert worker.is_alive()
+
+        # The other dies without storing its batch: the waiting one takes it over.
+        dier.kill()
+        dier.wait()
+        worker.join(60)
+        assert not worker.is_alive()
+    finally:
+        for process in (finisher, dier):
+            process.kill()
+            process.wait()
+    assert results == [len(TEXTS) - len(finishing)]
+    assert progress[-1] == (len(TEXTS), len(TEXTS))
+    assert activations.missing(TEXTS) == []
