@@ -7,15 +7,8 @@ from probing.activations import Activations, StatementTooLong, plan_batches, run
 from probing.models import ModelSpec, cpu_has_fast_bfloat16, load_model
 from probing.probes import make_probe
 from probing.storage import NonFiniteActivations
+from samples import TEXTS
 
-TEXTS = [
-    "Paris is in France.",
-    "The symbol of gold is Au.",
-    "A whale is a mammal.",
-    "Lima is the capital of Peru, a country in South America.",
-    "Dogs can fly.",
-    "Water boils at 100 degrees Celsius at sea level.",
-]
 
 
 # Batched vs one-at-a-time: largest difference allowed, as a fraction of the layer's largest value.

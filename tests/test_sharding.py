@@ -13,16 +13,9 @@ import time
 import numpy as np
 
 from probing.activations import Activations, batch_name, plan_batches, run_batch
+from samples import TEXTS
 
 LAYERS = (0, 7, 15, 23, 30)
-TEXTS = [
-    "Paris is in France.",
-    "The symbol of gold is Au.",
-    "A whale is a mammal.",
-    "Lima is the capital of Peru, a country in South America.",
-    "Dogs can fly.",
-    "Water boils at 100 degrees Celsius at sea level.",
-]
 
 
 def extract(cache, data, *extra, launcher=(sys.executable, "-m")):

@@ -9,15 +9,8 @@ import pytest
 
 from probing.activations import Activations
 from probing.storage import CacheError, CacheRepaired, CorruptEntry
+from samples import TEXTS
 
-TEXTS = [
-    "Paris is in France.",
-    "The symbol of gold is Au.",
-    "A whale is a mammal.",
-    "Lima is the capital of Peru, a country in South America.",
-    "Dogs can fly.",
-    "Water boils at 100 degrees Celsius at sea level.",
-]
 
 
 @pytest.fixture(scope="module")
