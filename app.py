@@ -1,27 +1,22 @@
 """Truth-probe dashboard: `streamlit run app.py`.
 
-The entry point draws the sidebar every page shares (model, statements, token
-position) and runs the page chosen in the navigation. The model is loaded once
-per process and shared by all pages and browser sessions.
+The entry point draws the sidebar every page shares (the navigation, model,
+statements, token position) and runs the page chosen in it. The model is loaded
+once per process and shared by all pages and browser sessions.
 """
 
 import os
-import sys
 from pathlib import Path
 
 # Jobs run torch in background threads next to the script thread; OpenMP workers that
 # spin while waiting would steal the CPU from each other (and from other processes).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 import streamlit as st  # noqa: E402
 
-st.set_page_config(page_title="Truth probes", page_icon="🔎", layout="wide")
+ROOT = Path(__file__).resolve().parent  # `streamlit run` puts it on sys.path: pages._shared imports
 
-from pages._shared import collect_finished_job, sidebar  # noqa: E402
+st.set_page_config(page_title="Truth probes", page_icon="🔎", layout="wide")
 
 PAGES = [
     st.Page(str(ROOT / "pages/overview.py"), title="Overview", icon=":material/dashboard:", default=True,
@@ -40,7 +35,18 @@ PAGES = [
 
 # url paths differ from the file names on purpose: a pages/ folder alone would make
 # Streamlit run pages/<name>.py without this entry point when /<name> is opened first.
-page = st.navigation(PAGES)
+# Until st.navigation first runs in a process, Streamlit also shows a menu of pages/'s file
+# names (_shared.py included); .streamlit/config.toml hides it (client.showSidebarNavigation),
+# which hides st.navigation's menu too, so the menu is drawn here as links, before the slow
+# imports below: it is the first thing the sidebar shows.
+page = st.navigation(PAGES, position="hidden")
+with st.sidebar:
+    for entry in PAGES:
+        st.page_link(entry)
+    st.divider()
+
+from pages._shared import collect_finished_job, sidebar  # noqa: E402
+
 collect_finished_job()
 sidebar()
 page.run()

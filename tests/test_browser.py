@@ -1,8 +1,8 @@
 """End to end in a real browser: Debian's chromium driven by playwright against `streamlit run app.py`.
 
-Extract a small statement set, train a probe while watching the live chart, run a small grid,
-open the truth directions, score a statement. Screenshots go to cache/screenshots/ (git-ignored);
-set PROBING_SCREENSHOTS=docs/screenshots to refresh the README's.
+The first paint of a fresh server; then extract a small statement set, train a probe while watching
+the live chart, run a small grid, open the truth directions, score a statement. Screenshots go to
+cache/screenshots/ (git-ignored); set PROBING_SCREENSHOTS=docs/screenshots to refresh the README's.
 """
 
 import os
@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,12 +41,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextmanager
+def streamlit_app(cache: Path) -> Iterator[str]:
+    """`streamlit run app.py` on a free port with its own cache folder; yields its URL once healthy."""
     from probing import load_model
 
     load_model("embedded", cache_dir=TEST_CACHE)  # converted once per machine
-    cache = tmp_path_factory.mktemp("browser-cache")
     (cache / "models").symlink_to((TEST_CACHE / "models").resolve(), target_is_directory=True)
     port = free_port()
     env = {**os.environ, "PROBING_CACHE": str(cache), "PROBING_PER_TOPIC": str(PER_TOPIC), "PROBING_MODEL": "embedded",
@@ -54,24 +56,38 @@ def server(tmp_path_factory):
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.terminate()
-        pytest.fail("streamlit did not start: " + (cache / "streamlit.log").read_text()[-2000:])
-    yield url
-    process.terminate()
     try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start: " + (cache / "streamlit.log").read_text()[-2000:])
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with streamlit_app(tmp_path_factory.mktemp("browser-cache")) as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_server(tmp_path):
+    """A server no browser has opened yet: its first session is the one Streamlit treats differently."""
+    with streamlit_app(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +96,18 @@ def page(server):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        context = browser.new_context(viewport={"width": 1440, "height": 900})
-        tab = context.new_page()
-        tab.set_default_timeout(60_000)
-        tab.set_default_navigation_timeout(60_000)
+        tab = new_tab(browser)
         tab.goto(server)
         yield tab
         browser.close()
+
+
+def new_tab(browser):
+    """A 1440x900 tab with generous timeouts: the machine may be busy."""
+    tab = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+    tab.set_default_timeout(60_000)
+    tab.set_default_navigation_timeout(60_000)
+    return tab
 
 
 def shot(page, name: str) -> None:
@@ -103,6 +124,55 @@ def go(page, title: str) -> None:
 def no_exception(page) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
         '[data-testid="stException"]').first.inner_text()
+
+
+# What Streamlit would list as pages while a process has not yet run st.navigation: the entry
+# point and every script in pages/, named after the file (leading underscores dropped).
+PAGE_FILE_NAMES = {"app"} | {script.stem.lstrip("_") for script in (ROOT / "pages").glob("*.py")}
+
+# Every distinct state of the sidebar (its text and links), recorded from the document's start.
+RECORD_SIDEBAR = """
+window.sidebarStates = [];
+new MutationObserver(() => {
+    const sidebar = document.querySelector('[data-testid="stSidebar"]');
+    if (!sidebar) return;
+    const state = {text: sidebar.innerText, links: [...sidebar.querySelectorAll('a')].map(
+        a => ({text: a.innerText, href: a.getAttribute('href') || ''}))};
+    const last = window.sidebarStates[window.sidebarStates.length - 1];
+    if (JSON.stringify(last) !== JSON.stringify(state)) window.sidebarStates.push(state);
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+def file_names_shown(state: dict) -> set[str]:
+    """File names of pages/ the sidebar state shows as a line of text, a link or a link's url path."""
+    lines = {line.strip() for text in [state["text"], *(link["text"] for link in state["links"])]
+             for line in text.splitlines()}
+    paths = {link["href"].split("?")[0].rstrip("/").rsplit("/", 1)[-1] for link in state["links"]}
+    return (lines | paths) & PAGE_FILE_NAMES
+
+
+def test_first_paint_shows_only_the_real_navigation(fresh_server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        tab = new_tab(browser)
+        tab.add_init_script(RECORD_SIDEBAR)
+        tab.goto(fresh_server, wait_until="commit")
+        tab.wait_for_function("() => window.sidebarStates.some(s => s.text.trim() || s.links.length)",
+                              polling="raf", timeout=LONG)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=str(SHOTS / "first-paint.png"))
+        first = next(s for s in tab.evaluate("window.sidebarStates") if s["text"].strip() or s["links"])
+        assert not file_names_shown(first), f"the first paint's sidebar lists pages/ files: {first}"
+        # ...nor any later moment of the first run, which ends with the real navigation and the page
+        tab.get_by_role("link", name="Train a probe").wait_for()  # drawn before anything slow
+        tab.get_by_text("Does the model know what is true?").wait_for(timeout=LONG)
+        states = tab.evaluate("window.sidebarStates")
+        browser.close()
+    shown = [names for names in map(file_names_shown, states) if names]
+    assert not shown, f"the sidebar listed pages/ files during the first run: {shown}"
 
 
 def test_end_to_end(page):
