@@ -39,7 +39,7 @@ from benchmarks._common import (
 )
 from probing.activations import plan_batches, run_batch
 from probing.models import DTYPES, LoadedModel, ModelSpec, cpu_has_fast_bfloat16, load_model
-from probing.statements import load_dataset
+from probing.datasets import load_dataset
 
 POSITION = "last"
 

@@ -2,7 +2,7 @@
 
 The grid: 5 layers (-1, -5, -9, -13, -17) x 4 probe kinds (linear, tiny, small,
 medium) x 6 category splits x 3 seeds = 360 probes, SAPLMA training settings
-(``GridConfig(seeds=3, controls=False)``: Adam, lr 1e-3, batch 32, 5 epochs; the
+(``StudyConfig(seeds=3, controls=False)``: Adam, lr 1e-3, batch 32, 5 epochs; the
 linear probe uses the engine's default L-BFGS solver, or SAPLMA's Adam with
 ``--linear-solver adam``).
 
@@ -38,9 +38,10 @@ import torch
 from benchmarks._common import (
     BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, cached_activations, peak_rss_mb, print_machine, table,
 )
-from probing.experiments import GridConfig, category_splits, run_grid, split_seed
+from probing.config import StudyConfig
+from probing.experiments import category_splits, run_grid, split_seed
 from probing.probes import Task, fit_many
-from probing.statements import load_dataset
+from probing.datasets import load_dataset
 
 LAYERS = (-1, -5, -9, -13, -17)
 KINDS = ("linear", "tiny", "small", "medium")
@@ -75,7 +76,7 @@ def main() -> None:
     print(f"{len(dataset)} statements, {len(dataset.topics)} topics; activations cached "
           f"({computed} computed now in {extract_s:.0f} s, excluded from the timings)", flush=True)
 
-    config = GridConfig(layers=layers, probes=KINDS, seeds=args.seeds, controls=False,
+    config = StudyConfig(layers=layers, probes=KINDS, seeds=args.seeds, controls=False,
                         linear_solver=args.linear_solver, device="cpu")
     load_s: dict[int, float] = {}
     group_s: dict[tuple[int, str], float] = {}

@@ -46,7 +46,7 @@ def child(saplma: str, per_topic: int | None, layer: int, cache: str) -> None:
     t0 = _STARTED
     from benchmarks._common import peak_rss_mb
     from probing.activations import Activations
-    from probing.statements import load_dataset
+    from probing.datasets import load_dataset
 
     t1 = time.perf_counter()
     dataset = load_dataset(saplma)
@@ -139,7 +139,7 @@ def main() -> None:
     from benchmarks._common import SAPLMA_DATA, cached_activations, print_machine, table
     saplma = args.saplma or SAPLMA_DATA
     from probing.builtin import load_builtin
-    from probing.statements import load_dataset
+    from probing.datasets import load_dataset
 
     print_machine()
     dataset = load_dataset(saplma)

@@ -1,6 +1,8 @@
 """Streamlit pieces every page uses: the sidebar, the shared context, job panels and results.
 
-Computation lives in ``probing/``; this module only wires widgets to it.
+Computation lives in ``probing/``; this module only wires widgets to it. What the session
+shows lives in ``st.session_state``: the open study (a results folder), the probes trained
+on the Train page, and the job.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ import streamlit as st
 from probing import POSITIONS, DatasetError, LoadedModel, StatementSet, load_dataset
 from probing.activations import Activations
 from probing.builtin import load_builtin
-from probing.dashboard import (
-    MODEL_CHOICES, Job, ModelBusy, ModelHolder, ResultStore, app_arguments, context_key, data_roots,
-    default_cache_dir, default_model_name, default_per_topic, extract_work, model_choices, path_under_roots,
-    start_job, statement_sets_under,
+from probing.jobs import Job, ModelBusy, ModelHolder, start_job
+from probing.results import ResultsError, StudyResult
+from probing.settings import (
+    MODEL_CHOICES, app_arguments, data_roots, default_cache_dir, default_model_name, default_per_topic,
+    fits_in_memory, model_choices, path_under_roots, results_folders, results_location, statement_sets_under,
 )
 from probing.statements import load_csv_bytes
+from probing.workflows import extract_work
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 OTHER_PATH = "Other path…"
+NO_RESULTS = "None: work live"
 
 POSITION_HELP = {
     "last": "last token of the statement, its final period included",
@@ -47,6 +52,12 @@ def _from_path(path: str) -> StatementSet:
     return load_dataset(path)
 
 
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _study(folder: str, written: float) -> StudyResult:
+    """A results folder, read once per version of its config.json (``written``: its mtime)."""
+    return StudyResult.load(folder)
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def _from_upload(name: str, content: bytes) -> StatementSet:
     """Parsed in memory: an upload is never written to disk, so nothing is left behind."""
@@ -62,6 +73,8 @@ class Context:
     dataset: StatementSet | None
     position: str
     cache_dir: Path
+    results_root: Path  # where finished grids and trainings are saved, and listed from
+    study: StudyResult | None  # the open results folder
 
     @property
     def ready(self) -> bool:
@@ -72,12 +85,14 @@ class Context:
         return self.holder.activations(self.position)
 
     @property
-    def key(self) -> str:
-        return context_key(self.model.fingerprint, self.position, self.dataset)
+    def key(self) -> tuple[str, str, str]:
+        """What computed views depend on, by content: model fingerprint, token position, statements."""
+        return self.model.fingerprint, self.position, self.dataset.fingerprint()
 
-    @property
-    def store(self) -> ResultStore:
-        return ResultStore(self.cache_dir, self.key)
+
+def trained_probes() -> dict:
+    """(layer, kind) -> TrainOutcome: the probes this session trained on the Train page."""
+    return st.session_state.setdefault("trained", {})
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -100,49 +115,25 @@ def start(ctx: Context, kind: str, label: str, work, params: dict | None = None)
     """
     if job_running():
         return
-    job = Job(kind=kind, label=label,
-              params={"context": ctx.key, "cache_dir": str(ctx.cache_dir), **(params or {})})
-    st.session_state["job"] = start_job(job, work, holder=ctx.holder)
-
-
-def _results_bucket(context: str, store: ResultStore) -> dict:
-    """A context's finished results in session state, read from the disk store the first time."""
-    everything = st.session_state.setdefault("results", {})
-    if context not in everything:
-        everything[context] = {
-            "trained": store.load_trained(),
-            "last_train": store.load("last_train"),
-            "grid": store.load("grid"),
-            "directions": store.load("directions"),
-        }
-    return everything[context]
-
-
-def results(ctx: Context) -> dict:
-    """This context's finished results: from session state, else from the disk store."""
-    return _results_bucket(ctx.key, ctx.store)
+    st.session_state["job"] = start_job(Job(kind=kind, label=label, params=params or {}), work, holder=ctx.holder)
 
 
 def collect_finished_job() -> None:
-    """Move a finished job's result into session state and onto disk (once)."""
+    """Take a finished job's result into the session once: a trained probe joins the session's
+    probes; a grid (already saved as a results folder by the job) becomes the open study."""
     job = current_job()
-    if job is None or job.running or job.params.get("collected"):
+    if job is None or job.running or st.session_state.get("collected_job") is job:
         return
-    job.params["collected"] = True
-    job.params["seen_running"] = False
+    st.session_state["collected_job"] = job
+    st.session_state["job_seen_running"] = False
     if job.error or job.result is None:
         return
-    store = ResultStore(job.params["cache_dir"], job.params["context"])
-    bucket = _results_bucket(job.params["context"], store)
     if job.kind == "train":
         outcome = job.result
-        store.save_trained(outcome)
-        bucket["trained"] = store.load_trained()  # with what other sessions trained meanwhile
-        bucket["last_train"] = outcome
-        store.save("last_train", outcome)
+        trained_probes()[(outcome.layer, outcome.kind)] = outcome
+        st.session_state["last_train"] = outcome
     elif job.kind in ("grid", "directions"):
-        bucket[job.kind] = job.result
-        store.save(job.kind, job.result)
+        st.session_state["results_choice"] = str(job.result.folder)  # the sidebar opens it
 
 
 def job_panel(kind: str, live=None) -> None:
@@ -154,21 +145,23 @@ def job_panel(kind: str, live=None) -> None:
     if job is None or job.kind != kind:
         return
     if job.running:
-        job.params["seen_running"] = True
+        st.session_state["job_seen_running"] = True
 
     @st.fragment(run_every=0.5 if job.running else None)
     def panel() -> None:
         current = current_job()
         if current is None or current is not job:
             return
+        for warning in current.warnings:
+            st.warning(warning)
         if current.error:
             st.error(f"{current.label} failed: {current.error}")
         elif current.running:
             st.progress(current.fraction, text=f"**{current.label}** · {current.status_line()}")
             if live is not None:
                 live(current)
-        if not current.running and current.params.get("seen_running"):
-            current.params["seen_running"] = False
+        if not current.running and st.session_state.get("job_seen_running"):
+            st.session_state["job_seen_running"] = False
             st.rerun()  # the whole page: show the finished results, unlock the controls
 
     panel()
@@ -230,11 +223,41 @@ def _dataset_from_folder(busy: bool) -> StatementSet | None:
     return _from_path(str(path_under_roots(path, roots)))
 
 
-def _model_from_sidebar(holder: ModelHolder, busy: bool) -> LoadedModel | None:
+def _study_from_sidebar(root: Path, busy: bool) -> StudyResult | None:
+    """The open results folder: one listed under ``root`` (newest first), or a typed path."""
+    st.sidebar.subheader("Results")
+    folders = [str(path) for path in results_folders(root)]
+    chosen = st.session_state.get("results_choice")
+    if chosen and chosen not in (NO_RESULTS, OTHER_PATH, *folders):
+        folders.insert(0, chosen)  # opened from elsewhere (--results, a typed path)
+    choice = st.sidebar.selectbox("Open a results folder", [NO_RESULTS, *folders, OTHER_PATH], key="results_choice",
+                                  disabled=busy, format_func=lambda f: Path(f).name if f in folders else f,
+                                  help=f"Folders written by `probing reproduce` or by this dashboard, in {root}. "
+                                       "With one open, the grid, directions and statement pages show it.")
+    if choice == NO_RESULTS:
+        return None
+    folder = choice
+    if choice == OTHER_PATH:
+        folder = st.sidebar.text_input("Results folder path", key="results_path", disabled=busy).strip()
+        if not folder:
+            return None
+    try:
+        study = _study(str(Path(folder).resolve()), (Path(folder) / "config.json").stat().st_mtime)
+    except (OSError, ResultsError, ValueError) as error:
+        st.sidebar.error(f"Cannot open {folder}: {error}")
+        return None
+    model, dataset = study.meta.get("model", {}), study.meta.get("dataset", {})
+    st.sidebar.caption(f"{model.get('name', '?')} · {dataset.get('name', '?')} "
+                       f"({dataset.get('statements', '?')} statements) · {study.config.position} token · "
+                       f"{study.meta.get('created', '')}")
+    return study
+
+
+def _model_from_sidebar(holder: ModelHolder, busy: bool, autoload: bool) -> LoadedModel | None:
     st.sidebar.subheader("Model")
     default = default_model_name()
     labels = model_choices(default)
-    if holder.current is None and not st.session_state.get("model_first_try"):
+    if autoload and holder.current is None and not st.session_state.get("model_first_try"):
         st.session_state["model_first_try"] = True
         with st.spinner(f"Loading {default}… (the first start converts the embedded model once, ~40 s)"):
             try:
@@ -270,7 +293,10 @@ def _model_from_sidebar(holder: ModelHolder, busy: bool) -> LoadedModel | None:
         if loaded is not None:
             st.sidebar.caption(f"Still using {loaded.spec.name}.")
     if loaded is None:
-        st.sidebar.error(holder.error or "No model is loaded.")
+        if holder.error:
+            st.sidebar.error(holder.error)
+        else:
+            st.sidebar.info("No model is loaded: tables and charts of a results folder need none.")
         return None
     info = loaded.describe()
     st.sidebar.caption(f"Loaded: **{info['model']}** · {info['blocks']} blocks · width {info['width']} · "
@@ -283,7 +309,12 @@ def sidebar() -> Context:
     cache_dir = default_cache_dir()
     holder = model_holder(str(cache_dir))
     busy = job_running()
-    model = _model_from_sidebar(holder, busy)
+    root, opened_at_start = results_location(app_arguments(sys.argv[1:]).results)
+    if opened_at_start is not None and "results_choice" not in st.session_state:
+        st.session_state["results_choice"] = str(opened_at_start)
+    study = _study_from_sidebar(root, busy)
+    # A folder given at start is for looking at: no model is loaded until a page needs one.
+    model = _model_from_sidebar(holder, busy, autoload=opened_at_start is None)
     dataset = _load_dataset_from_sidebar(busy)
     st.sidebar.subheader("Token position")
     position = st.sidebar.selectbox("Read the hidden state at", POSITIONS, key="position", disabled=busy,
@@ -291,7 +322,8 @@ def sidebar() -> Context:
     job = current_job()
     if job is not None and job.running:
         st.sidebar.info(f"⏳ {job.label}: {job.status_line()}")
-    ctx = Context(holder=holder, model=model, dataset=dataset, position=position, cache_dir=cache_dir)
+    ctx = Context(holder=holder, model=model, dataset=dataset, position=position, cache_dir=cache_dir,
+                  results_root=root, study=study)
     st.session_state["ctx"] = ctx
     return ctx
 
@@ -313,6 +345,37 @@ def require_ready(ctx: Context) -> bool:
         st.info("Choose a statement set in the sidebar.")
         return False
     return True
+
+
+def model_for(ctx: Context, name: str | None, study: StudyResult | None) -> LoadedModel | None:
+    """The model ``name`` when it is loaded; else say which model the page needs (from the open
+    results folder) and offer to load it where it fits in memory."""
+    if name is None:
+        st.error("No model is loaded. Choose one in the sidebar.")
+        return None
+    if ctx.model is not None and ctx.model.spec.name == name:
+        return ctx.model
+    meta = study.meta.get("model", {}) if study is not None else {}
+    size = meta.get("memory_gb")
+    trained = f" (the probes were trained on {meta['dtype']} activations on {meta['device']})" if meta.get("dtype") else ""
+    need = f" It takes about {size:.2f} GB." if size else ""
+    if fits_in_memory(size) is False:
+        st.warning(f"This page reads hidden states of **{name}**{trained}.{need} That is more than this machine "
+                   "has free: the tables and charts of this folder work, scoring needs a bigger machine.")
+        return None
+    st.info(f"This page reads hidden states of **{name}**{trained}.{need} Load it to score statements.")
+    holder = ctx.holder
+    if st.button(f"Load {name}", key="load_page_model", type="primary", disabled=job_running() or holder.busy):
+        with st.spinner(f"Loading {name}…"):
+            try:
+                holder.ensure(name)
+            except ModelBusy as error:
+                st.warning(str(error))
+                return None
+        if holder.current is not None and holder.current.spec.name == name:
+            st.rerun()
+        st.error(holder.error or f"{name} could not be loaded.")
+    return None
 
 
 def extraction_controls(ctx: Context, key: str) -> int:

@@ -4,7 +4,8 @@ import streamlit as st
 
 from pages._shared import context, extraction_controls, require_ready, show_chart
 from probing import charts
-from probing.dashboard import layer_options, pca_points
+from probing.directions import pca_points
+from probing.settings import layer_options
 
 ctx = context()
 st.title("Activations")

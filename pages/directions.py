@@ -1,11 +1,17 @@
 """Truth directions: do probes trained on different category splits point the same way?"""
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
-from pages._shared import context, job_panel, job_running, require_ready, results, start, show_chart
-from probing import charts, compare_directions
-from probing.dashboard import grid_work, layer_options, study_layers
+from pages._shared import context, job_panel, job_running, start, show_chart
+from probing import charts
+from probing.config import StudyConfig
+from probing.settings import layer_options, study_layers
+from probing.workflows import grid_work
+
+DIRECTION_KINDS = {"linear": "linear probe weights", "mass_mean": "mass-mean (true mean - false mean)"}
 
 ctx = context()
 st.title("Truth directions")
@@ -14,66 +20,59 @@ st.caption("Each category split (one topic held out) gives a linear probe, i.e. 
            "agree: cosine similarity near 1 and most coordinates with the same sign. Random directions "
            "give about 0 and 0.5.")
 
-if require_ready(ctx):
-    busy = job_running()
-    bucket = results(ctx)
-    sources = {}
-    grid = bucket["grid"]
-    if grid is not None and any(k[1] in ("linear", "mass_mean") for k in grid.category.probes):
-        sources["Accuracy grid"] = grid
-    if bucket["directions"] is not None:
-        sources["Direction probes (this page)"] = bucket["directions"]
-
-    with st.expander("Train direction probes" if sources else "Train direction probes (needed first)",
-                     expanded=not sources):
-        st.caption("Trains a linear and a mass-mean probe per layer on every category split, plus the "
-                   "shuffled-label controls. The accuracy grid's linear probes work too.")
+busy = job_running()
+study = ctx.study
+has_directions = study is not None and not study.directions_matrices.empty
+with st.expander("Train direction probes" if has_directions else "Train direction probes (needed first)",
+                 expanded=not has_directions):
+    st.caption("Trains a linear and a mass-mean probe per layer on every category split, plus the "
+               "shuffled-label controls, and opens them as a results folder. A grid with linear probes "
+               "has directions too.")
+    if not ctx.ready:
+        st.info("Training needs a model and a statement set: choose them in the sidebar.")
+    else:
         options = layer_options(ctx.model.n_hidden_states)
         layers = st.multiselect("Layers", options, default=study_layers(ctx.model.n_hidden_states),
                                 key="dir_layers", disabled=busy)
-        epochs = st.number_input("Epochs", 1, 200, 5, key="dir_epochs", disabled=busy)
+        epochs = st.number_input("Epochs", 1, 200, StudyConfig().epochs, key="dir_epochs", disabled=busy)
+
         def launch() -> None:
             state = st.session_state
+            config = replace(StudyConfig(), model=ctx.model.spec.name, position=ctx.position,
+                             layers=tuple(sorted(int(x) for x in state["dir_layers"])),
+                             probes=tuple(DIRECTION_KINDS), epochs=int(state["dir_epochs"]))
             start(ctx, "directions", "Direction probes",
-                  grid_work(ctx.activations, ctx.dataset, [int(x) for x in state["dir_layers"]],
-                            ["linear", "mass_mean"], int(state["dir_epochs"]), 1, with_random=False,
-                            model_name=ctx.model.spec.name))
+                  grid_work(ctx.activations, ctx.dataset, config, ctx.results_root))
 
         st.button("Train direction probes", type="primary", key="dir_button",
                   disabled=busy or not layers or len(ctx.dataset.topics) < 2, on_click=launch)
-    job_panel("directions")
+job_panel("directions")
 
-    if sources and not busy:
-        c1, c2 = st.columns(2)
-        source = c1.radio("Probes from", list(sources), horizontal=True, key="dir_source")
-        outcome = sources[source]
-        kinds = [k for k in ("linear", "mass_mean") if any(key[1] == k for key in outcome.category.probes)]
-        kind = c2.radio("Direction", kinds, horizontal=True, key="dir_kind",
-                        format_func=lambda k: {"linear": "linear probe weights",
-                                               "mass_mean": "mass-mean (true mean - false mean)"}[k])
-        cache = st.session_state.setdefault("directions_cache", {})
-        cache_key = (ctx.key, source, id(outcome), kind)
-        if cache_key not in cache:
-            cache[cache_key] = compare_directions(outcome.category, kind=kind)
-        cosine, sign, matrices = cache[cache_key]
-        if matrices.empty:
-            st.info("Directions need at least two category splits per layer.")
-        else:
-            layers_done = sorted(matrices["layer"].unique().tolist())
-            layer = st.select_slider("Layer", layers_done, value=layers_done[-1], key="dir_layer")
-            a, b = st.columns(2)
-            with a:
-                show_chart(charts.direction_matrix_chart(matrices, layer, "cosine"), key="dir_cosine")
-                st.caption("Cosine similarity between the directions learned with each topic held out "
-                           "(1 = same direction, 0 = unrelated).")
-            with b:
-                show_chart(charts.direction_matrix_chart(matrices, layer, "sign_equality"), key="dir_sign")
-                st.caption("Share of coordinates whose signs agree (0.5 = chance).")
-            show_chart(charts.direction_layers_chart(cosine, sign), key="dir_layers_chart")
-            st.caption("Mean off-diagonal value per layer. Grey dashed: random directions pushed through the "
-                       "same feature scaling (band up to their 95th percentile); orange dotted: probes "
-                       "trained on shuffled labels. The study found 0.79-0.84 cosine for Llama-2-7B.")
-            table = pd.DataFrame({"layer": cosine["layer"], "cosine": cosine["mean"],
-                                  "cosine (random)": cosine["random_baseline"],
-                                  "sign equality": sign["mean"], "sign (random)": sign["random_baseline"]})
-            st.dataframe(table.round(3), hide_index=True)
+if has_directions and not busy:
+    st.caption(f"From `{study.folder}`.")
+    kinds = [k for k in DIRECTION_KINDS if k in set(study.directions_matrices["probe"])]
+    kind = st.radio("Direction", kinds, horizontal=True, key="dir_kind", format_func=DIRECTION_KINDS.get)
+    matrices = study.directions_matrices[study.directions_matrices["probe"] == kind]
+    cosine = study.directions_cosine[study.directions_cosine["probe"] == kind]
+    sign = study.directions_sign[study.directions_sign["probe"] == kind]
+    layers_done = sorted(matrices["layer"].unique().tolist())
+    layer = st.select_slider("Layer", layers_done, value=layers_done[-1], key="dir_layer")
+    a, b = st.columns(2)
+    with a:
+        show_chart(charts.direction_matrix_chart(matrices, layer, "cosine"), key="dir_cosine")
+        st.caption("Cosine similarity between the directions learned with each topic held out "
+                   "(1 = same direction, 0 = unrelated).")
+    with b:
+        show_chart(charts.direction_matrix_chart(matrices, layer, "sign_equality"), key="dir_sign")
+        st.caption("Share of coordinates whose signs agree (0.5 = chance).")
+    show_chart(charts.direction_layers_chart(cosine, sign), key="dir_layers_chart")
+    st.caption("Mean off-diagonal value per layer. Grey dashed: random directions pushed through the "
+               "same feature scaling (band up to their 95th percentile); orange dotted: probes "
+               "trained on shuffled labels. The study found 0.79-0.84 cosine for Llama-2-7B.")
+    table = pd.DataFrame({"layer": cosine["layer"], "cosine": cosine["mean"],
+                          "cosine (random)": cosine["random_baseline"],
+                          "sign equality": sign["mean"], "sign (random)": sign["random_baseline"]})
+    st.dataframe(table.round(3), hide_index=True)
+elif study is not None and not busy:
+    st.info(f"The open results folder ({study.folder.name}) has no category-split directions: "
+            "train direction probes above, or open a folder with linear or mass-mean probes.")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages._shared import context, extraction_controls, require_ready, show_chart
+from pages._shared import context, extraction_controls, model_for, require_ready, show_chart
 from probing import charts
 
 ctx = context()
@@ -13,7 +13,11 @@ st.markdown(
     "sidebar; extract activations once (they are cached on disk), then train probes, run the study's "
     "accuracy grid, compare truth directions and score your own statements.")
 
-if require_ready(ctx):
+if ctx.model is None and ctx.study is not None:
+    st.info(f"Results folder open: `{ctx.study.folder}`. Its accuracy grid and truth directions need no "
+            "model; extracting and training here do.")
+    model_for(ctx, ctx.study.config.model, ctx.study)
+elif require_ready(ctx):
     info = ctx.model.describe()
     st.subheader("Model")
     cols = st.columns(6)

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from pages._shared import context, require_ready, results, show_chart
+from pages._shared import context, model_for, show_chart, trained_probes
 from probing import charts, model_says_true, score_statements
-from probing.dashboard import EXAMPLES, probes_for_scoring
 from probing.scoring import check_statement
+from probing.settings import EXAMPLES
 
 ctx = context()
 st.title("Probe a statement")
@@ -18,9 +18,17 @@ def use_example(text: str) -> None:
     st.session_state["statement_text"] = text
 
 
-if require_ready(ctx):
-    bucket = results(ctx)
-    probes = probes_for_scoring(bucket["trained"], bucket["grid"])
+# The open results folder's probes (trained on every statement), and the probes this session trained
+# on the Train page that read the same model at the same token (they win for the same layer and kind).
+study = ctx.study
+model_name, position = (study.config.model, study.config.position) if study else (
+    ctx.model.spec.name if ctx.model else None, ctx.position)
+probes = dict(study.probes) if study else {}
+probes.update({key: outcome.probe for key, outcome in trained_probes().items()
+               if (outcome.study.config.model, outcome.study.config.position) == (model_name, position)})
+model = model_for(ctx, model_name, study)
+if model is not None:
+    activations = ctx.holder.activations(position)
     st.markdown("**Examples**")
     cols = st.columns(3)
     for i, example in enumerate(EXAMPLES):
@@ -43,14 +51,14 @@ if require_ready(ctx):
         try:
             with right:
                 with st.spinner("Asking the model…"):
-                    answer = model_says_true(ctx.model, statement)
+                    answer = model_says_true(model, statement)
                 show_chart(charts.model_answer_chart(answer), key="model_answer")
                 st.caption(f"' True' and ' False' together get {answer['mass']:.1%} of the model's "
                            "next-token probability; the bars renormalise over the two.")
             if probes:
                 with left:
                     with st.spinner("Reading the hidden states…"):
-                        scores = score_statements(ctx.activations, probes, [statement])
+                        scores = score_statements(activations, probes, [statement])
                     show_chart(charts.statement_layers_chart(scores), key="statement_layers", height=340)
                     best = scores.loc[scores["p_true"].sub(0.5).abs().idxmax()]
                     st.caption(f"{len(probes)} probe(s). Most confident: {best['probe']} at layer "

@@ -1,12 +1,16 @@
 """Train a probe: pick the settings, watch loss and accuracy per epoch, then per-topic results and controls."""
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
-from pages._shared import context, job_panel, job_running, require_ready, results, start, show_chart
+from pages._shared import context, job_panel, job_running, require_ready, start, show_chart, trained_probes
 from probing import PROBE_KINDS, charts
-from probing.dashboard import layer_options, train_work
+from probing.config import StudyConfig
 from probing.experiments import RANDOM_SPLIT
+from probing.settings import layer_options
+from probing.workflows import train_work
 
 ctx = context()
 st.title("Train a probe")
@@ -45,14 +49,15 @@ if require_ready(ctx):
         same interaction as the click is the one used."""
         state = st.session_state
         kind, heldout, layer = state["train_kind"], state["train_heldout"], int(state["train_layer"])
-        solver = state.get("train_solver", "lbfgs") if kind == "linear" else "auto"
-        stepwise = kind != "mass_mean" and solver != "lbfgs"
-        epochs = int(state["train_epochs"])
+        config = replace(StudyConfig(), model=ctx.model.spec.name, position=ctx.position,
+                         epochs=int(state["train_epochs"]), lr=float(state["train_lr"]),
+                         linear_solver=state.get("train_solver", StudyConfig().linear_solver))
+        stepwise = config.probe_config(kind).solver == "adam" and kind != "mass_mean"
         name = "random split" if heldout == RANDOM_SPLIT else f"held out {heldout}"
         start(ctx, "train", f"Training {kind} probe at layer {layer} ({name})",
-              train_work(ctx.activations, dataset, layer, kind, heldout, epochs, float(state["train_lr"]),
-                         int(state["train_seed"]), solver=solver),
-              {"epochs": epochs if stepwise else None})
+              train_work(ctx.activations, dataset, config, layer, kind, heldout, int(state["train_seed"]),
+                         ctx.results_root),
+              {"epochs": config.epochs if stepwise else None})
 
     st.button("Train", type="primary", key="train_button", disabled=busy, on_click=launch)
 
@@ -68,19 +73,21 @@ if require_ready(ctx):
 
     job_panel("train", live=live)
 
-    bucket = results(ctx)
-    outcome = bucket["last_train"]
+    outcome = st.session_state.get("last_train")
     if outcome is not None and not busy:
+        row = outcome.row
         split = "random split" if outcome.heldout == RANDOM_SPLIT else f"held out: {outcome.heldout}"
         st.subheader(f"{outcome.kind} probe · layer {outcome.layer} · {split}")
         m = st.columns(4)
-        m[0].metric("Held-out accuracy", f"{outcome.accuracy:.3f}", help=f"{outcome.n_test} statements")
-        m[1].metric("Text-only control", f"{outcome.text_only:.3f}",
+        m[0].metric("Held-out accuracy", f"{row['accuracy']:.3f}", help=f"{row['n_test']} statements")
+        m[1].metric("Text-only control", f"{row['text_only_accuracy']:.3f}",
                     help="An n-gram classifier on the words alone, same split. High values mean the "
                          "data leaks the answer through its wording.")
-        m[2].metric("Shuffled-label control", f"{outcome.shuffled:.3f}",
+        m[2].metric("Shuffled-label control", f"{row['shuffled_accuracy']:.3f}",
                     help="The same probe trained on shuffled labels; should sit near 0.5.")
-        m[3].metric("Trained on", f"{outcome.n_train:,}", help="training statements")
+        m[3].metric("Trained on", f"{row['n_train']:,}", help="training statements")
+        st.caption(f"Saved as a results folder: `{outcome.study.folder}` "
+                   f"(`probing score \"...\" --results {outcome.study.folder}` reads it).")
         show_chart(charts.training_dynamics_chart(outcome.history), key="final_dynamics")
         st.caption("Training dynamics per epoch: on the training statements the mean over the epoch's "
                    "batches, on the held-out ones the value after the epoch (L-BFGS: both after each round "
@@ -92,15 +99,15 @@ if require_ready(ctx):
         with b:
             show_chart(charts.confusion_chart(outcome.confusion), key="confusion")
         with c:
-            show_chart(charts.controls_chart(outcome.accuracy, outcome.text_only, outcome.shuffled),
+            show_chart(charts.controls_chart(row["accuracy"], row["text_only_accuracy"], row["shuffled_accuracy"]),
                        key="controls")
             st.caption("The probe should beat both controls; dashed line = chance.")
-    trained = bucket["trained"]
+    trained = trained_probes()
     if trained:
         table = pd.DataFrame([
-            {"layer": o.layer, "probe": o.kind, "held out": o.heldout, "accuracy": round(o.accuracy, 3),
+            {"layer": o.layer, "probe": o.kind, "held out": o.heldout, "accuracy": round(o.row["accuracy"], 3),
              "solver": o.probe.config.solver if o.kind == "linear" else "",
-             "epochs": len(o.history), "lr": o.settings["lr"], "seed": o.settings["seed"]}
+             "epochs": len(o.history), "lr": o.probe.lr, "seed": int(o.row["seed"]), "folder": o.study.folder.name}
             for o in trained.values()])
         with st.expander(f"Probes kept for *Probe a statement* ({len(trained)})"):
             st.dataframe(table, hide_index=True)

@@ -1,23 +1,24 @@
 """Command line: ``python -m probing {extract,reproduce,data,score}`` (``probing ...`` once installed).
 
-Options, paths and launcher variables are checked before torch is imported, so a
-typo fails in a fraction of a second with one ``error: ...`` line (exit code 2).
+The options of a study come from the fields of :class:`probing.config.StudyConfig` (their
+defaults, help and checks). Options, paths and launcher variables are checked before torch is
+imported, so a typo fails in a fraction of a second with one ``error: ...`` line (exit code 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import sys
+import warnings
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import Field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from probing.constants import DEVICE_KINDS, DTYPE_NAMES, EMBEDDED, MAX_TOKENS, POSITIONS, PROBE_KINDS, SPLIT_KINDS
+from probing.config import StudyConfig
 
 if TYPE_CHECKING:
     from probing.activations import Activations, Progress
@@ -26,30 +27,6 @@ if TYPE_CHECKING:
 LAUNCHER_VARIABLES = (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
                       ("PMI_RANK", "PMI_SIZE"))
 """(rank, world size) variables of torchrun / accelerate launch, Open MPI and other MPI launchers."""
-_DEVICE = re.compile(rf"({'|'.join(DEVICE_KINDS)})(:\d+)?")
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        layers = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as -1,-5,-9, got {text!r}")
-    if not layers:
-        raise argparse.ArgumentTypeError("expected at least one layer, such as -1,-5,-9")
-    repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"layer(s) {repeated} given more than once in {text!r}")
-    return layers
-
-
-def _kinds(text: str) -> tuple[str, ...]:
-    kinds = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not kinds:
-        raise argparse.ArgumentTypeError(f"expected at least one probe kind from {','.join(PROBE_KINDS)}")
-    unknown = [k for k in kinds if k not in PROBE_KINDS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown probe kind(s) {unknown}; choose from {','.join(PROBE_KINDS)}")
-    return kinds
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -60,36 +37,6 @@ def _shard(text: str) -> tuple[int, int]:
     if not 0 <= rank < world:
         raise argparse.ArgumentTypeError(f"rank must be in 0..WORLD-1, got {text!r}")
     return rank, world
-
-
-def _count(text: str) -> int:
-    """A whole number >= 1 (epochs, seeds, batch size, a token limit)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive(text: str) -> float:
-    """A finite number > 0 (learning rate, C): inf or nan would train nothing and report chance."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.001, got {text!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def _device(text: str) -> str:
-    """The syntax of a device; whether it exists here is checked once torch is loaded."""
-    if not _DEVICE.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a device: use {', '.join(DEVICE_KINDS)} or cuda:N (N = the GPU's index)")
-    return text
 
 
 def _environment_int(name: str) -> int:
@@ -121,66 +68,71 @@ def _program() -> str:
     return "probing" if Path(sys.argv[0]).name == "probing" else "python -m probing"
 
 
+def _option_value(spec: Field) -> Callable[[str], Any]:
+    """argparse's ``type`` for a StudyConfig field: read the text, then the field's own check."""
+    read, check = spec.metadata["read"] or str, spec.metadata["check"]
+
+    def convert(text: str) -> Any:
+        try:
+            return check(read(text))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+def add_study_options(parser: argparse.ArgumentParser, *groups: str) -> None:
+    """One option per StudyConfig field of ``groups`` (see ``probing.config.OPTION_GROUPS``), with the
+    field's default, help and check: ``--batch-size`` for ``batch_size``; a flag that is on by default
+    is turned off with ``--no-<name>``."""
+    for spec in fields(StudyConfig):
+        if spec.metadata["group"] not in groups:
+            continue
+        name, help_text = spec.name.replace("_", "-"), spec.metadata["help"]
+        if isinstance(spec.default, bool):
+            if spec.default:
+                parser.add_argument(f"--no-{name}", dest=spec.name, action="store_false", help=f"skip {help_text}")
+            else:
+                parser.add_argument(f"--{name}", dest=spec.name, action="store_true", help=help_text)
+            continue
+        if spec.default is not None:
+            shown = ",".join(map(str, spec.default)) if isinstance(spec.default, tuple) else spec.default
+            help_text += f" (default: {shown})"
+        if spec.metadata["choices"]:
+            parser.add_argument(f"--{name}", dest=spec.name, default=spec.default, choices=spec.metadata["choices"],
+                                help=help_text)
+        else:
+            parser.add_argument(f"--{name}", dest=spec.name, default=spec.default, type=_option_value(spec),
+                                help=help_text)
+
+
+def study_config(args: argparse.Namespace) -> StudyConfig:
+    """The StudyConfig of the parsed options (fields a command has no option for keep their default)."""
+    given = {spec.name: getattr(args, spec.name) for spec in fields(StudyConfig) if hasattr(args, spec.name)}
+    return StudyConfig(**given)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=_program(), description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default=EMBEDDED,
-                       help="'embedded' (SmolLM2-135M, default), llama-2-7b, llama-2-13b, a hub id, a folder or a .gguf file")
-        p.add_argument("--dtype", choices=DTYPE_NAMES, help="default: chosen for the device")
-        p.add_argument("--device", type=_device,
-                       help="where the model runs and probes train: cpu, cuda, cuda:1 ... (default: cuda if available)")
-        p.add_argument("--position", choices=POSITIONS, default="last", help="token whose hidden state is read")
-        p.add_argument("--cache", default="cache", help="activation cache folder (default: cache/)")
-
-    def dataset_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--dataset", default="builtin",
-                       help="'builtin', a folder of <topic>_true_false.csv files, or one CSV")
-        p.add_argument("--drop-duplicates", action="store_true", help="drop repeated statements")
-
-    def extraction_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--max-tokens", type=_count, default=MAX_TOKENS,
-                       help=f"refuse statements longer than this many tokens (default {MAX_TOKENS})")
-
     extract = commands.add_parser("extract", help="compute and cache activations of every layer")
-    model_options(extract)
-    dataset_options(extract)
-    extraction_options(extract)
+    add_study_options(extract, "model", "dataset", "extraction")
     extract.add_argument("--shard", type=_shard, default=None,
                          help="RANK/WORLD: this process's share (default: from torchrun / accelerate / MPI "
                               "environment variables when launched by one of them)")
 
     reproduce = commands.add_parser("reproduce", help="extract what is missing, train the grid, write results")
-    model_options(reproduce)
-    dataset_options(reproduce)
-    extraction_options(reproduce)
-    reproduce.add_argument("--layers", type=_int_list, default=(-1, -5, -9, -13, -17),
-                           help="hidden-state indices, negative = from the end (default -1,-5,-9,-13,-17)")
-    reproduce.add_argument("--probes", type=_kinds, default=("linear", "tiny", "small", "medium"),
-                           help=f"comma-separated, from {','.join(PROBE_KINDS)}")
-    reproduce.add_argument("--seeds", type=_count, default=1, help="seeds per probe and split (default 1)")
-    reproduce.add_argument("--split", choices=SPLIT_KINDS, default="category",
-                           help="category: hold one topic out (default); random: one stratified 80/20 split; "
-                                "within: per topic, train and test inside the topic")
-    reproduce.add_argument("--epochs", type=_count, default=5)
-    reproduce.add_argument("--lr", type=_positive, default=1e-3)
-    reproduce.add_argument("--batch-size", type=_count, default=32)
-    reproduce.add_argument("--linear-solver", choices=("lbfgs", "adam"), default="lbfgs",
-                           help="lbfgs (default): L2-regularised logistic regression fitted to convergence, "
-                                "as scikit-learn does (see --C); adam: the SAPLMA training loop")
-    reproduce.add_argument("--C", type=_positive, default=0.1,
-                           help="inverse L2 strength for the lbfgs solver (default 0.1)")
-    reproduce.add_argument("--no-controls", action="store_true", help="skip the text-only and shuffled-label controls")
-    reproduce.add_argument("--out", default="results", help="results folder (default results/)")
+    add_study_options(reproduce, "model", "dataset", "extraction", "grid")
+    reproduce.add_argument("--out", default="results", help="results folder (default: results)")
 
     data = commands.add_parser("data", help="write a statement set to CSV (statement,label,topic,...)")
-    dataset_options(data)
+    add_study_options(data, "dataset")
     data.add_argument("--out", required=True, help="CSV file to write ('-' for standard output)")
 
     score = commands.add_parser("score", help="P(true) per layer from the probes of a results folder")
     score.add_argument("statement", nargs="+", help="one or more statements")
-    score.add_argument("--results", default="results", help="results folder written by `reproduce`")
+    score.add_argument("--results", default="results", help="results folder written by `reproduce` or the dashboard")
     return parser
 
 
@@ -224,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Here rather than in a __main__ block, so that `python -m probing` and the console script
     # both set it before tokenizers loads (it would warn on fork otherwise).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.showwarning = _warning_line
     args = build_parser().parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         check_paths(args)
@@ -235,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted: everything finished so far is cached; run the same command to resume",
               file=sys.stderr)
         return 130
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a repaired cache, say) as one ``warning: ...`` line, not Python's file:line format."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _duration(seconds: float) -> str:
@@ -303,19 +261,18 @@ def _progress(description: str, unit: str) -> Iterator[Progress]:
         bar.close()
 
 
-def _activations(args: argparse.Namespace) -> Activations:
+def _activations(config: StudyConfig) -> Activations:
     from probing.activations import Activations
-    from probing.models import ModelSpec
 
-    spec = ModelSpec(args.model, device=args.device, dtype=args.dtype)
-    return Activations(spec, position=args.position, cache_dir=args.cache, max_tokens=args.max_tokens)
+    return Activations(config.model_spec(), position=config.position, cache_dir=config.cache,
+                       max_tokens=config.max_tokens)
 
 
-def _dataset(args: argparse.Namespace) -> StatementSet:
-    from probing.statements import load_dataset
+def _dataset(config: StudyConfig) -> StatementSet:
+    from probing.datasets import load_dataset
 
-    dataset = load_dataset(args.dataset, drop_duplicates=args.drop_duplicates)
-    if dataset.duplicates.count and not args.drop_duplicates:
+    dataset = load_dataset(config.dataset, drop_duplicates=config.drop_duplicates)
+    if dataset.duplicates.count and not config.drop_duplicates:
         example, lines = next(iter(dataset.duplicates.where.items()))
         print(f"note: {dataset.duplicates.count} repeated statement(s) kept, e.g. {example!r} on lines "
               f"{lines}; --drop-duplicates removes them", file=sys.stderr)
@@ -325,10 +282,11 @@ def _dataset(args: argparse.Namespace) -> StatementSet:
 def cmd_extract(args: argparse.Namespace) -> int:
     shard = args.shard or launcher_shard()
     local_rank = _environment_int("LOCAL_RANK") if shard and "LOCAL_RANK" in os.environ else None
-    dataset = _dataset(args)
-    if shard and args.device is None and torch_cuda_count() > 1:
-        args.device = f"cuda:{shard[0] if local_rank is None else local_rank}"  # one GPU per process
-    activations = _activations(args)
+    config = study_config(args)
+    dataset = _dataset(config)
+    if shard and config.device is None and torch_cuda_count() > 1:  # one GPU per process
+        config = replace(config, device=f"cuda:{shard[0] if local_rank is None else local_rank}")
+    activations = _activations(config)
     label = f"extracting (shard {shard[0] + 1} of {shard[1]})" if shard else "extracting"
     with _progress(label, "statements") as progress:
         computed = activations.ensure(dataset.statements, on_progress=progress, shard=shard)
@@ -337,8 +295,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"shard {shard[0]}/{shard[1]}: {computed} statement(s) computed; {left} not cached yet "
               "(other shards may still be running)")
     else:
-        print(f"{computed} statement(s) computed, {len(set(dataset.statements)) - computed} already cached "
-              f"({activations.cache_dir})")
+        print(f"{computed} statement(s) computed here, {len(set(dataset.statements)) - computed} already cached "
+              f"or computed by another process ({activations.cache_dir})")
     return 0
 
 
@@ -349,31 +307,29 @@ def torch_cuda_count() -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    dataset = _dataset(args)
-    from probing.experiments import GridConfig
+    config = study_config(args)
+    dataset = _dataset(config)
     from probing.results import markdown_table
     from probing.study import reproduce
 
-    config = GridConfig(layers=args.layers, probes=args.probes, seeds=args.seeds, split=args.split,
-                        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                        linear_solver=args.linear_solver, C=args.C, controls=not args.no_controls,
-                        device=args.device or "auto")
-    activations = _activations(args)
+    activations = _activations(config)
     with _progress("extracting", "statements") as on_extract, _progress("training", "probes") as on_train:
-        outputs = reproduce(dataset, activations, config, args.out, on_extract=on_extract, on_train=on_train)
+        result = reproduce(dataset, activations, config, args.out, on_extract=on_extract, on_train=on_train)
     print(f"\n{dataset.name}: {len(dataset)} statements, {len(dataset.topics)} topics; "
-          f"model {args.model}; {outputs.computed_statements} statements extracted this run\n")
-    print(f"Mean accuracy over the {config.split} splits\n\n{markdown_table(outputs.accuracy_mean)}")
-    print(f"Max accuracy over the splits\n\n{markdown_table(outputs.accuracy_max)}")
-    if not outputs.directions_cosine.empty:
-        print(f"Directions: mean pairwise cosine\n\n{markdown_table(outputs.directions_cosine)}")
-        print(f"Directions: fractional sign equality\n\n{markdown_table(outputs.directions_sign)}")
+          f"model {config.model}; {result.meta['statements_extracted_this_run']} statements extracted this run\n")
+    print(f"Mean accuracy over the {config.split} splits\n\n{markdown_table(result.accuracy_table('mean'))}")
+    print(f"Max accuracy over the splits\n\n{markdown_table(result.accuracy_table('max'))}")
+    if "random" in result.splits and config.split != "random":
+        print(f"Accuracy on the random split\n\n{markdown_table(result.accuracy_table('mean', 'random'))}")
+    if not result.directions_cosine.empty:
+        print(f"Directions: mean pairwise cosine\n\n{markdown_table(result.directions_cosine)}")
+        print(f"Directions: fractional sign equality\n\n{markdown_table(result.directions_sign)}")
     print(f"results written to {args.out}/")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    dataset = _dataset(args)
+    dataset = _dataset(study_config(args))
     if args.out == "-":
         dataset.frame.to_csv(sys.stdout, index=False)
     else:
@@ -383,18 +339,18 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from probing.results import markdown_table, read_config
+    from probing.results import PROBES_DIR, markdown_table, read_config
 
     read_config(args.results)  # a missing or outdated folder fails here, before torch loads
-    from probing.activations import Activations
-    from probing.models import ModelSpec
-    from probing.results import load_study
-    from probing.scoring import score_statements
+    from probing.results import StudyResult
+    from probing.scoring import score_statements, study_activations
 
-    study = load_study(args.results)
-    model = study.config["model"]
-    spec = ModelSpec(model["name"], device=model["device"], dtype=model["dtype"], revision=model.get("revision"))
-    activations = Activations(spec, position=study.config["position"], cache_dir=study.config["cache"])
+    study = StudyResult.load(args.results)
+    if not study.probes:
+        raise FileNotFoundError(f"{Path(args.results) / PROBES_DIR} holds no trained probes; rerun `reproduce`")
+    activations, notes = study_activations(study)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     scores = score_statements(activations, study.probes, args.statement)
     for statement, rows in scores.groupby("statement", sort=False):
         table = rows.pivot(index="layer", columns="probe", values="p_true").sort_index(ascending=False)

@@ -94,3 +94,17 @@ def compare_directions(result: GridResult, kind: str = "linear", seed: int = 0) 
             matrix_rows.append({"layer": layer, "probe": kind, "split_a": a, "split_b": b,
                                 "cosine": cos[i, j], "sign_equality": sign[i, j]})
     return pd.DataFrame(cosine_rows), pd.DataFrame(sign_rows), pd.DataFrame(matrix_rows)
+
+
+def pca_points(X: np.ndarray, frame: pd.DataFrame, components: int = 2) -> tuple[pd.DataFrame, np.ndarray]:
+    """The first principal components of standardised activations, with statement, label and topic."""
+    Z = X - X.mean(0)
+    scale = Z.std(0)
+    Z = Z / np.where(scale > 1e-6, scale, 1)
+    _, singular, vt = np.linalg.svd(Z, full_matrices=False)
+    coords = Z @ vt[:components].T
+    explained = singular**2 / (singular**2).sum()
+    points = pd.DataFrame({"pc1": coords[:, 0], "pc2": coords[:, 1],
+                           "label": np.where(frame["label"].to_numpy() == 1, "true", "false"),
+                           "topic": frame["topic"].to_numpy(), "statement": frame["statement"].to_numpy()})
+    return points, explained[:components]

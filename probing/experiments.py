@@ -1,5 +1,9 @@
 """Category splits, the layer x probe x split x seed grid, and the two controls.
 
+One recipe trains probes: :func:`train_cells` trains the (split, seed) cells of one
+(layer, probe kind) as one stack, with their controls and result rows. :func:`run_grid`
+calls it per (layer, kind); the dashboard's Train page calls it with one cell.
+
 Every probe result comes with two controls, because accuracy above chance
 alone says little:
 
@@ -13,8 +17,8 @@ alone says little:
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -23,23 +27,27 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline, make_union
 
+from probing.config import StudyConfig
 from probing.constants import PROBE_KINDS, SPLIT_KINDS
-from probing.models import check_device, default_device
-from probing.probes import Probe, ProbeConfig, Task, fit_many
+from probing.probes import Probe, Task, fit_many
 from probing.statements import StatementSet, require_topics
 
 RANDOM_SPLIT = "random"
 LayerLoader = Callable[[int], np.ndarray]
 """Returns the (statements, width) activations of one layer for the dataset."""
+EpochRecord = Callable[[dict], None]
+"""Called with each history record, tagged with layer, probe, split, heldout and seed."""
 
 
 @dataclass(frozen=True)
 class Split:
-    """Rows to train on and rows to test on; ``name`` is the held-out topic or 'random'."""
+    """Rows to train on and rows to test on; ``name`` is the held-out (or, for ``within``, the
+    only) topic, or 'random'; ``kind`` is one of ``SPLIT_KINDS``."""
 
     name: str
     train: np.ndarray
     test: np.ndarray
+    kind: str
 
 
 def category_splits(dataset: StatementSet) -> list[Split]:
@@ -47,7 +55,7 @@ def category_splits(dataset: StatementSet) -> list[Split]:
     require_topics(dataset)
     topics = dataset.frame["topic"].to_numpy()
     return [
-        Split(topic, np.flatnonzero(topics != topic), np.flatnonzero(topics == topic))
+        Split(topic, np.flatnonzero(topics != topic), np.flatnonzero(topics == topic), "category")
         for topic in dataset.topics
     ]
 
@@ -75,7 +83,7 @@ def within_topic_splits(dataset: StatementSet, test_fraction: float = 0.2, seed:
             for label in (0, 1):
                 members = np.flatnonzero(frame["label"].iloc[rows].to_numpy() == label)
                 is_test[rng.permutation(members)[: max(1, round(len(members) * test_fraction))]] = True
-        splits.append(Split(topic, rows[~is_test], rows[is_test]))
+        splits.append(Split(topic, rows[~is_test], rows[is_test], "within"))
     return splits
 
 
@@ -84,61 +92,9 @@ def random_split(dataset: StatementSet, test_fraction: float = 0.2, seed: int = 
     parts = within_topic_splits(dataset, test_fraction, seed)
     train = np.sort(np.concatenate([part.train for part in parts]))
     test = np.sort(np.concatenate([part.test for part in parts]))
-    return Split(RANDOM_SPLIT, train, test)
+    return Split(RANDOM_SPLIT, train, test, RANDOM_SPLIT)
 
 
-@dataclass(frozen=True)
-class GridConfig:
-    """What to train: layers (negative = from the end) x probe kinds x splits x seeds."""
-
-    layers: tuple[int, ...] = (-1, -5, -9, -13, -17)
-    probes: tuple[str, ...] = ("linear", "tiny", "small", "medium")
-    seeds: int = 1
-    split: str = "category"  # "category" | "random" | "within"
-    epochs: int = 5
-    lr: float = 1e-3
-    batch_size: int = 32
-    weight_decay: float = 0.0
-    linear_solver: str = "lbfgs"
-    C: float = 0.1
-    controls: bool = True
-    device: str = "auto"  # where probes train: "auto" (cuda if available), "cpu", "cuda", "cuda:1" ...
-
-    def __post_init__(self) -> None:
-        if self.device != "auto":
-            check_device(self.device)
-        if not self.layers:
-            raise ValueError("choose at least one layer")
-        unknown = [p for p in self.probes if p not in PROBE_KINDS]
-        if unknown or not self.probes:
-            raise ValueError(f"unknown probe kind(s) {unknown}; choose from {PROBE_KINDS}")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        if self.split not in SPLIT_KINDS:
-            raise ValueError(f"split must be one of {SPLIT_KINDS}, got {self.split!r}")
-        self.probe_config("linear")  # validates the training settings
-
-    @property
-    def resolved_device(self) -> str:
-        return default_device() if self.device == "auto" else self.device
-
-    def check_layers(self, n_hidden_states: int) -> None:
-        """Refuse layers the model does not have, before an extraction that may take hours."""
-        outside = [layer for layer in self.layers if not -n_hidden_states <= layer < n_hidden_states]
-        if outside:
-            raise ValueError(
-                f"layer(s) {outside} do not exist: this model has {n_hidden_states} hidden states (the "
-                f"embeddings and {n_hidden_states - 1} blocks), so layers run from {-n_hidden_states} to "
-                f"{n_hidden_states - 1} (negative = counted from the end). Fix --layers."
-            )
-
-    def probe_config(self, kind: str) -> ProbeConfig:
-        solver = self.linear_solver if kind == "linear" else "adam"
-        return ProbeConfig(kind=kind, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                           weight_decay=self.weight_decay, solver=solver, C=self.C)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -180,11 +136,24 @@ def accuracy_table(results: pd.DataFrame, statistic: str = "mean") -> pd.DataFra
 
 def make_splits(dataset: StatementSet, kind: str) -> list[Split]:
     """``category``: leave one topic out; ``random``: one stratified split; ``within``: per-topic splits."""
+    if kind not in SPLIT_KINDS:
+        raise ValueError(f"split kind {kind!r} is not one of {', '.join(SPLIT_KINDS)}")
     if kind == "category":
         return category_splits(dataset)
     if kind == "within":
         return within_topic_splits(dataset)
     return [random_split(dataset)]
+
+
+def make_split(dataset: StatementSet, name: str, kind: str | None = None) -> Split:
+    """The split the grid trains as ``name`` (a topic, or 'random'); ``kind`` defaults to
+    ``random`` for 'random' and ``category`` (that topic held out) otherwise."""
+    kind = kind or (RANDOM_SPLIT if name == RANDOM_SPLIT else "category")
+    splits = make_splits(dataset, kind)
+    for split in splits:
+        if split.name == name:
+            return split
+    raise ValueError(f"{kind} split {name!r} is not in {dataset.name}: choose from {[s.name for s in splits]}")
 
 
 def check_splits(dataset: StatementSet, splits: Sequence[Split], kind: str) -> None:
@@ -245,77 +214,166 @@ def text_only_accuracy(dataset: StatementSet, split: Split) -> float:
     return float((model.predict(texts[split.test]) == labels[split.test]).mean())
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One probe of a grid within its (layer, kind): a split and a seed."""
+
+    split: Split
+    seed: int = 0
+
+
+@dataclass
+class CellResult:
+    """A trained cell: its probe, its shuffled-label control, its result row and its training history."""
+
+    layer: int
+    kind: str
+    cell: Cell
+    probe: Probe
+    shuffled: Probe | None
+    row: dict
+    dynamics: pd.DataFrame  # the history records, tagged with layer, probe, split, heldout, seed
+
+    @property
+    def key(self) -> tuple[int, str, str, int]:
+        """(layer, kind, split name, seed): how a grid's probes are keyed."""
+        return self.layer, self.kind, self.cell.split.name, self.cell.seed
+
+
+def cell_task(cell: Cell, labels: np.ndarray) -> Task:
+    """The training task of ``cell``, with its seed from :func:`split_seed`."""
+    split = cell.split
+    return Task(split.train, labels[split.train], split.test, labels[split.test], split_seed(cell.seed, split.name))
+
+
+def train_cells(
+    features: np.ndarray,
+    dataset: StatementSet,
+    layer: int,
+    kind: str,
+    cells: Sequence[Cell],
+    config: StudyConfig,
+    *,
+    model_name: str = "",
+    on_epoch: EpochRecord | None = None,
+    text_only: Mapping[tuple[str, str], float] | None = None,
+) -> list[CellResult]:
+    """Train the ``kind`` probes of ``cells`` on one layer's ``features``, as one stack, with their controls.
+
+    The one recipe for a probe of a study: the grid calls it per (layer, kind), the dashboard's
+    Train page with one cell; a probe is the same, bit for bit, in a stack or alone. Result rows
+    carry model, layer, probe, split, heldout, seed, accuracy, auroc, n_train, n_test and, with
+    ``config.controls``, text_only_accuracy and shuffled_accuracy. ``text_only`` holds
+    text-only accuracies already computed, by (split kind, split name); the rest are computed here.
+    """
+    labels = dataset.labels
+    tasks = [cell_task(cell, labels) for cell in cells]
+    records: list[list[dict]] = [[] for _ in cells]
+
+    def record_epoch(member: int, record: dict) -> None:
+        split, seed = cells[member].split, cells[member].seed
+        tagged = {"layer": layer, "probe": kind, "split": split.kind, "heldout": split.name, "seed": seed, **record}
+        records[member].append(tagged)
+        if on_epoch:
+            on_epoch(tagged)
+
+    probe_config = config.probe_config(kind)
+    fitted = fit_many(features, tasks, probe_config, on_epoch=record_epoch, device=config.resolved_device)
+    shuffled: list[Probe | None] = (
+        fit_many(features, [shuffled_label_task(task) for task in tasks], probe_config, device=config.resolved_device)
+        if config.controls else [None] * len(cells))
+    text_only = dict(text_only or {})
+    results = []
+    for cell, probe, control, history in zip(cells, fitted, shuffled, records):
+        split = cell.split
+        X_test, y_test = features[split.test], labels[split.test]
+        scores = probe.decision_function(X_test)  # once: accuracy is (score > 0), as in predict
+        row = {
+            "model": model_name, "layer": layer, "probe": kind, "split": split.kind, "heldout": split.name,
+            "seed": cell.seed, "accuracy": float(((scores > 0).astype(int) == y_test).mean()),
+            "auroc": _auroc(y_test, scores), "n_train": len(split.train), "n_test": len(split.test),
+        }
+        if control is not None:
+            if (split.kind, split.name) not in text_only:
+                text_only[split.kind, split.name] = text_only_accuracy(dataset, split)
+            row["text_only_accuracy"] = text_only[split.kind, split.name]
+            row["shuffled_accuracy"] = control.score(X_test, y_test)
+        results.append(CellResult(layer, kind, cell, probe, control, row, pd.DataFrame(history)))
+    return results
+
+
 def run_grid(
     dataset: StatementSet,
     load_layer: LayerLoader,
-    config: GridConfig = GridConfig(),
+    config: StudyConfig = StudyConfig(),
     model_name: str = "",
     on_result: Callable[[dict], None] | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
+    on_epoch: EpochRecord | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> GridResult:
-    """Train every (layer, probe kind, split, seed); per layer and kind all splits x seeds train together.
+    """Train every (layer, probe kind, split, seed) of ``config.split``: per layer and kind, all
+    splits x seeds train together (:func:`train_cells`).
 
     ``on_result`` gets each finished result row, ``on_epoch`` each history record
-    (with layer, probe, heldout and seed), ``on_progress`` (done, total) probe counts.
+    (with layer, probe, split, heldout and seed), ``on_progress`` (done, total) probe counts.
     """
     splits = make_splits(dataset, config.split)
     check_splits(dataset, splits, config.split)
-    labels = dataset.labels
-    text_only = {s.name: text_only_accuracy(dataset, s) for s in splits} if config.controls else {}
-    members = [(split, seed) for split in splits for seed in range(config.seeds)]
-    total, done = len(config.layers) * len(config.probes) * len(members), 0
-    rows, dynamics = [], []
-    probes, shuffled_probes = {}, {}
+    text_only = {(s.kind, s.name): text_only_accuracy(dataset, s) for s in splits} if config.controls else None
+    cells = [Cell(split, seed) for split in splits for seed in range(config.seeds)]
+    total = len(config.layers) * len(config.probes) * len(cells)
+    trained: list[CellResult] = []
     for layer in config.layers:
         features = load_layer(layer)
         for kind in config.probes:
-            tasks = [Task(s.train, labels[s.train], s.test, labels[s.test], split_seed(seed, s.name))
-                     for s, seed in members]
-
-            def record_epoch(member: int, record: dict, layer=layer, kind=kind) -> None:
-                split, seed = members[member]
-                tagged = {"layer": layer, "probe": kind, "heldout": split.name, "seed": seed, **record}
-                dynamics.append(tagged)
-                if on_epoch:
-                    on_epoch(tagged)
-
-            fitted = fit_many(features, tasks, config.probe_config(kind), on_epoch=record_epoch,
-                              device=config.resolved_device)
-            shuffled = (_shuffled_controls(features, tasks, config.probe_config(kind), config.resolved_device)
-                        if config.controls else None)
-            for index, ((split, seed), probe) in enumerate(zip(members, fitted)):
-                key = (layer, kind, split.name, seed)
-                probes[key] = probe
-                X_test, y_test = features[split.test], labels[split.test]
-                scores = probe.decision_function(X_test)  # once: accuracy is (score > 0), as in predict
-                row = {
-                    "model": model_name, "layer": layer, "probe": kind, "heldout": split.name,
-                    "seed": seed, "accuracy": float(((scores > 0).astype(int) == y_test).mean()),
-                    "auroc": _auroc(y_test, scores),
-                    "n_train": len(split.train), "n_test": len(split.test),
-                }
-                if shuffled is not None:
-                    shuffled_probes[key] = shuffled[index]
-                    row["text_only_accuracy"] = text_only[split.name]
-                    row["shuffled_accuracy"] = shuffled[index].score(X_test, y_test)
-                rows.append(row)
+            for result in train_cells(features, dataset, layer, kind, cells, config, model_name=model_name,
+                                      on_epoch=on_epoch, text_only=text_only):
+                trained.append(result)
                 if on_result:
-                    on_result(row)
-                done += 1
+                    on_result(result.row)
                 if on_progress:
-                    on_progress(done, total)
-    return GridResult(pd.DataFrame(rows), pd.DataFrame(dynamics), probes, shuffled_probes)
+                    on_progress(len(trained), total)
+    dynamics = [result.dynamics for result in trained if not result.dynamics.empty]
+    return GridResult(
+        pd.DataFrame([result.row for result in trained]),
+        pd.concat(dynamics, ignore_index=True) if dynamics else pd.DataFrame(),
+        {result.key: result.probe for result in trained},
+        {result.key: result.shuffled for result in trained if result.shuffled is not None},
+    )
+
+
+def evaluate_probe(probe: Probe, X: np.ndarray, dataset: StatementSet,
+                   split: Split) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-topic accuracy (held-out rows where a topic has them, else training rows) and the test confusion matrix.
+
+    ``X``: the activations of every statement of ``dataset``. Frames: (topic, role, n, accuracy)
+    and (actual, predicted, count).
+    """
+    labels = dataset.labels
+    topics = dataset.frame["topic"].to_numpy()
+    predicted = probe.predict(X)
+    test = np.zeros(len(labels), dtype=bool)
+    test[split.test] = True
+    rows = []
+    for topic in dataset.topics:
+        in_topic = topics == topic
+        role, chosen = ("held out", in_topic & test) if (in_topic & test).any() else ("trained on", in_topic & ~test)
+        if chosen.any():
+            rows.append({"topic": topic, "role": role, "n": int(chosen.sum()),
+                         "accuracy": float((predicted[chosen] == labels[chosen]).mean())})
+    names = {1: "true", 0: "false"}
+    confusion = [
+        {"actual": names[a], "predicted": names[p],
+         "count": int(((labels[split.test] == a) & (predicted[split.test] == p)).sum())}
+        for a in (1, 0) for p in (1, 0)
+    ]
+    return pd.DataFrame(rows), pd.DataFrame(confusion)
 
 
 def shuffled_label_task(task: Task) -> Task:
     """The shuffled-label control of ``task``: its training rows with permuted labels, and a seed of its own."""
     seed = task.seed + 7
     return Task(task.train, np.random.default_rng(seed).permutation(task.y_train), seed=seed)
-
-
-def _shuffled_controls(features: np.ndarray, tasks: Sequence[Task], config: ProbeConfig, device: str) -> list[Probe]:
-    return fit_many(features, [shuffled_label_task(task) for task in tasks], config, device=device)
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -1,7 +1,9 @@
-"""Writing a study's results to a folder, and reading its probes back for scoring.
+"""A study's results (:class:`StudyResult`) and their folder: CSV and Markdown tables, ``config.json``,
+``probes/<kind>_layer<L>.pt``. ``reproduce`` writes one, ``score`` and the dashboard read one.
 
-torch is imported only where probes are saved or loaded, so that ``score`` can refuse a
-missing or outdated folder (:func:`read_config`) before torch loads.
+No pickle: tables are CSV, the config JSON, and probes plain state dicts loaded with
+``torch.load(weights_only=True)``. torch is imported only where probes are saved or loaded, so
+that ``score`` can refuse a missing or outdated folder (:func:`read_config`) before torch loads.
 """
 
 from __future__ import annotations
@@ -9,21 +11,36 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from probing.config import StudyConfig, check_device_name
 
 if TYPE_CHECKING:
     from probing.probes import Probe
 
 PACKAGES = ("torch", "transformers", "accelerate", "numpy", "pandas", "scikit-learn", "diskcache", "gguf")
 PROBES_DIR = "probes"
+CONFIG_FILE = "config.json"
 CONFIG_KEYS = (("model", "name"), ("model", "device"), ("model", "dtype"), ("position",), ("cache",))
 """What ``score`` reads from a results folder's config.json."""
+TABLE_FILES = {"results": "per_topic", "dynamics": "dynamics", "directions_cosine": "directions_cosine",
+               "directions_sign": "directions_sign", "directions_matrices": "directions_matrices"}
+"""StudyResult field -> file stem of its CSV."""
+MARKDOWN_TABLES = ("directions_cosine", "directions_sign")
+ACCURACY_TABLES = ("accuracy_mean", "accuracy_max", "accuracy_random")
+TEXT_COLUMNS = ("model", "probe", "split", "heldout", "split_a", "split_b")
+"""Columns read back as text, whatever they look like (a topic may be called "1" or "nan")."""
+GRID_KEYS = ("layers", "probes", "seeds", "split", "epochs", "lr", "batch_size", "weight_decay", "linear_solver",
+             "C", "controls")
+"""The options config.json has recorded under "grid" since the first version (with "device")."""
+RECORD_KEYS = ("position", "cache", "grid", "seeds", "study")
+"""config.json entries written from the config; the rest of the file is the study's ``meta``."""
 
 
 class ResultsError(ValueError):
@@ -53,10 +70,27 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def command_line() -> str:
+    return " ".join(["python -m probing", *sys.argv[1:]])
+
+
 def write_table(frame: pd.DataFrame, out: Path, stem: str, markdown: bool = False) -> None:
     frame.to_csv(out / f"{stem}.csv", index=False)
     if markdown:
         (out / f"{stem}.md").write_text(markdown_table(frame))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV written by :func:`write_table`, read back exactly (floats round-trip; text stays text)."""
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={column: str for column in TEXT_COLUMNS})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
+        raise ResultsError(f"{path} is damaged or not a table written by this tool ({error}). "
+                           f"Rerun `python -m probing reproduce --out {path.parent}` to rewrite it.") from None
+    for column in TEXT_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].fillna("")
+    return frame
 
 
 def probe_path(out: Path, layer: int, kind: str) -> Path:
@@ -64,29 +98,25 @@ def probe_path(out: Path, layer: int, kind: str) -> Path:
 
 
 def save_probes(probes: dict[tuple[int, str], Probe], out: Path) -> None:
+    """Write each probe as ``probes/<kind>_layer<L>.pt`` and remove probe files of other (layer, kind)s."""
     import torch
 
-    (out / PROBES_DIR).mkdir(parents=True, exist_ok=True)
+    folder = out / PROBES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
     for (layer, kind), probe in probes.items():
         torch.save(probe.to_state(), probe_path(out, layer, kind))
-
-
-@dataclass(frozen=True)
-class SavedStudy:
-    """A results folder: its config and the probes trained on the whole dataset."""
-
-    folder: Path
-    config: dict
-    probes: dict[tuple[int, str], Probe]
+    keep = {probe_path(out, layer, kind) for layer, kind in probes}
+    for stale in set(folder.glob("*_layer*.pt")) - keep:
+        stale.unlink()
 
 
 def read_config(folder: str | Path) -> dict:
     """A results folder's ``config.json``, with the entries ``score`` needs (no torch needed)."""
     folder = Path(folder)
-    config_file = folder / "config.json"
+    config_file = folder / CONFIG_FILE
     if not config_file.is_file():
         raise FileNotFoundError(
-            f"{folder} is not a results folder (no config.json). Run "
+            f"{folder} is not a results folder (no {CONFIG_FILE}). Run "
             f"`python -m probing reproduce --out {folder}` first, or pass --results."
         )
     rerun = f"Rerun `python -m probing reproduce --out {folder}` to rewrite it."
@@ -106,19 +136,6 @@ def read_config(folder: str | Path) -> dict:
     return config
 
 
-def load_study(folder: str | Path) -> SavedStudy:
-    """Read ``config.json`` and the saved probes of a ``reproduce`` results folder."""
-    folder = Path(folder)
-    config = read_config(folder)
-    probes = {}
-    for path in sorted((folder / PROBES_DIR).glob("*_layer*.pt")):
-        key, probe = _load_probe(path, folder)
-        probes[key] = probe
-    if not probes:
-        raise FileNotFoundError(f"{folder / PROBES_DIR} holds no trained probes; rerun `reproduce`")
-    return SavedStudy(folder, config, probes)
-
-
 def _load_probe(path: Path, folder: Path) -> tuple[tuple[int, str], Probe]:
     import torch
 
@@ -136,5 +153,185 @@ def _load_probe(path: Path, folder: Path) -> tuple[tuple[int, str], Probe]:
         ) from error
 
 
-def command_line() -> str:
-    return " ".join(["python -m probing", *sys.argv[1:]])
+def _config_from_record(record: dict, folder: Path) -> StudyConfig:
+    """The StudyConfig of a config.json: its "study" entry or, in folders written before there was
+    one, the "grid" entry and the top-level keys. A device this machine lacks (a folder made on a
+    GPU, opened on a laptop) becomes None: this machine's default (``meta`` keeps what ran)."""
+    if "study" in record:
+        options = dict(record["study"]) if isinstance(record["study"], dict) else record["study"]
+    else:
+        grid = record.get("grid") if isinstance(record.get("grid"), dict) else {}
+        device = grid.get("device", "auto")
+        options = {**StudyConfig().to_dict(), **{key: grid[key] for key in GRID_KEYS if key in grid},
+                   "model": record["model"]["name"], "dtype": record["model"]["dtype"],
+                   "device": None if device == "auto" else device,
+                   "position": record["position"], "cache": record["cache"]}
+        if isinstance(record.get("dataset"), dict) and "source" in record["dataset"]:
+            options["dataset"] = record["dataset"]["source"]
+    if isinstance(options, dict) and options.get("device") is not None and not _device_here(options["device"]):
+        options["device"] = None
+    try:
+        return StudyConfig.from_dict(options)
+    except (ValueError, TypeError) as error:
+        raise ResultsError(f"{folder / CONFIG_FILE}: {error}. The folder may have been written by another "
+                           "version of this tool, or edited.") from None
+
+
+def _device_here(device: str) -> bool:
+    """Whether this machine has ``device`` (a malformed name is left for StudyConfig to refuse)."""
+    from probing.models import check_device
+
+    try:
+        check_device_name(device)
+    except ValueError:
+        return True
+    try:
+        check_device(device)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class StudyResult:
+    """Everything a study computed, as one object that saves to and loads from a results folder.
+
+    ``results`` has one row per trained probe (model, layer, probe, split, heldout, seed,
+    accuracy, auroc, n_train, n_test and the two controls), ``split`` telling the category,
+    random and within grids apart; ``dynamics`` one row per history record of those probes;
+    the directions tables come from the category grid. ``probes`` are keyed (layer, kind): for a
+    grid, probes trained on every statement, which ``score`` and the statement page use.
+    ``meta`` holds JSON values: model, dataset, created, command, packages, seconds.
+    """
+
+    config: StudyConfig
+    meta: dict[str, Any]
+    results: pd.DataFrame
+    dynamics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    directions_cosine: pd.DataFrame = field(default_factory=pd.DataFrame)
+    directions_sign: pd.DataFrame = field(default_factory=pd.DataFrame)
+    directions_matrices: pd.DataFrame = field(default_factory=pd.DataFrame)
+    probes: dict[tuple[int, str], Probe] = field(default_factory=dict, repr=False)
+    folder: Path | None = None
+    """Where it was saved to or loaded from."""
+
+    def __post_init__(self) -> None:
+        # CSV reads numbers back as float64: hold them so from the start, so a loaded copy is equal.
+        for name in TABLE_FILES:
+            frame = getattr(self, name)
+            narrow = frame.select_dtypes("float32").columns
+            if len(narrow):
+                setattr(self, name, frame.astype({column: "float64" for column in narrow}))
+
+    # ------------------------------------------------------------------ views for pages and exports
+
+    @property
+    def splits(self) -> list[str]:
+        """Split kinds with results, the study's own split first."""
+        present = set(self.results["split"]) if "split" in self.results else set()
+        return [kind for kind in (self.config.split, *sorted(present - {self.config.split})) if kind in present]
+
+    def split_results(self, split: str | None = None) -> pd.DataFrame:
+        """Result rows of one split kind (default: the study's ``config.split``)."""
+        if self.results.empty:
+            return self.results
+        return self.results[self.results["split"] == (split or self.config.split)]
+
+    def accuracy_table(self, statistic: str = "mean", split: str | None = None) -> pd.DataFrame:
+        """Rows = probe kinds, columns = layers (-17 .. -1): the mean or max over splits of one split kind."""
+        from probing.experiments import accuracy_table  # beside the grid code, which imports torch
+
+        return accuracy_table(self.split_results(split), statistic)
+
+    def cell_dynamics(self, layer: int, kind: str, heldout: str | None = None,
+                      split: str | None = None) -> pd.DataFrame:
+        """History records of the (layer, kind) probes of one split kind, or of one held-out split."""
+        dynamics = self.dynamics
+        if dynamics.empty:
+            return dynamics
+        chosen = ((dynamics["layer"] == layer) & (dynamics["probe"] == kind)
+                  & (dynamics["split"] == (split or self.config.split)))
+        if heldout is not None:
+            chosen &= dynamics["heldout"] == heldout
+        return dynamics[chosen]
+
+    def cell_per_topic(self, layer: int, kind: str, split: str | None = None) -> pd.DataFrame:
+        """Per held-out topic: accuracy and the controls (text_only, shuffled), means over seeds."""
+        rows = self.split_results(split)
+        rows = rows[(rows["layer"] == layer) & (rows["probe"] == kind)]
+        columns = {"accuracy": "accuracy", "text_only": "text_only_accuracy", "shuffled": "shuffled_accuracy"}
+        means = {name: (column, "mean") for name, column in columns.items() if column in rows}
+        return rows.groupby("heldout", sort=False).agg(**means).reset_index().rename(columns={"heldout": "topic"})
+
+    def to_markdown(self, title: str = "") -> str:
+        """The accuracy tables (and the directions, where there are some) as one Markdown document."""
+        split = self.config.split
+        parts = [f"# {title}\n" if title else "",
+                 f"## Average accuracy over the {split} splits\n", markdown_table(self.accuracy_table("mean")),
+                 f"\n## Maximum accuracy over the {split} splits\n", markdown_table(self.accuracy_table("max"))]
+        if "random" in self.splits and split != "random":
+            parts += ["\n## Random split accuracy\n", markdown_table(self.accuracy_table("mean", "random"))]
+        if not self.directions_cosine.empty:
+            parts += ["\n## Truth directions: mean pairwise cosine\n", markdown_table(self.directions_cosine),
+                      "\n## Truth directions: fractional sign equality\n", markdown_table(self.directions_sign)]
+        return "\n".join(part for part in parts if part)
+
+    def to_csv(self) -> str:
+        """Every result row (all split kinds, with the ``split`` column) as CSV text."""
+        return self.results.to_csv(index=False)
+
+    # ------------------------------------------------------------------ the folder
+
+    def config_record(self) -> dict[str, Any]:
+        """What config.json holds: ``meta``, the config under "study", and the keys older readers use."""
+        config = self.config
+        grid = {key: getattr(config, key) for key in GRID_KEYS}
+        grid = {**{k: list(v) if isinstance(v, tuple) else v for k, v in grid.items()},
+                "device": config.device or "auto"}
+        return {**self.meta, "position": config.position, "cache": config.cache, "grid": grid,
+                "seeds": list(range(config.seeds)), "study": config.to_dict()}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the results folder; files of this format that this result lacks (a previous run's
+        random-split table, probes of other layers) are removed, so the folder is this result alone."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written: set[str] = set()
+
+        def write(frame: pd.DataFrame, stem: str, markdown: bool) -> None:
+            if not frame.columns.empty:
+                write_table(frame, folder, stem, markdown)
+                written.update({f"{stem}.csv", f"{stem}.md"} if markdown else {f"{stem}.csv"})
+
+        write(self.accuracy_table("mean"), "accuracy_mean", True)
+        write(self.accuracy_table("max"), "accuracy_max", True)
+        if "random" in self.splits and self.config.split != "random":
+            write(self.accuracy_table("mean", "random"), "accuracy_random", True)
+        for name, stem in TABLE_FILES.items():
+            write(getattr(self, name), stem, name in MARKDOWN_TABLES)
+        known = {f"{stem}.{suffix}" for stem in (*ACCURACY_TABLES, *TABLE_FILES.values()) for suffix in ("csv", "md")}
+        for stale in known - written:
+            (folder / stale).unlink(missing_ok=True)
+        save_probes(self.probes, folder)
+        (folder / CONFIG_FILE).write_text(json.dumps(self.config_record(), indent=2, default=str) + "\n")
+        self.folder = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> StudyResult:
+        """Read a results folder, including those written before the "study" entry and the
+        ``split`` column existed (their rows get the config's split)."""
+        folder = Path(folder)
+        record = read_config(folder)
+        config = _config_from_record(record, folder)
+        tables = {}
+        for name, stem in TABLE_FILES.items():
+            path = folder / f"{stem}.csv"
+            frame = read_table(path) if path.is_file() else pd.DataFrame()
+            if name in ("results", "dynamics") and not frame.empty and "split" not in frame:
+                frame.insert(list(frame.columns).index("probe") + 1, "split", config.split)
+            tables[name] = frame
+        probes = dict(_load_probe(path, folder) for path in sorted((folder / PROBES_DIR).glob("*_layer*.pt")))
+        meta = {key: value for key, value in record.items() if key not in RECORD_KEYS}
+        return cls(config, meta, probes=probes, folder=folder, **tables)
+

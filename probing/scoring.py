@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from probing.activations import Activations
-from probing.models import LoadedModel
+from probing.config import StudyConfig
+from probing.models import LoadedModel, ModelSpec
 from probing.probes import Probe
+from probing.results import StudyResult
 
 MAX_STATEMENT_CHARS = 2000
 ASK_TEMPLATE = "Is the following statement true or false?\nStatement: {statement}\nAnswer:"
@@ -26,6 +30,30 @@ def check_statement(text: str) -> str:
             f"sentences, so keep it under {MAX_STATEMENT_CHARS:,}"
         )
     return stripped
+
+
+def study_activations(study: StudyResult) -> tuple[Activations, list[str]]:
+    """Activations of the study's model and token position, on this machine, to score new statements;
+    and notes (one line each) where this machine differs from the one the study ran on.
+
+    The model runs on the recorded device if this machine has it (a folder made on a GPU opens
+    on a laptop: ``StudyResult.load`` leaves the device unset there), else on this machine's
+    default device. The recorded dtype is kept on the same device; on another one the config's
+    dtype (unset: that device's default). The recorded cache folder is used if it exists here.
+    """
+    config, ran = study.config, study.meta.get("model", {})
+    spec = ModelSpec(config.model, device=config.device, dtype=config.dtype, revision=ran.get("revision"))
+    notes = []
+    if ran.get("device") in (None, spec.resolved_device):
+        spec = replace(spec, dtype=ran.get("dtype") or spec.dtype)
+    else:
+        notes.append(f"this study ran on {ran['device']} ({ran.get('dtype')}), which this machine lacks: the "
+                     f"model runs on {spec.resolved_device} ({spec.resolved_dtype})")
+    cache = config.cache
+    if not Path(cache).is_dir() and cache != StudyConfig().cache:
+        cache = StudyConfig().cache
+        notes.append(f"the study's activation cache {config.cache} is not on this machine: using {cache}")
+    return Activations(spec, position=config.position, cache_dir=cache, max_tokens=config.max_tokens), notes
 
 
 def score_statements(

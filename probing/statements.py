@@ -121,26 +121,6 @@ class StatementSet:
         return path
 
 
-def load_dataset(source: str | Path, *, topic: str | None = None, drop_duplicates: bool = False) -> StatementSet:
-    """Load ``builtin``, a SAPLMA-style folder of ``<topic>_true_false.csv``, or one CSV."""
-    if str(source) == "builtin":
-        from probing.builtin import load_builtin
-
-        dataset = load_builtin()
-    else:
-        path = Path(source).expanduser()
-        if path.is_dir():
-            dataset = _load_folder(path)
-        elif path.is_file():
-            dataset = _load_csv_file(path, default_topic=topic)
-        else:
-            raise DatasetError(
-                f"{path}: no such file or folder. Pass 'builtin', a folder of "
-                f"<topic>{SAPLMA_SUFFIX} files, or a CSV with columns statement,label[,topic]."
-            )
-    return dataset.drop_duplicates() if drop_duplicates else dataset
-
-
 def require_topics(dataset: StatementSet, minimum: int = 2) -> None:
     """Category splits hold one topic out, so they need at least two."""
     if len(dataset.topics) < minimum:
@@ -151,7 +131,8 @@ def require_topics(dataset: StatementSet, minimum: int = 2) -> None:
         )
 
 
-def _load_folder(folder: Path) -> StatementSet:
+def load_folder(folder: Path) -> StatementSet:
+    """A SAPLMA-style folder: one ``<topic>_true_false.csv`` per topic."""
     files = sorted(folder.glob(f"*{SAPLMA_SUFFIX}"))
     if not files:
         found = sorted(p.name for p in folder.glob("*.csv"))[:5]
@@ -168,7 +149,8 @@ def _load_folder(folder: Path) -> StatementSet:
     return StatementSet(frame, name=folder.name, source=str(folder), duplicates=Duplicates(where))
 
 
-def _load_csv_file(path: Path, default_topic: str | None) -> StatementSet:
+def load_csv_file(path: Path, default_topic: str | None = None) -> StatementSet:
+    """One CSV with columns statement,label[,topic]; without a topic column the file name gives it."""
     return load_csv_bytes(path, path.read_bytes(), topic=default_topic, source=str(path))
 
 

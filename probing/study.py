@@ -1,10 +1,17 @@
-"""The whole study in one call: extract what is missing, train the grid, write every table."""
+"""A whole study: extract what is missing, train the grids and the final probes, and gather it all in a
+:class:`~probing.results.StudyResult` (which ``reproduce`` also saves).
+
+The command line runs :func:`reproduce`; the dashboard runs the same steps in a background job
+(:func:`run_study`, or :func:`run_grid` with its own progress and then :func:`finish_study`), and
+saves a single trained probe with :func:`cell_study`. All of them write the same folder.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,108 +19,176 @@ import numpy as np
 import pandas as pd
 
 from probing.activations import Activations, Progress
+from probing.config import StudyConfig
 from probing.directions import DIRECTION_KINDS, compare_directions
-from probing.experiments import GridConfig, GridResult, check_splits, make_splits, run_grid
+from probing.experiments import CellResult, EpochRecord, GridResult, check_splits, make_splits, run_grid
 from probing.probes import Probe, Task, fit_many
-from probing.results import command_line, package_versions, save_probes, write_table
+from probing.results import StudyResult, command_line, package_versions
 from probing.statements import StatementSet
 
 
-@dataclass
-class StudyOutputs:
-    """What ``reproduce`` computed and wrote."""
-
-    grid: GridResult
-    accuracy_mean: pd.DataFrame
-    accuracy_max: pd.DataFrame
-    directions_cosine: pd.DataFrame
-    directions_sign: pd.DataFrame
-    directions_matrices: pd.DataFrame
-    computed_statements: int
-    final_probes: dict[tuple[int, str], Probe]
+def check_study(dataset: StatementSet, activations: Activations, config: StudyConfig) -> None:
+    """Refuse splits no probe can train on and layers the model lacks: before an extraction that may take hours."""
+    for kind in config.splits:
+        check_splits(dataset, make_splits(dataset, kind), kind)
+    config.check_layers(activations.n_hidden_states)
 
 
-def train_final_probes(dataset: StatementSet, activations: Activations, config: GridConfig) -> dict[tuple[int, str], Probe]:
+def train_final_probes(dataset: StatementSet, load_layer: Callable[[int], np.ndarray], config: StudyConfig,
+                       on_progress: Progress | None = None) -> dict[tuple[int, str], Probe]:
     """One probe per (layer, kind) trained on every statement: what ``score`` uses."""
     task = Task(np.arange(len(dataset)), dataset.labels, seed=0)
     probes = {}
     for layer in config.layers:
-        features = activations.layer(dataset.statements, layer)
+        features = load_layer(layer)
         for kind in config.probes:
             (probes[(layer, kind)],) = fit_many(features, [task], config.probe_config(kind),
                                                device=config.resolved_device)
+            if on_progress:
+                on_progress(len(probes), len(config.layers) * len(config.probes))
     return probes
+
+
+def as_run(config: StudyConfig, dataset: StatementSet, activations: Activations) -> StudyConfig:
+    """``config`` with the model, token position, cache and dataset that ``activations`` and
+    ``dataset`` actually are, so the folder records what ran."""
+    spec = activations.spec
+    return replace(config, model=spec.name, dtype=spec.dtype, device=spec.device, position=activations.position,
+                   cache=str(activations.cache_dir), max_tokens=activations.max_tokens,
+                   dataset=dataset.source or dataset.name)
+
+
+def study_meta(dataset: StatementSet, activations: Activations, *, extracted: int = 0, seconds: float = 0.0,
+               command: str | None = None) -> dict:
+    """The model, the dataset and the run, as JSON values."""
+    spec = activations.spec
+    meta = {
+        "command": command or command_line(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": spec.name, "resolved": spec.resolved_name, "revision": spec.revision,
+                  "fingerprint": activations.fingerprint, "dtype": spec.resolved_dtype,
+                  "device": spec.resolved_device, "hidden_states": activations.n_hidden_states},
+        "dataset": {"source": dataset.source, "name": dataset.name, "sha256": dataset.fingerprint(),
+                    "statements": len(dataset), "topics": dataset.summary().to_dict("records"),
+                    "duplicate_rows": dataset.duplicates.count},
+        "statements_extracted_this_run": extracted,
+        "seconds": round(seconds, 1),
+        "packages": package_versions(),
+    }
+    if activations.model_loaded:  # what loading it takes, for a machine that opens the folder later
+        meta["model"]["memory_gb"] = activations.model.describe()["memory_gb"]
+    return json.loads(json.dumps(meta, default=str))  # what config.json will hold, so a loaded copy is equal
+
+
+def finish_study(
+    dataset: StatementSet,
+    activations: Activations,
+    config: StudyConfig,
+    grids: Mapping[str, GridResult],
+    *,
+    final_probes: dict[tuple[int, str], Probe] | None = None,
+    extracted: int = 0,
+    seconds: float = 0.0,
+    command: str | None = None,
+    on_progress: Progress | None = None,
+) -> StudyResult:
+    """A StudyResult from finished grids, by split kind, the study's own first (``{"category": ...,
+    "random": ...}``; the recorded config says so): their rows and dynamics, the directions of the
+    category grid, and the final probes (trained here unless given; ``on_progress`` counts them)."""
+    if not grids:
+        raise ValueError("finish_study needs at least one finished grid")
+    split = next(iter(grids))
+    config = replace(config, split=split, with_random="random" in grids and split != "random")
+    cosine, sign, matrices = [], [], []
+    if "category" in grids:  # directions are compared across held-out topics
+        for kind in (k for k in config.probes if k in DIRECTION_KINDS):
+            kind_cosine, kind_sign, kind_matrices = compare_directions(grids["category"], kind)
+            cosine.append(kind_cosine)
+            sign.append(kind_sign)
+            matrices.append(kind_matrices)
+    if final_probes is None:
+        texts = dataset.statements
+        final_probes = train_final_probes(dataset, lambda layer: activations.layer(texts, layer), config,
+                                          on_progress)
+    return StudyResult(
+        config=as_run(config, dataset, activations),
+        meta=study_meta(dataset, activations, extracted=extracted, seconds=seconds, command=command),
+        results=_concat([grid.results for grid in grids.values()]),
+        dynamics=_concat([grid.dynamics for grid in grids.values()]),
+        directions_cosine=_concat(cosine), directions_sign=_concat(sign), directions_matrices=_concat(matrices),
+        probes=final_probes,
+    )
+
+
+def cell_study(dataset: StatementSet, activations: Activations, config: StudyConfig, cell: CellResult, *,
+               seconds: float = 0.0, command: str | None = None) -> StudyResult:
+    """One trained probe as a study: one layer, one kind, the cell's row and dynamics, and its
+    probe under ``probes`` (trained on the split's training rows), so ``score`` reads its folder."""
+    config = replace(config, layers=(cell.layer,), probes=(cell.kind,), split=cell.cell.split.kind,
+                     with_random=False)
+    return StudyResult(
+        config=as_run(config, dataset, activations),
+        meta=study_meta(dataset, activations, seconds=seconds, command=command),
+        results=pd.DataFrame([cell.row]), dynamics=cell.dynamics.reset_index(drop=True),
+        probes={(cell.layer, cell.kind): cell.probe},
+    )
+
+
+def run_study(
+    dataset: StatementSet,
+    activations: Activations,
+    config: StudyConfig,
+    *,
+    on_extract: Progress | None = None,
+    on_train: Progress | None = None,
+    on_result: Callable[[dict], None] | None = None,
+    on_epoch: EpochRecord | None = None,
+    command: str | None = None,
+) -> StudyResult:
+    """Extract missing activations, train the grid of each of ``config.splits`` and the final probes.
+
+    ``on_train`` counts every probe of the grids and then the final ones; ``on_result`` and
+    ``on_epoch`` get the grids' rows and history records as they come (tagged with their split).
+    """
+    check_study(dataset, activations, config)
+    started = time.perf_counter()
+    extracted = activations.ensure(dataset.statements, on_progress=on_extract)
+    texts = dataset.statements
+    load = lambda layer: activations.layer(texts, layer)  # noqa: E731
+    per_kind = len(config.layers) * len(config.probes)
+    sizes = [per_kind * config.seeds * len(make_splits(dataset, kind)) for kind in config.splits]
+    total = sum(sizes) + per_kind
+    grids: dict[str, GridResult] = {}
+    for kind, offset in zip(config.splits, np.cumsum([0, *sizes]).tolist()):
+        grids[kind] = run_grid(dataset, load, replace(config, split=kind), model_name=activations.spec.name,
+                               on_result=on_result, on_epoch=on_epoch, on_progress=_shifted(on_train, offset, total))
+    final = train_final_probes(dataset, load, config, _shifted(on_train, sum(sizes), total))
+    return finish_study(dataset, activations, config, grids, final_probes=final, extracted=extracted,
+                        seconds=time.perf_counter() - started, command=command)
 
 
 def reproduce(
     dataset: StatementSet,
     activations: Activations,
-    config: GridConfig,
+    config: StudyConfig,
     out: str | Path,
     on_extract: Progress | None = None,
     on_train: Progress | None = None,
-) -> StudyOutputs:
-    """Extract missing activations, train the grid and final probes, and write ``out``.
-
-    Splits and layers are checked first: a mistake there must not cost an extraction.
-    """
-    check_splits(dataset, make_splits(dataset, config.split), config.split)
-    config.check_layers(activations.n_hidden_states)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    computed = activations.ensure(dataset.statements, on_progress=on_extract)
-    texts = dataset.statements
-    grid = run_grid(dataset, lambda layer: activations.layer(texts, layer), config,
-                    model_name=activations.spec.name, on_progress=on_train)
-    accuracy_mean, accuracy_max = grid.accuracy_table("mean"), grid.accuracy_table("max")
-    cosine, sign, matrices = [], [], []
-    if config.split == "category":  # directions are compared across held-out topics
-        for kind in (k for k in config.probes if k in DIRECTION_KINDS):
-            kind_cosine, kind_sign, kind_matrices = compare_directions(grid, kind)
-            cosine.append(kind_cosine)
-            sign.append(kind_sign)
-            matrices.append(kind_matrices)
-    final = train_final_probes(dataset, activations, config)
-    outputs = StudyOutputs(
-        grid, accuracy_mean, accuracy_max,
-        pd.concat(cosine, ignore_index=True) if cosine else pd.DataFrame(),
-        pd.concat(sign, ignore_index=True) if sign else pd.DataFrame(),
-        pd.concat(matrices, ignore_index=True) if matrices else pd.DataFrame(),
-        computed, final,
-    )
-    _write(outputs, dataset, activations, config, out, time.perf_counter() - started)
-    return outputs
+) -> StudyResult:
+    """:func:`run_study`, saved to ``out``. The folder is made after the checks and before the
+    extraction, so a folder that cannot be made fails first."""
+    check_study(dataset, activations, config)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    result = run_study(dataset, activations, config, on_extract=on_extract, on_train=on_train)
+    result.save(out)
+    return result
 
 
-def _write(outputs: StudyOutputs, dataset: StatementSet, activations: Activations,
-           config: GridConfig, out: Path, seconds: float) -> None:
-    write_table(outputs.accuracy_mean, out, "accuracy_mean", markdown=True)
-    write_table(outputs.accuracy_max, out, "accuracy_max", markdown=True)
-    write_table(outputs.grid.results, out, "per_topic")
-    write_table(outputs.grid.dynamics, out, "dynamics")
-    if not outputs.directions_cosine.empty:
-        write_table(outputs.directions_cosine, out, "directions_cosine", markdown=True)
-        write_table(outputs.directions_sign, out, "directions_sign", markdown=True)
-        write_table(outputs.directions_matrices, out, "directions_matrices")
-    save_probes(outputs.final_probes, out)
-    spec = activations.spec
-    record = {
-        "command": command_line(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": spec.name, "resolved": spec.resolved_name, "revision": spec.revision,
-                  "fingerprint": activations.fingerprint, "dtype": spec.resolved_dtype,
-                  "device": spec.resolved_device,
-                  "hidden_states": activations.n_hidden_states},
-        "dataset": {"source": dataset.source, "name": dataset.name, "sha256": dataset.fingerprint(),
-                    "statements": len(dataset), "topics": dataset.summary().to_dict("records"),
-                    "duplicate_rows": dataset.duplicates.count},
-        "position": activations.position,
-        "cache": str(activations.cache_dir),
-        "grid": config.to_dict(),
-        "seeds": list(range(config.seeds)),
-        "statements_extracted_this_run": outputs.computed_statements,
-        "seconds": round(seconds, 1),
-        "packages": package_versions(),
-    }
-    (out / "config.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+def _shifted(progress: Progress | None, offset: int, total: int) -> Progress | None:
+    """``progress`` for one part of a longer count: (done in this part, _) -> (offset + done, total)."""
+    return (lambda done, _part: progress(offset + done, total)) if progress else None
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [frame for frame in frames if not frame.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

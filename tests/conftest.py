@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 from probing.models import load_model  # noqa: E402
-from probing.statements import load_dataset  # noqa: E402
+from probing.datasets import load_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # The SAPLMA data is not part of this repository: it lies beside it, or where PROBING_SAPLMA says.

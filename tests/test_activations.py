@@ -7,7 +7,7 @@ from probing.activations import Activations, StatementTooLong, plan_batches, run
 from probing.models import ModelSpec, cpu_has_fast_bfloat16, load_model
 from probing.probes import make_probe
 from probing.storage import NonFiniteActivations
-from samples import TEXTS
+from support import TEXTS
 
 
 

@@ -9,7 +9,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
-import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,10 +20,16 @@ import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from probing import Activations, GridConfig, compare_directions, load_model, make_probe, model_says_true, run_grid
+from probing import Activations, StudyConfig, load_model, make_probe, model_says_true, run_grid, score_statements
 from probing.builtin import load_builtin
 from probing.charts import dynamics_long
-from probing.dashboard import Job, make_split, pca_points, start_job, train_work
+from probing.experiments import make_split
+from probing.results import StudyResult
+from probing.study import reproduce
+from probing.workflows import train_work
+from support import assert_same_study
+from probing.directions import pca_points
+from probing.jobs import Job, start_job
 from probing.experiments import accuracy_long, split_seed, text_only_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +44,9 @@ def app_cache(tmp_path_factory):
     load_model("embedded", cache_dir=TEST_CACHE)  # converts the GGUF once per machine
     cache = tmp_path_factory.mktemp("app-cache")
     (cache / "models").symlink_to((TEST_CACHE / "models").resolve(), target_is_directory=True)
-    saved = {k: os.environ.get(k) for k in ("PROBING_CACHE", "PROBING_PER_TOPIC", "PROBING_MODEL")}
-    os.environ.update(PROBING_CACHE=str(cache), PROBING_PER_TOPIC=str(PER_TOPIC), PROBING_MODEL="embedded")
+    saved = {k: os.environ.get(k) for k in ("PROBING_CACHE", "PROBING_PER_TOPIC", "PROBING_MODEL", "PROBING_RESULTS")}
+    os.environ.update(PROBING_CACHE=str(cache), PROBING_PER_TOPIC=str(PER_TOPIC), PROBING_MODEL="embedded",
+                      PROBING_RESULTS=str(cache / "results"))
     yield cache
     for key, value in saved.items():
         if value is None:
@@ -153,7 +161,7 @@ def test_train_page(app_cache, dataset, engine):
     split = make_split(dataset, "cities")
     y = dataset.labels
     grid = run_grid(dataset, lambda layer: activations.layer(dataset.statements, layer),
-                    GridConfig(layers=(-5,), probes=("tiny",), seeds=2, epochs=6, controls=False))
+                    StudyConfig(layers=(-5,), probes=("tiny",), seeds=2, epochs=6, controls=False))
     probe = grid.probes[(-5, "tiny", "cities", 1)]
     accuracy = probe.score(X[split.test], y[split.test])
     np.testing.assert_array_equal(job.result.probe.weights_[0], probe.weights_[0])
@@ -182,11 +190,12 @@ def test_train_page(app_cache, dataset, engine):
     assert at.expander and "Probes kept" in at.expander[0].label
 
 
-def test_live_chart_reads_a_snapshot_of_the_records(dataset, engine):
+def test_live_chart_reads_a_snapshot_of_the_records(app_cache, dataset, engine):
     """The page draws job records while the thread appends: it must get a copy, not the growing list."""
     _, activations = engine
     epochs = 400
-    job = start_job(Job("train", "live"), train_work(activations, dataset, -5, "tiny", "cities", epochs, 1e-3, 0))
+    work = train_work(activations, dataset, StudyConfig(epochs=epochs), -5, "tiny", "cities", 0, app_cache / "results")
+    job = start_job(Job("train", "live"), work)
     snapshots = []
     while job.running:
         records = job.records_so_far()
@@ -212,9 +221,11 @@ def test_grid_page(app_cache, dataset, engine):
     at.run()
     at.button(key="grid_button").click().run()
     job = wait_job(at, "grid")
-    outcome = job.result
+    study = job.result
+    assert at.session_state["ctx"].study.folder == study.folder  # saved, and opened in the sidebar
+    assert study.folder.parent == app_cache / "results"
     spec, mean = chart(at, "grid_mean")
-    expected = accuracy_long(outcome.category.results, "mean").set_index(["probe", "layer"])["accuracy"]
+    expected = accuracy_long(study.split_results("category"), "mean").set_index(["probe", "layer"])["accuracy"]
     assert len(mean) == 4
     for row in mean.itertuples():
         assert row.accuracy == pytest.approx(expected[(row.probe, row.layer)])
@@ -223,7 +234,7 @@ def test_grid_page(app_cache, dataset, engine):
     # the engine, run directly, gives the same table for the deterministic linear probe
     _, activations = engine
     direct = run_grid(dataset, lambda layer: activations.layer(dataset.statements, layer),
-                      GridConfig(layers=(-5, -1), probes=("linear",), epochs=2, controls=False))
+                      StudyConfig(layers=(-5, -1), probes=("linear",), epochs=2, controls=False))
     table = direct.accuracy_table("mean").set_index("probe")
     for layer in (-5, -1):
         assert expected[("linear", layer)] == pytest.approx(table.loc["linear", str(layer)])
@@ -233,13 +244,20 @@ def test_grid_page(app_cache, dataset, engine):
     assert len(random) == 4 and set(random["splits"]) == {1}
     downloads = at.get("download_button")
     assert len(downloads) == 2
+    # the dashboard's grid is a results folder like reproduce's: it loads back exactly, and score reads it
+    assert_same_study(StudyResult.load(study.folder), study)
+    scored = subprocess.run([sys.executable, "-m", "probing", "score", "Paris is in France.", "--results",
+                             str(study.folder)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert scored.returncode == 0, scored.stderr
+    assert "P(true) for 'Paris is in France.'" in scored.stdout and "| -5 |" in scored.stdout
 
     at.selectbox(key="grid_cell_layer").set_value(-1)
     at.selectbox(key="grid_cell_probe").set_value("tiny")
     at.run()
     no_errors(at)
     _, per_topic = chart(at, "cell_topics")
-    res = outcome.category.results
+    res = study.split_results("category")
     cell = res[(res.layer == -1) & (res.probe == "tiny")].set_index("heldout")["accuracy"]
     bars = per_topic.dropna(subset=["topic"]).drop_duplicates("topic").set_index("topic")["accuracy"]
     assert bars.to_dict() == pytest.approx(cell.to_dict())
@@ -254,12 +272,12 @@ def test_directions_page(app_cache, dataset):
     at.multiselect(key="dir_layers").set_value([-1, -9])
     at.button(key="dir_button").click().run()
     job = wait_job(at, "directions")
-    if at.radio(key="dir_source").value != "Direction probes (this page)":
-        at.radio(key="dir_source").set_value("Direction probes (this page)").run()
+    assert at.session_state["ctx"].study.folder == job.result.folder
     at.radio(key="dir_kind").set_value("linear").run()
     at.select_slider(key="dir_layer").set_value(-9).run()
     no_errors(at)
-    cosine, sign, matrices = compare_directions(job.result.category, kind="linear")
+    cosine, sign, matrices = (table[table.probe == "linear"] for table in (
+        job.result.directions_cosine, job.result.directions_sign, job.result.directions_matrices))
     _, cos = chart(at, "dir_cosine")
     assert len(cos) == 36
     np.testing.assert_allclose(cos[cos.split_a == cos.split_b]["cosine"], 1.0, atol=1e-5)
@@ -306,11 +324,68 @@ def test_statement_page(app_cache, dataset, engine):
     rows = scores.dropna(subset=["probe"])
     probe = job.result.probe
     X = engine[1].layer(["The city of Paris is located in Japan."], job.result.layer)
-    # earlier tests' probes in this cache come back from disk too; this session's probe is among them
+    assert len(rows) == 1  # no results folder is open: the probe this session trained
     mine = rows[(rows.layer == job.result.layer) & (rows.probe == job.result.kind)]
     assert len(mine) == 1
     assert mine["p_true"].iloc[0] == pytest.approx(float(probe.predict_proba(X)[0, 1]), abs=1e-5)
     assert rows["p_true"].between(0, 1).all()
+
+
+@pytest.fixture(scope="module")
+def saved_study(small_saplma, tmp_path_factory):
+    """`reproduce` on 240 real SAPLMA statements, into a folder of its own."""
+    activations = Activations(model=load_model("embedded", cache_dir=TEST_CACHE), cache_dir=TEST_CACHE)
+    config = StudyConfig(layers=(-5, -1), probes=("linear", "tiny"), epochs=2)
+    return reproduce(small_saplma, activations, config, tmp_path_factory.mktemp("results") / "saplma-small")
+
+
+def test_a_results_folder_opens_without_a_model_until_a_page_needs_one(saved_study, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"  # a fresh process-wide model holder: nothing loaded
+    cache.mkdir()
+    (cache / "models").symlink_to((TEST_CACHE / "models").resolve(), target_is_directory=True)
+    monkeypatch.setenv("PROBING_CACHE", str(cache))
+    monkeypatch.setenv("PROBING_RESULTS", str(saved_study.folder))  # as `streamlit run app.py -- --results DIR`
+    folder = saved_study.folder
+    at = new_app().run()
+    no_errors(at)
+    ctx = at.session_state["ctx"]
+    assert ctx.study.folder == folder and ctx.model is None
+
+    at.switch_page("pages/grid.py").run()
+    no_errors(at)
+    _, mean = chart(at, "grid_mean")
+    table = pd.read_csv(folder / "accuracy_mean.csv").set_index("probe")
+    assert len(mean) == 4
+    for row in mean.itertuples():
+        assert row.accuracy == pytest.approx(table.loc[row.probe, str(row.layer)], abs=1e-12)
+
+    at.switch_page("pages/directions.py").run()
+    at.radio(key="dir_kind").set_value("linear").run()
+    at.select_slider(key="dir_layer").set_value(-5).run()
+    no_errors(at)
+    _, shown = chart(at, "dir_cosine")
+    saved = pd.read_csv(folder / "directions_matrices.csv")
+    saved = saved[(saved.layer == -5) & (saved.probe == "linear")].set_index(["split_a", "split_b"])["cosine"]
+    got = shown.dropna(subset=["split_a"]).set_index(["split_a", "split_b"])["cosine"]
+    np.testing.assert_allclose(got.sort_index(), saved.sort_index(), atol=1e-6)
+
+    holder = ctx.holder
+    assert holder.current is None  # no model loaded, so no forward pass, before the statement page
+    at.switch_page("pages/statement.py").run()
+    no_errors(at)
+    assert any("reads hidden states of **embedded**" in i.value for i in at.info)
+    at.button(key="load_page_model").click().run()
+    no_errors(at)
+    assert holder.current is not None and holder.current.forward_passes == 0
+    at.button(key="example_1").click().run()
+    no_errors(at)
+    statement = at.text_area(key="statement_text").value
+    _, scores = chart(at, "statement_layers")
+    shown = scores.dropna(subset=["probe"]).set_index(["layer", "probe"])["p_true"]
+    direct = score_statements(holder.activations("last"), saved_study.probes, [statement])
+    assert set(shown.index) == set(saved_study.probes)  # the folder's probes, nothing else
+    assert shown.to_dict() == pytest.approx(direct.set_index(["layer", "probe"])["p_true"].to_dict(), abs=1e-6)
+    assert holder.current.forward_passes > 0
 
 
 def test_activations_page(app_cache, dataset, engine):
@@ -405,13 +480,14 @@ def test_two_sessions_train_at_the_same_time(app_cache, dataset, engine):
         assert job.result.heldout == heldout and job.result.kind == kind
         np.testing.assert_allclose(job.result.history["heldout_loss"], probe.history_["heldout_loss"], rtol=1e-4)
         assert metrics(at)["Held-out accuracy"] == f"{probe.score(X[split.test], y[split.test]):.3f}"
-    # each session's probe is kept on disk: a new session sees both, whichever finished last
+    # each session's probe is saved as a results folder of its own: a later session can open both
     later = new_app().run()
-    later.switch_page("pages/statement.py").run()
-    trained = later.session_state["results"][later.session_state["ctx"].key]["trained"]
-    assert {(-9, "tiny"), (-9, "small")} <= set(trained)
-    # what the dashboard pickles is its owner's alone, whatever the umask
-    for folder in [app_cache / "dashboard", *(app_cache / "dashboard").iterdir()]:
-        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    files = list((app_cache / "dashboard").glob("*/*.pkl"))
-    assert files and {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o600}
+    listed = later.selectbox(key="results_choice").options
+    for (_, heldout, kind), job in zip(sessions, jobs):
+        folder = str(job.result.study.folder)
+        assert job.result.study.folder.name in listed  # shown by name
+        later.selectbox(key="results_choice").set_value(folder).run()
+        no_errors(later)
+        opened = later.session_state["ctx"].study
+        assert list(opened.probes) == [(-9, kind)] and opened.results["heldout"].tolist() == [heldout]
+        np.testing.assert_array_equal(opened.probes[(-9, kind)].weights_[0], job.result.probe.weights_[0])

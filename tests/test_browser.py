@@ -10,16 +10,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from support import running_app
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("PROBING_TEST_CACHE", ROOT / "cache" / "tests"))  # as in conftest.py
@@ -35,46 +32,17 @@ EPOCHS = 500  # several seconds of training: the live chart redraws twice a seco
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def streamlit_app(cache: Path) -> Iterator[str]:
-    """`streamlit run app.py` on a free port with its own cache folder; yields its URL once healthy."""
+    """The app on the embedded model and a small built-in set, with its own cache folder; yields its URL."""
     from probing import load_model
 
     load_model("embedded", cache_dir=TEST_CACHE)  # converted once per machine
     (cache / "models").symlink_to((TEST_CACHE / "models").resolve(), target_is_directory=True)
-    port = free_port()
-    env = {**os.environ, "PROBING_CACHE": str(cache), "PROBING_PER_TOPIC": str(PER_TOPIC), "PROBING_MODEL": "embedded",
-           "HF_HUB_OFFLINE": "1"}
-    log = open(cache / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start: " + (cache / "streamlit.log").read_text()[-2000:])
+    env = {"PROBING_PER_TOPIC": str(PER_TOPIC), "PROBING_MODEL": "embedded"}
+    with running_app(cache, "--server.address", "127.0.0.1", "--server.headless", "true",
+                     "--browser.gatherUsageStats", "false", env=env) as (url, _port):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from probing.builtin import BUILTIN_TOPICS, TEMPLATES, fact_table, load_builtin
-from probing.statements import DatasetError, StatementSet, load_dataset
+from probing.datasets import load_dataset
+from probing.statements import DatasetError, StatementSet
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,19 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import altair as alt
 import numpy as np
 import pandas as pd
 import pytest
 
-from probing import Activations, GridConfig, ModelSpec, compare_directions, load_model, make_probe, model_says_true, run_grid, score_statements
+from probing import Activations, ModelSpec, StudyConfig, compare_directions, load_model, make_probe, model_says_true, run_grid, score_statements
 from probing import charts
 from probing.builtin import load_builtin
-from probing.dashboard import (
-    cell_dynamics, cell_per_topic, evaluate_probe, GridOutcome, grid_markdown, make_split, pca_points,
-)
-from probing.experiments import accuracy_long, accuracy_table
+from probing.directions import pca_points
+from probing.experiments import accuracy_long, accuracy_table, evaluate_probe, make_split
+from probing.study import finish_study
 from probing.results import markdown_table
 
 # Shared with tests/test_app.py and tests/test_browser.py: the embedded model is converted once.
@@ -40,9 +40,11 @@ def grid(engine):
     _, dataset, activations = engine
     load = lambda layer: activations.layer(dataset.statements, layer)  # noqa: E731
     config = dict(layers=(-5, -1), probes=("linear", "tiny"), epochs=3)
-    category = run_grid(dataset, load, GridConfig(split="category", **config))
-    random = run_grid(dataset, load, GridConfig(split="random", **config))
-    return GridOutcome(config={**config, "with_random": True}, category=category, random=random)
+    category = run_grid(dataset, load, StudyConfig(split="category", **config))
+    random = run_grid(dataset, load, StudyConfig(split="random", **config))
+    study = finish_study(dataset, activations, StudyConfig(with_random=True, **config),
+                         {"category": category, "random": random})
+    return SimpleNamespace(category=category, random=random, study=study)
 
 
 def rows(chart) -> pd.DataFrame:
@@ -120,7 +122,7 @@ def test_accuracy_heatmap_is_the_study_table(grid):
     # study layout: probe rows, layer columns ascending
     wide = accuracy_table(grid.category.results)
     assert list(wide.columns) == ["probe", "-5", "-1"] and list(wide.probe) == ["linear", "tiny"]
-    md = grid_markdown(grid)
+    md = grid.study.to_markdown()
     assert "| probe | -5 | -1 |" in md and f"{wide.iloc[0, 1]:.3f}" in md
     assert "Random split" in md
 
@@ -132,16 +134,16 @@ def test_markdown_table_format():
 
 def test_grid_cell_charts(grid, engine):
     _, dataset, _ = engine
-    per_topic = cell_per_topic(grid, -5, "linear")
+    per_topic = grid.study.cell_per_topic(-5, "linear")
     data = rows(charts.cell_topics_chart(per_topic, "cell")).dropna(subset=["topic"])
     res = grid.category.results
     expected = res[(res.layer == -5) & (res.probe == "linear")].set_index("heldout")["accuracy"]
     for row in data.drop_duplicates("topic").itertuples():
         assert row.accuracy == pytest.approx(expected[row.topic])
-    curves = rows(charts.grid_curves_chart(cell_dynamics(grid, -5, "tiny"), epochs=3))
+    curves = rows(charts.grid_curves_chart(grid.study.cell_dynamics(-5, "tiny"), epochs=3))
     assert set(curves.heldout) == set(dataset.topics)
     assert len(curves) == len(dataset.topics) * 3 * 2  # topics x epochs x (loss, accuracy)
-    dyn = cell_dynamics(grid, -5, "tiny").set_index(["heldout", "epoch"])["heldout_accuracy"]
+    dyn = grid.study.cell_dynamics(-5, "tiny").set_index(["heldout", "epoch"])["heldout_accuracy"]
     acc = curves[curves.metric == "accuracy"].set_index(["heldout", "epoch"])["value"]
     assert acc.to_dict() == pytest.approx(dyn.to_dict())
 

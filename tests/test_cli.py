@@ -12,7 +12,8 @@ import pytest
 
 import probing.activations
 from probing.activations import Activations
-from probing.cli import PlainProgress, main
+from probing.cli import PlainProgress, build_parser, main, study_config
+from probing.config import OPTION_GROUPS, StudyConfig
 
 ARGS = ["--layers", "-1,-5", "--probes", "linear,tiny,mass_mean", "--epochs", "2"]
 
@@ -46,6 +47,8 @@ def test_reproduce_writes_every_table_and_second_run_uses_only_the_cache(workspa
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"]["statements"] == 240 and len(config["dataset"]["sha256"]) == 64
     assert config["position"] == "last" and config["grid"]["layers"] == [-1, -5]
+    assert StudyConfig.from_dict(config["study"]) == StudyConfig(
+        dataset=str(data), cache=str(cache), layers=(-1, -5), probes=("linear", "tiny", "mass_mean"), epochs=2)
     assert config["statements_extracted_this_run"] == unique and "torch" in config["packages"]
 
     def no_model(*args, **kwargs):
@@ -67,14 +70,15 @@ def test_extract_then_score_and_data(workspace, capsys, small_saplma):
     data, cache, tmp = workspace
     unique = len(set(small_saplma.statements))
     assert main(["extract", "--dataset", str(data), "--cache", str(cache)]) == 0
-    assert f"{unique} statement(s) computed, 0 already cached" in capsys.readouterr().out
+    assert f"{unique} statement(s) computed here, 0 already cached" in capsys.readouterr().out
     assert main(["extract", "--dataset", str(data), "--cache", str(cache)]) == 0
-    assert f"0 statement(s) computed, {unique} already cached" in capsys.readouterr().out
+    assert f"0 statement(s) computed here, {unique} already cached" in capsys.readouterr().out
 
     out = tmp / "results"
     assert main(["reproduce", "--dataset", str(data), "--cache", str(cache), "--out", str(out),
-                 "--layers", "-1,-9", "--probes", "linear", "--no-controls"]) == 0
-    capsys.readouterr()
+                 "--layers", "-1,-9", "--probes", "linear", "--no-controls", "--with-random"]) == 0
+    assert "Accuracy on the random split\n\n| probe | -9 | -1 |" in capsys.readouterr().out
+    assert pd.read_csv(out / "accuracy_random.csv")["probe"].tolist() == ["linear"]
     assert main(["score", "Paris is the capital of France.", "--results", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "P(true) for 'Paris is the capital of France.'" in printed
@@ -116,6 +120,24 @@ def test_bad_inputs_exit_with_a_message_not_a_traceback(tmp_path, capsys):
     assert "unknown probe kind(s) ['giant']" in capsys.readouterr().err
 
 
+def test_options_are_the_study_configs_fields():
+    """One source: every option's default is StudyConfig's, and each command has its groups of fields."""
+    def parsed(*argv: str) -> dict:
+        return vars(build_parser().parse_args(list(argv)))
+
+    fields_of = {group: {name for name, spec in StudyConfig.__dataclass_fields__.items()
+                         if spec.metadata["group"] == group} for group in OPTION_GROUPS}
+    assert set(parsed("reproduce")) - {"command", "out"} == set().union(*fields_of.values())
+    extract = fields_of["model"] | fields_of["dataset"] | fields_of["extraction"]
+    assert set(parsed("extract")) - {"command", "shard"} == extract
+    assert set(parsed("data", "--out", "x.csv")) - {"command", "out"} == fields_of["dataset"]
+    assert study_config(build_parser().parse_args(["reproduce"])) == StudyConfig()
+    args = build_parser().parse_args(["reproduce", "--layers=-1,-3", "--probes", "tiny,mass_mean", "--no-controls",
+                                      "--with-random", "--weight-decay", "0.01", "--C", "2", "--dtype", "float32"])
+    assert study_config(args) == StudyConfig(layers=(-1, -3), probes=("tiny", "mass_mean"), controls=False,
+                                             with_random=True, weight_decay=0.01, C=2.0, dtype="float32")
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -145,10 +167,14 @@ FAST_FAILURES = {
     "--cache a file": (["extract", "--dataset", "{csv}", "--cache", "README.md"], {}, "--cache README.md is a file"),
     "--out a file": (["reproduce", "--dataset", "{csv}", "--out", "README.md"], {}, "--out README.md is a file"),
     "--device foo": (["extract", "--dataset", "{csv}", "--device", "foo"], {}, "'foo' is not a device"),
-    "--lr inf": (["reproduce", "--lr", "inf"], {}, "argument --lr: must be a finite number > 0, got 'inf'"),
+    "--lr inf": (["reproduce", "--lr", "inf"], {}, "argument --lr: must be a finite number > 0, got inf"),
     "--lr nan": (["reproduce", "--lr", "nan"], {}, "argument --lr: must be a finite number > 0"),
     "--epochs 0": (["reproduce", "--epochs", "0"], {}, "argument --epochs: must be >= 1, got 0"),
-    "--C -1": (["reproduce", "--C", "-1"], {}, "argument --C: must be a finite number > 0, got '-1'"),
+    "--C -1": (["reproduce", "--C", "-1"], {}, "argument --C: must be a finite number > 0, got -1"),
+    "--weight-decay -1": (["reproduce", "--weight-decay", "-1"], {},
+                          "argument --weight-decay: must be a finite number >= 0"),
+    "--probes twice": (["reproduce", "--probes", "tiny,tiny"], {},
+                       "argument --probes: probe kind(s) ['tiny'] given more"),
     "--seeds 0": (["reproduce", "--seeds", "0"], {}, "argument --seeds: must be >= 1"),
     "--batch-size 0": (["reproduce", "--batch-size", "0"], {}, "argument --batch-size: must be >= 1"),
     "--max-tokens 0": (["extract", "--max-tokens", "0"], {}, "argument --max-tokens: must be >= 1"),
@@ -268,3 +294,17 @@ def test_plain_progress_prints_every_tenth_or_every_ten_seconds():
     done_at = [int(line.split()[1].split("/")[0]) for line in lines]
     assert done_at[:6] == [0, 100, 200, 300, 400, 500] and done_at[6:9] == [520, 540, 560]  # every 10 s
     assert len(lines) == len(set(done_at))  # no line twice
+
+
+def test_a_repaired_cache_is_one_warning_line(workspace, capsys, small_saplma):
+    data, cache, _ = workspace
+    assert main(["extract", "--dataset", str(data), "--cache", str(cache)]) == 0
+    capsys.readouterr()
+    store = Activations("embedded", cache_dir=cache).store
+    store._cache.set((store.namespace, "chunks"), "not a list")  # damage the chunk list
+    store.close()
+    assert main(["extract", "--dataset", str(data), "--cache", str(cache)]) == 0
+    captured = capsys.readouterr()
+    assert "\nwarning: the list of cached chunks for this model was damaged; it was rebuilt" in captured.err
+    assert "UserWarning" not in captured.err and "0 statement(s) computed here" in captured.out
+

@@ -4,20 +4,24 @@ import pytest
 import torch
 
 from probing.activations import Activations
+from probing.config import StudyConfig
 from probing.directions import compare_directions, cosine_matrix, off_diagonal_mean, random_baseline, sign_matrix
 from probing.statements import StatementSet
 from probing.experiments import (
-    GridConfig, category_splits, check_splits, make_splits, random_split, run_grid, text_only_accuracy,
+    Cell, category_splits, check_splits, evaluate_probe, make_split, make_splits, random_split, run_grid,
+    text_only_accuracy, train_cells,
 )
+
+
+SMALL_GRID = StudyConfig(layers=(-1, -9), probes=("linear", "tiny", "mass_mean"), seeds=2, epochs=2)
 
 
 @pytest.fixture(scope="module")
 def small_grid(small_saplma, model, shared_cache):
     activations = Activations(model=model, cache_dir=shared_cache)
     texts = small_saplma.statements
-    config = GridConfig(layers=(-1, -9), probes=("linear", "tiny", "mass_mean"), seeds=2, epochs=2)
     finished, epochs = [], []
-    result = run_grid(small_saplma, lambda layer: activations.layer(texts, layer), config,
+    result = run_grid(small_saplma, lambda layer: activations.layer(texts, layer), SMALL_GRID,
                       model_name="embedded", on_result=finished.append, on_epoch=epochs.append)
     return result, finished, epochs
 
@@ -44,8 +48,9 @@ def test_grid_returns_tidy_rows_with_controls(small_grid, small_saplma):
     result, finished, epochs = small_grid
     rows = result.results
     assert len(rows) == 2 * 3 * 6 * 2 == len(finished)
-    assert {"model", "layer", "probe", "heldout", "seed", "accuracy", "auroc",
-            "text_only_accuracy", "shuffled_accuracy"} <= set(rows.columns)
+    assert list(rows.columns) == ["model", "layer", "probe", "split", "heldout", "seed", "accuracy", "auroc",
+                                  "n_train", "n_test", "text_only_accuracy", "shuffled_accuracy"]
+    assert (rows["split"] == "category").all() and (result.dynamics["split"] == "category").all()
     assert rows["accuracy"].between(0, 1).all() and rows["auroc"].between(0, 1).all()
     assert rows["shuffled_accuracy"].mean() == pytest.approx(0.5, abs=0.08)
     # Adam-trained kinds report every epoch; linear (L-BFGS) reports rounds until converged.
@@ -121,12 +126,12 @@ def test_auroc_matches_scikit_learn_with_ties():
 
 
 def test_grid_config_checks_the_device_and_resolves_auto():
-    with pytest.raises(ValueError, match="device 'gpu9'"):
-        GridConfig(device="gpu9")
+    with pytest.raises(ValueError, match="StudyConfig.device: 'gpu9' is not a device"):
+        StudyConfig(device="gpu9")
     with pytest.raises(ValueError, match="device 'cuda:99'"):  # no machine here has 100 GPUs
-        GridConfig(device="cuda:99")
-    assert GridConfig(device="cpu").resolved_device == "cpu"
-    assert GridConfig().resolved_device == ("cuda" if torch.cuda.is_available() else "cpu")
+        StudyConfig(device="cuda:99")
+    assert StudyConfig(device="cpu").resolved_device == "cpu"
+    assert StudyConfig().resolved_device == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_splits_without_both_labels_are_refused_before_any_layer_is_loaded(small_saplma):
@@ -136,24 +141,63 @@ def test_splits_without_both_labels_are_refused_before_any_layer_is_loaded(small
     frame = small_saplma.frame
     true_only = StatementSet(frame[frame["label"] == 1].copy(), "true-only")
     with pytest.raises(ValueError, match=r"true-only: all 120 statements are true \(label 1\)"):
-        run_grid(true_only, no_layer, GridConfig(layers=(-1,), probes=("linear",)))
+        run_grid(true_only, no_layer, StudyConfig(layers=(-1,), probes=("linear",)))
 
     # One animal statement left: beside one other topic, holding that out trains on the animal
     # alone; within the topic there is nothing to train on.
     one_animal = frame[(frame["topic"] == "animals") & (frame["label"] == 1)].head(1)
     pair = StatementSet(pd.concat([frame[frame["topic"] == "capitals"], one_animal]), "pair")
     with pytest.raises(ValueError, match=r"holding out topic 'capitals' leaves 1 statement\(s\) to train on, all true"):
-        run_grid(pair, no_layer, GridConfig(layers=(-1,), probes=("linear",)))
+        run_grid(pair, no_layer, StudyConfig(layers=(-1,), probes=("linear",)))
     lonely = StatementSet(pd.concat([frame[frame["topic"] != "animals"], one_animal]), "lonely")
     with pytest.raises(ValueError, match=r"topic 'animals' \(--split within\) leaves no statements to train on"
                                          r".*add statements, or use --split category \(true/false per topic: "
                                          r"animals 1/0, capitals 20/20"):
-        run_grid(lonely, no_layer, GridConfig(layers=(-1,), probes=("linear",), split="within"))
+        run_grid(lonely, no_layer, StudyConfig(layers=(-1,), probes=("linear",), split="within"))
     check_splits(small_saplma, make_splits(small_saplma, "within"), "within")  # the full subset is fine
 
 
 def test_layers_are_checked_against_the_model():
-    GridConfig(layers=(-31, 0, 30)).check_layers(31)
+    StudyConfig(layers=(-31, 0, 30)).check_layers(31)
     with pytest.raises(ValueError, match=r"layer\(s\) \[31, -32\] do not exist: this model has 31 hidden states "
                                          r"\(the embeddings and 30 blocks\), so layers run from -31 to 30"):
-        GridConfig(layers=(-1, 31, -32)).check_layers(31)
+        StudyConfig(layers=(-1, 31, -32)).check_layers(31)
+
+
+def test_one_cell_trained_alone_is_the_grids_probe_bit_for_bit(small_grid, small_saplma, model, shared_cache):
+    """The Train page trains one cell through train_cells; the grid trained it in a stack of twelve."""
+    result, _, _ = small_grid
+    features = Activations(model=model, cache_dir=shared_cache).layer(small_saplma.statements, -9)
+    for kind in ("tiny", "linear", "mass_mean"):
+        (alone,) = train_cells(features, small_saplma, -9, kind, [Cell(make_split(small_saplma, "capitals"), seed=1)],
+                               SMALL_GRID, model_name="embedded")
+        key = (-9, kind, "capitals", 1)
+        assert alone.key == key
+        for mine, grids in ((alone.probe, result.probes[key]), (alone.shuffled, result.shuffled_probes[key])):
+            arrays = lambda p: [p.mean_, p.scale_, *p.weights_, *p.biases_]  # noqa: E731
+            assert all(np.array_equal(a, b) for a, b in zip(arrays(mine), arrays(grids), strict=True)), kind
+        grid_row = result.results.set_index(["layer", "probe", "heldout", "seed"]).loc[key]
+        assert alone.row == {"layer": -9, "probe": kind, "heldout": "capitals", "seed": 1, **grid_row.to_dict()}
+        grid_dynamics = result.dynamics.query("layer == -9 and probe == @kind and heldout == 'capitals' and seed == 1")
+        pd.testing.assert_frame_equal(alone.dynamics, grid_dynamics.reset_index(drop=True).dropna(axis=1, how="all"))
+
+
+def test_make_split_and_evaluate_probe(small_saplma, model, shared_cache):
+    held = make_split(small_saplma, "animals")
+    assert held.kind == "category" and set(small_saplma.frame["topic"].iloc[held.test]) == {"animals"}
+    assert make_split(small_saplma, "random").kind == "random"
+    assert make_split(small_saplma, "animals", "within").kind == "within"
+    with pytest.raises(ValueError, match=r"category split 'plants' is not in .*choose from \['animals', "):
+        make_split(small_saplma, "plants")
+    with pytest.raises(ValueError, match="split kind 'diagonal' is not one of category, random, within"):
+        make_splits(small_saplma, "diagonal")
+
+    X = Activations(model=model, cache_dir=shared_cache).layer(small_saplma.statements, -5)
+    (cell,) = train_cells(X, small_saplma, -5, "linear", [Cell(held)], StudyConfig(controls=False))
+    per_topic, confusion = evaluate_probe(cell.probe, X, small_saplma, held)
+    assert per_topic.set_index("topic")["role"].to_dict() == {
+        topic: "held out" if topic == "animals" else "trained on" for topic in small_saplma.topics}
+    assert per_topic.set_index("topic").loc["animals", "accuracy"] == pytest.approx(cell.row["accuracy"])
+    assert confusion["count"].sum() == cell.row["n_test"] == 40
+    hits = confusion.query("actual == predicted")["count"].sum()
+    assert hits / 40 == pytest.approx(cell.row["accuracy"])

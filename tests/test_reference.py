@@ -4,7 +4,8 @@ import pytest
 
 from probing.activations import Activations
 from probing.directions import compare_directions
-from probing.experiments import GridConfig, run_grid
+from probing.config import StudyConfig
+from probing.experiments import run_grid
 
 # docs/reference.md, "Sanity figures for the embedded CPU model": last token (with its period),
 # standardised features, logistic regression with C=0.1, mean over the six category splits.
@@ -16,7 +17,7 @@ REFERENCE_MAX = {-1: 0.564, -5: 0.587, -9: 0.617, -13: 0.634, -17: 0.616}
 def reference_grid(saplma, model, shared_cache):
     activations = Activations(model=model, position="last", cache_dir=shared_cache)
     texts = saplma.statements
-    config = GridConfig(layers=tuple(REFERENCE_MEAN), probes=("linear",), linear_solver="lbfgs", C=0.1,
+    config = StudyConfig(layers=tuple(REFERENCE_MEAN), probes=("linear",), linear_solver="lbfgs", C=0.1,
                         controls=False)
     return run_grid(saplma, lambda layer: activations.layer(texts, layer), config)
 

@@ -1,9 +1,13 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from probing.activations import Activations
+from probing.config import StudyConfig
+from probing.models import default_device
 from probing.probes import make_probe
-from probing.scoring import check_statement, model_says_true, score_statements
+from probing.results import StudyResult
+from probing.scoring import check_statement, model_says_true, score_statements, study_activations
 
 
 def test_probe_scores_new_statements_per_layer(model, shared_cache, small_saplma):
@@ -34,3 +38,21 @@ def test_unusable_statements_get_clear_messages(model, shared_cache):
         check_statement("word " * 1000)
     with pytest.raises(ValueError, match="no trained probes yet"):
         score_statements(Activations(model=model, cache_dir=shared_cache), {}, ["Hi."])
+
+
+def test_scoring_a_study_keeps_its_dtype_on_its_device_and_says_what_differs(tmp_path, monkeypatch):
+    here = default_device()
+    same = StudyResult(StudyConfig(cache=str(tmp_path), position="mean"),
+                       {"model": {"device": here, "dtype": "float16"}}, pd.DataFrame())
+    activations, notes = study_activations(same)
+    assert notes == [] and activations.spec.resolved_dtype == "float16" and activations.spec.resolved_device == here
+    assert activations.position == "mean" and activations.cache_dir == tmp_path
+
+    monkeypatch.chdir(tmp_path)  # the default cache, ./cache, lands here
+    elsewhere = StudyResult(StudyConfig(cache="/nonexistent/scratch/cache"),
+                            {"model": {"device": "mps:7", "dtype": "float16"}}, pd.DataFrame())
+    activations, notes = study_activations(elsewhere)
+    assert activations.spec.resolved_device == here and activations.spec.dtype is None
+    assert notes == [f"this study ran on mps:7 (float16), which this machine lacks: the model runs on {here} "
+                     f"({activations.spec.resolved_dtype})",
+                     "the study's activation cache /nonexistent/scratch/cache is not on this machine: using cache"]

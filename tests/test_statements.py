@@ -1,6 +1,11 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from probing.statements import DatasetError, load_csv_bytes, load_dataset, require_topics
+from probing.datasets import load_dataset
+from probing.statements import DatasetError, load_csv_bytes, require_topics
 
 CSV_HEADER = "statement,label,topic\n"
 
@@ -119,3 +124,18 @@ def test_csv_bytes_load_like_a_file_without_touching_the_disk(tmp_path):
     assert from_bytes.fingerprint() == from_file.fingerprint() and from_bytes.name == "upload_true_false"
     with pytest.raises(DatasetError, match=r"up\.csv: 1 bad row\(s\): line 2"):
         load_csv_bytes("up.csv", b"statement,label\nA.,yes\n")
+
+
+def test_statements_and_the_builtin_set_do_not_import_each_others_loader():
+    """probing.datasets sits above both: loading one of them imports neither the other's loader nor it."""
+    code = ("import sys\n"
+            "import probing.statements\n"
+            "assert not {'probing.builtin', 'probing.datasets'} & set(sys.modules), sorted(sys.modules)\n"
+            "import probing.builtin\n"
+            "assert 'probing.datasets' not in sys.modules\n"
+            "from probing.builtin.generator import load_builtin\n"
+            "from probing.builtin import load_builtin as exported\n"
+            "assert exported is load_builtin\n")
+    finished = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr

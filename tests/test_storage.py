@@ -9,7 +9,7 @@ import pytest
 
 from probing.activations import Activations
 from probing.storage import CacheError, CacheRepaired, CorruptEntry
-from samples import TEXTS
+from support import TEXTS
 
 
 

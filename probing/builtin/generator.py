@@ -1,0 +1,423 @@
+"""The generator of the built-in true/false statement set, from the fact tables in ``data/``.
+
+Six topics mirror the SAPLMA True-False dataset: ``cities``, ``countries`` (in place
+of SAPLMA's inventions), ``elements``, ``animals``, ``companies`` and ``science``
+(SI units and physical constants, in place of SAPLMA's mixed "facts").
+
+Each row of a table in ``probing/builtin/data/`` is one fact (subject, relation,
+object). Every fact gives one true statement and one false statement, written
+with the same template; the false statement swaps the object for the true object
+of another fact of the same relation. Within a relation the false objects are a
+permutation of the true objects (each object occurs as often in false statements
+as in true ones), and never a value that is also true for that subject (the
+``also_true`` column lists such values). So neither the words nor the sentence
+shape tells true from false: only knowing the fact does.
+
+Subjects are dealt into small blocks (column ``group``) and the false objects are
+permuted within a block, so inside every group each object occurs as often in
+true as in false statements. Split by ``group`` when testing a text-only (or any)
+classifier: a split that separates the members of a group leaves an object's true
+use on one side and its false use on the other, and a classifier that memorises
+object words then scores *below* chance on the held-out side.
+
+Generation is deterministic for a seed and takes a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from probing.statements import DatasetError, StatementSet
+
+DATA = Path(__file__).resolve().parent / "data"
+BUILTIN_TOPICS: tuple[str, ...] = ("cities", "countries", "elements", "animals", "companies", "science")
+
+# Templates per relation: {s} subject, {o} object, {a_s}/{a_o} with "a"/"an",
+# {o_pl} plural object. The first letter of a sentence is capitalised when rendered.
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    # cities
+    "city_in_country": (
+        "{s} is a city in {o}.",
+        "The city of {s} is located in {o}.",
+        "{s} is one of the cities of {o}.",
+        "{s} is a city that lies in {o}.",
+    ),
+    # countries
+    "capital": (
+        "The capital of {s} is {o}.",
+        "{o} is the capital of {s}.",
+        "{s} has {o} as its capital.",
+        "The capital city of {s} is {o}.",
+    ),
+    "continent": (
+        "{s} is a country in {o}.",
+        "{s} is located in {o}.",
+        "{s} is a country on the continent of {o}.",
+        "The country of {s} lies in {o}.",
+    ),
+    "currency": (
+        "The currency of {s} is the {o}.",
+        "{s} uses the {o} as its currency.",
+        "The official currency of {s} is the {o}.",
+        "In {s}, people pay with the {o}.",
+    ),
+    "official_language": (
+        "{o} is an official language of {s}.",
+        "One of the official languages of {s} is {o}.",
+        "{s} has {o} as an official language.",
+        "In {s}, {o} is an official language.",
+    ),
+    # elements
+    "symbol": (
+        "The chemical symbol for {s} is {o}.",
+        "{s} has the chemical symbol {o}.",
+        "The symbol of the element {s} is {o}.",
+        "{o} is the chemical symbol of {s}.",
+    ),
+    "atomic_number": (
+        "The atomic number of {s} is {o}.",
+        "{s} has the atomic number {o}.",
+        "{s} is element number {o} in the periodic table.",
+        "The element {s} has atomic number {o}.",
+    ),
+    "category": (
+        "{s} is {a_o}.",
+        "{s} is classified as {a_o}.",
+        "{s} belongs to the {o_pl}.",
+        "The element {s} is {a_o}.",
+    ),
+    "period": (
+        "{s} is in period {o} of the periodic table.",
+        "{s} is found in period {o} of the periodic table.",
+        "The element {s} belongs to period {o}.",
+        "In the periodic table, {s} sits in period {o}.",
+    ),
+    "group": (
+        "{s} is in group {o} of the periodic table.",
+        "{s} is found in group {o} of the periodic table.",
+        "The element {s} belongs to group {o}.",
+        "In the periodic table, {s} sits in group {o}.",
+    ),
+    # animals
+    "animal_class": (
+        "{a_s} is {a_o}.",
+        "The {s} is a kind of {o}.",
+        "{a_s} is classified as {a_o}.",
+        "Biologists classify the {s} as {a_o}.",
+    ),
+    # companies
+    "headquarters_country": (
+        "{s} is headquartered in {o}.",
+        "{s} has its headquarters in {o}.",
+        "The headquarters of {s} are in {o}.",
+        "{s} is a company based in {o}.",
+    ),
+    "headquarters_city": (
+        "The head office of {s} is in the city of {o}.",
+        "{s} has its head office in {o}.",
+        "{s} is based in the city of {o}.",
+        "The headquarters of {s} are located in the city of {o}.",
+    ),
+    "founded": (
+        "{s} was founded in {o}.",
+        "{s} was established in {o}.",
+        "The company {s} was founded in the year {o}.",
+        "{s} has existed since {o}.",
+    ),
+    "stock_index": (
+        "{s} is a constituent of the {o}.",
+        "{s} is listed in the {o}.",
+        "The {o} includes {s}.",
+        "{s} is one of the companies in the {o}.",
+    ),
+    # science: units and constants
+    "si_prefix": (
+        "The SI prefix {s} means {o}.",
+        "The metric prefix {s} stands for a factor of {o}.",
+        "In the metric system, the prefix {s} means {o}.",
+        "The prefix {s} multiplies a unit by {o}.",
+    ),
+    "conversion": (
+        "One {s} is equal to {o}.",
+        "One {s} equals {o}.",
+        "{a_s} corresponds to {o}.",
+        "A single {s} amounts to {o}.",
+    ),
+    "si_unit": (
+        "The SI unit of {s} is the {o}.",
+        "In the SI system, {s} is measured in {o_pl}.",
+        "The {o} is the SI unit of {s}.",
+        "The International System of Units measures {s} in {o_pl}.",
+    ),
+    "unit_symbol": (
+        "The symbol for the {s} is {o}.",
+        "The {s} is written with the symbol {o}.",
+        "The unit symbol of the {s} is {o}.",
+        "{o} is the symbol of the {s}.",
+    ),
+    "named_after": (
+        "The {s} is named after {o}.",
+        "The unit called the {s} honours {o}.",
+        "The {s} was named in honour of {o}.",
+        "The name of the {s} comes from {o}.",
+    ),
+    "measures": (
+        "The {s} is a unit of {o}.",
+        "{a_s} is a unit used to measure {o}.",
+        "The {s} measures {o}.",
+        "{a_s} is a unit for {o}.",
+    ),
+    "constant_value": (
+        "The {s} is approximately {o}.",
+        "The value of the {s} is about {o}.",
+        "The {s} is roughly {o}.",
+        "The {s} has a value of about {o}.",
+    ),
+}
+
+# Names that take "the" in running text.
+_WITH_THE = {
+    "United States", "United Kingdom", "Netherlands", "Philippines", "Democratic Republic of the Congo",
+    "Republic of the Congo", "Central African Republic", "Dominican Republic", "United Arab Emirates",
+    "Gambia", "Bahamas", "Maldives", "Comoros", "Seychelles", "Solomon Islands", "Marshall Islands",
+    "Czech Republic", "Vatican", "Cayman Islands", "Faroe Islands", "Falkland Islands",
+}
+_PLURAL = {
+    "fish": "fish", "hertz": "hertz", "lux": "lux", "siemens": "siemens", "henry": "henries",
+    "noble gas": "noble gases",
+}
+
+
+def _template_key(relation: str) -> str:
+    return "conversion" if relation.startswith("in_") else relation
+
+
+def _article(phrase: str) -> str:
+    word = phrase.split()[0]
+    lower = word.lower()
+    if word.isupper() and len(word) > 1:  # acronyms: "a US gallon", "an SI unit"
+        vowel = word[0] in "AEFHILMNORSX"
+    elif lower.startswith(("uni", "use", "usu", "eu", "one", "ur")):
+        vowel = False
+    elif lower.startswith(("hour", "honest", "honour")):
+        vowel = True
+    else:
+        vowel = lower[0] in "aeiou"
+    return f"{'an' if vowel else 'a'} {phrase}"
+
+
+def _plural(noun: str) -> str:
+    if noun in _PLURAL:
+        return _PLURAL[noun]
+    head, _, last = noun.rpartition(" ")
+    if last.endswith(("s", "x", "sh", "ch")):
+        last += "es"
+    elif last.endswith("y") and last[-2:-1] not in tuple("aeiou"):
+        last = last[:-1] + "ies"
+    else:
+        last += "s"
+    return f"{head} {last}".strip()
+
+
+def _name(value: str) -> str:
+    return f"the {value}" if value in _WITH_THE else value
+
+
+def _render(template: str, subject: str, obj: str) -> str:
+    s, o = _name(subject), _name(obj)
+    text = template.format(s=s, o=o, a_s=_article(s), a_o=_article(o), o_pl=_plural(o))
+    return text[0].upper() + text[1:]
+
+
+@lru_cache(maxsize=None)
+def _read_table(topic: str) -> tuple[tuple[str, str, str, frozenset[str]], ...]:
+    path = DATA / f"{topic}.csv"
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [
+            (r["subject"], r["relation"], r["object"],
+             frozenset(filter(None, r["also_true"].split("|"))) | {r["object"]})
+            for r in csv.DictReader(handle)
+        ]
+    return tuple(rows)
+
+
+def fact_table(topic: str) -> pd.DataFrame:
+    """The fact table of one topic: subject, relation, object, also_true (``|``-separated)."""
+    _check_topics([topic])
+    return pd.read_csv(DATA / f"{topic}.csv", dtype=str, keep_default_na=False)
+
+
+def _check_topics(topics) -> None:
+    unknown = [t for t in topics if t not in BUILTIN_TOPICS]
+    if unknown:
+        raise DatasetError(f"builtin: unknown topic(s) {unknown}; choose from {list(BUILTIN_TOPICS)}")
+
+
+def _blocks(facts, rng: random.Random, size: int) -> list[list[int]]:
+    """Split the subjects into blocks of about ``size``, each with varied objects.
+
+    Subjects with the same relations form blocks together. Within them, subjects are
+    sorted by their object in the relation with the fewest distinct values (an
+    animal's class, an element's category) and dealt out in turn, so a block rarely
+    holds two subjects with the same value.
+    """
+    relations_of: dict[str, dict[str, str]] = {}
+    for subject, relation, obj, _ in facts:
+        relations_of.setdefault(subject, {})[relation] = obj
+    classes: dict[tuple[str, ...], list[str]] = {}
+    for subject, rels in relations_of.items():
+        classes.setdefault(tuple(sorted(rels)), []).append(subject)
+    block_of: dict[str, int] = {}
+    n_blocks = 0
+    for signature in sorted(classes):
+        members = classes[signature]
+        distinct = {r: len({relations_of[s][r] for s in members}) for r in signature}
+        key = min(signature, key=lambda r: (distinct[r], r))
+        order = sorted(members, key=lambda s: (relations_of[s][key], rng.random()))
+        count = max(1, round(len(order) / size))
+        for i, subject in enumerate(order):
+            block_of[subject] = n_blocks + i % count
+        n_blocks += count
+    blocks: list[list[int]] = [[] for _ in range(n_blocks)]
+    for i, fact in enumerate(facts):
+        blocks[block_of[fact[0]]].append(i)
+    return blocks
+
+
+def _derange(members: list[int], facts, rng: random.Random) -> dict[int, str]:
+    """False objects for facts of one relation in one block: a permutation of their true
+    objects that gives no subject a value true for it. Facts that cannot get one are left out."""
+    members = list(members)
+    while len(members) >= 2:
+        objects = [facts[i][2] for i in members]
+        rng.shuffle(objects)
+        excluded = [facts[i][3] for i in members]
+        n = len(members)
+        for a in range(n):
+            if objects[a] not in excluded[a]:
+                continue
+            start = rng.randrange(n)
+            for step in range(n):
+                b = (start + step) % n
+                if objects[b] not in excluded[a] and objects[a] not in excluded[b]:
+                    objects[a], objects[b] = objects[b], objects[a]
+                    break
+        stuck = [a for a in range(n) if objects[a] in excluded[a]]
+        if not stuck:
+            return dict(zip(members, objects))
+        # Leave out the fact whose object is the most common in this block, and retry.
+        counts: dict[str, int] = {}
+        for i in members:
+            counts[facts[i][2]] = counts.get(facts[i][2], 0) + 1
+        worst = max(members, key=lambda i: (counts[facts[i][2]], -members.index(i)))
+        members.remove(worst)
+    return {}
+
+
+def _generate_topic(topic: str, per_topic: int | None, seed: int, block_size: int = 6) -> pd.DataFrame:
+    table = _read_table(topic)
+    rng = random.Random(f"probing.builtin:{topic}:{seed}")
+    facts = list(table)
+    if per_topic is not None:
+        pairs = max(1, -(-per_topic // 2))
+        if pairs < len(facts):
+            keep = sorted(rng.sample(range(len(facts)), pairs))
+            facts = [facts[i] for i in keep]
+    false: dict[int, str] = {}
+    group_of: dict[int, int] = {}
+    blocks = _blocks(facts, rng, block_size)
+    for number, block in enumerate(blocks):
+        by_relation: dict[str, list[int]] = {}
+        for i in block:
+            by_relation.setdefault(facts[i][1], []).append(i)
+            group_of[i] = number
+        for relation in sorted(by_relation):
+            false.update(_derange(by_relation[relation], facts, rng))
+    # Facts left without a false object in their block (a relation only one subject of
+    # the block has): derange them across blocks, and merge the blocks they join.
+    parent = list(range(len(blocks)))
+
+    def root(b: int) -> int:
+        while parent[b] != b:
+            parent[b] = parent[parent[b]]
+            b = parent[b]
+        return b
+
+    leftovers: dict[str, list[int]] = {}
+    for i in range(len(facts)):
+        if i not in false:
+            leftovers.setdefault(facts[i][1], []).append(i)
+    for relation in sorted(leftovers):
+        found = _derange(leftovers[relation], facts, rng)
+        false.update(found)
+        joined = sorted({root(group_of[i]) for i in found})
+        for b in joined[1:]:
+            parent[b] = joined[0]
+    group_of = {i: root(b) for i, b in group_of.items()}
+    if per_topic is not None and len(false) < len(facts):
+        # Facts left out for want of a false object: top up from the rest of the table.
+        chosen = {(f[0], f[1]) for f in facts}
+        spare = [f for f in table if (f[0], f[1]) not in chosen]
+        rng.shuffle(spare)
+        while len(false) < min(len(facts), len(table)) and spare:
+            extra = spare[: max(2, len(facts) - len(false))]
+            del spare[: len(extra)]
+            start = len(facts)
+            facts.extend(extra)
+            members = list(range(start, len(facts)))
+            number = len(set(group_of.values())) + start
+            for i in members:
+                group_of[i] = number
+            by_relation = {}
+            for i in members:
+                by_relation.setdefault(facts[i][1], []).append(i)
+            for relation in sorted(by_relation):
+                false.update(_derange(by_relation[relation], facts, rng))
+        keep = sorted(false)[: -(-per_topic // 2)] if len(false) > -(-per_topic // 2) else sorted(false)
+        false = {i: false[i] for i in keep}
+    # Templates: balanced within each relation, in random order; shared by a fact's two statements.
+    counters: dict[str, list[int]] = {}
+    records = []
+    for i, (subject, relation, obj, _) in enumerate(facts):
+        if i not in false:
+            continue
+        key = _template_key(relation)
+        queue = counters.get(key)
+        if not queue:
+            queue = list(range(len(TEMPLATES[key])))
+            rng.shuffle(queue)
+            counters[key] = queue
+        number = queue.pop()
+        template = TEMPLATES[key][number]
+        tid = f"{key}/{number}"
+        group = f"{topic}/{group_of[i]}"
+        records.append((_render(template, subject, obj), 1, topic, subject, relation, obj, obj, tid, group))
+        records.append((_render(template, subject, false[i]), 0, topic, subject, relation, false[i], obj, tid, group))
+    rng.shuffle(records)
+    return pd.DataFrame.from_records(
+        records,
+        columns=["statement", "label", "topic", "subject", "relation", "object", "true_object", "template", "group"],
+    )
+
+
+def load_builtin(topics: list[str] | None = None, per_topic: int | None = None, seed: int = 0) -> StatementSet:
+    """The built-in statement set: every topic by default (about 5,500 statements).
+
+    ``topics`` picks some of :data:`BUILTIN_TOPICS`; ``per_topic`` keeps about that many
+    statements per topic (half true, half false: ``per_topic // 2`` facts, rounded up);
+    ``seed`` chooses the facts kept, the false objects and the templates.
+    Extra columns: subject, relation, object (the one in the statement), true_object,
+    template, group (hold a group out together; see the module docstring).
+    """
+    chosen = list(BUILTIN_TOPICS) if topics is None else list(topics)
+    _check_topics(chosen)
+    if per_topic is not None and per_topic < 1:
+        raise DatasetError(f"builtin: per_topic must be at least 1, got {per_topic}")
+    frame = pd.concat([_generate_topic(t, per_topic, seed) for t in chosen], ignore_index=True)
+    return StatementSet(frame, name="builtin", source="builtin")
+

@@ -1,0 +1,33 @@
+"""Loading a statement set by name: ``builtin``, a SAPLMA-style folder, or one CSV.
+
+This module sits above :mod:`probing.statements` (the table and its CSV formats) and
+:mod:`probing.builtin` (the generated set), so neither imports the other's loader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from probing.builtin import load_builtin
+from probing.statements import SAPLMA_SUFFIX, DatasetError, StatementSet, load_csv_file, load_folder
+
+
+def load_dataset(source: str | Path, *, topic: str | None = None, drop_duplicates: bool = False) -> StatementSet:
+    """Load ``builtin``, a SAPLMA-style folder of ``<topic>_true_false.csv``, or one CSV.
+
+    ``topic`` names the topic of a CSV without a topic column (default: from its file name).
+    """
+    if str(source) == "builtin":
+        dataset = load_builtin()
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            dataset = load_folder(path)
+        elif path.is_file():
+            dataset = load_csv_file(path, default_topic=topic)
+        else:
+            raise DatasetError(
+                f"{path}: no such file or folder. Pass 'builtin', a folder of "
+                f"<topic>{SAPLMA_SUFFIX} files, or a CSV with columns statement,label[,topic]."
+            )
+    return dataset.drop_duplicates() if drop_duplicates else dataset

@@ -1,0 +1,145 @@
+"""The dashboard's work, run in background jobs: extract, train one probe, run a study's grid.
+
+Each one calls the engine's own recipe (``Activations.ensure``, ``experiments.train_cells``,
+``study.run_study``) and saves what it made as a results folder, the same format
+``python -m probing reproduce`` writes, so ``score`` and a later session read it.
+Nothing here imports streamlit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from probing.activations import Activations
+from probing.config import StudyConfig
+from probing.experiments import Cell, check_splits, evaluate_probe, make_split, train_cells
+from probing.jobs import Job
+from probing.probes import Probe
+from probing.results import StudyResult
+from probing.statements import StatementSet
+from probing.study import cell_study, check_study, run_study
+
+
+def results_folder(root: Path, model: str, dataset: str, what: str) -> Path:
+    """A new folder under ``root`` named after the model, the statements, what it holds and the time."""
+    stem = "-".join(_slug(part) for part in (model, dataset, what)) + datetime.now().strftime("-%Y%m%d-%H%M%S")
+    folder, number = root / stem, 1
+    while folder.exists():
+        number += 1
+        folder = root / f"{stem}-{number}"
+    return folder
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "-" for c in Path(text).name).strip("-") or "x"
+
+
+def extract_missing(job: Job, activations: Activations, texts: list[str]) -> int:
+    """Every job's first phase: compute what the cache lacks, with the count shown from the start."""
+    job.set_phase("Extracting activations", len(activations.missing(texts)))
+    return activations.ensure(texts, on_progress=job.progress)
+
+
+def extract_work(activations: Activations, texts: list[str]) -> Callable[[Job], int]:
+    def work(job: Job) -> int:
+        computed = extract_missing(job, activations, texts)
+        job.set_phase("Done", computed)
+        job.progress(computed, computed)
+        return computed
+
+    return work
+
+
+@dataclass
+class TrainOutcome:
+    """One probe trained on the Train page, with its evaluation, controls and results folder."""
+
+    study: StudyResult  # the probe as a one-cell study, saved to study.folder
+    probe: Probe
+    history: pd.DataFrame
+    per_topic: pd.DataFrame  # topic, role, accuracy, n
+    confusion: pd.DataFrame  # actual, predicted, count
+
+    @property
+    def row(self) -> dict:
+        return self.study.results.iloc[0].to_dict()
+
+    @property
+    def layer(self) -> int:
+        return int(self.row["layer"])
+
+    @property
+    def kind(self) -> str:
+        return self.row["probe"]
+
+    @property
+    def heldout(self) -> str:
+        return self.row["heldout"]
+
+
+def train_work(activations: Activations, dataset: StatementSet, config: StudyConfig, layer: int, kind: str,
+               heldout: str, seed: int, results_root: Path) -> Callable[[Job], TrainOutcome]:
+    """Extract what is missing, train the grid's probe for (layer, kind, split, seed) with its
+    controls (history records go to ``job.records``), and save it as a results folder."""
+    texts = dataset.statements
+    split = make_split(dataset, heldout)
+    check_splits(dataset, [split], split.kind)  # this split only: another topic's problem is no reason to refuse
+    config = replace(config, layers=(layer,), probes=(kind,), split=split.kind, with_random=False)
+    config.check_layers(activations.n_hidden_states)
+
+    def work(job: Job) -> TrainOutcome:
+        started = time.perf_counter()
+        extract_missing(job, activations, texts)
+        X = activations.layer(texts, layer)
+        probe_config = config.probe_config(kind)
+        stepwise = probe_config.solver == "adam" and kind != "mass_mean"
+        job.set_phase("Training", config.epochs if stepwise else 0, unit="epochs")
+
+        def on_epoch(record: dict) -> None:
+            job.add_record(dict(record))
+            if job.total:
+                job.progress(record["epoch"], job.total)
+
+        (cell,) = train_cells(X, dataset, layer, kind, [Cell(split, seed)], config,
+                              model_name=activations.spec.name, on_epoch=on_epoch)
+        job.set_phase("Saving", 0)
+        study = cell_study(dataset, activations, config, cell, seconds=time.perf_counter() - started,
+                           command="dashboard: Train a probe")
+        study.save(results_folder(results_root, activations.spec.name, dataset.name, f"{kind}-layer{layer}"))
+        per_topic, confusion = evaluate_probe(cell.probe, X, dataset, split)
+        return TrainOutcome(study=study, probe=cell.probe, history=cell.probe.history_.copy(),
+                            per_topic=per_topic, confusion=confusion)
+
+    return work
+
+
+def grid_work(activations: Activations, dataset: StatementSet, config: StudyConfig,
+              results_root: Path) -> Callable[[Job], StudyResult]:
+    """The study's grid (and the random-split grid beside it when ``config.with_random``) with
+    live result rows in ``job.records``, saved as a results folder."""
+    check_study(dataset, activations, config)
+
+    def work(job: Job) -> StudyResult:
+        extract_missing(job, activations, dataset.statements)
+        job.set_phase("Training probes", 0, unit="probes")
+        study = run_study(dataset, activations, config, on_train=job.progress, on_result=job.add_record,
+                          command="dashboard: Accuracy grid")
+        what = "grid" if config.probes != ("linear", "mass_mean") else "directions"
+        study.save(results_folder(results_root, activations.spec.name, dataset.name, what))
+        return study
+
+    return work
+
+
+def partial_results(records: list[dict], split: str = "category") -> pd.DataFrame:
+    """Result rows a running grid has produced so far."""
+    frame = pd.DataFrame(records)
+    if frame.empty:
+        return pd.DataFrame(columns=["layer", "probe", "split", "heldout", "seed", "accuracy"])
+    return frame[frame["split"] == split]

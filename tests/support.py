@@ -1,0 +1,82 @@
+"""What several test modules share: sample statements, a study comparison and a running dashboard."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from probing.results import TABLE_FILES
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = [
+    "Paris is in France.",
+    "The symbol of gold is Au.",
+    "A whale is a mammal.",
+    "Lima is the capital of Peru, a country in South America.",
+    "Dogs can fly.",
+    "Water boils at 100 degrees Celsius at sea level.",
+]
+"""Six statements of different lengths: padded together in one batch, they could leak across rows."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_app(cache: Path, *options: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """`streamlit run app.py` (the repository's config plus ``options``) on a free port, with its own
+    cache folder and log; yields (url, port) once it answers its health check."""
+    port = free_port()
+    log = open(cache / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port), *options],
+        cwd=ROOT, env={**os.environ, "PROBING_CACHE": str(cache), "HF_HUB_OFFLINE": "1", **(env or {})},
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start: " + (cache / "streamlit.log").read_text()[-2000:])
+        yield url, port
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def assert_same_study(loaded, original) -> None:
+    """Two StudyResults are equal: config, meta, every table, and every probe bit for bit."""
+    assert loaded.config == original.config
+    assert loaded.meta == original.meta
+    for name in TABLE_FILES:
+        pd.testing.assert_frame_equal(getattr(loaded, name), getattr(original, name), obj=name)
+    assert loaded.probes.keys() == original.probes.keys()
+    for key, probe in original.probes.items():
+        other = loaded.probes[key]
+        assert other.config == probe.config, key
+        for a, b in zip([probe.mean_, probe.scale_, *probe.weights_, *probe.biases_],
+                        [other.mean_, other.scale_, *other.weights_, *other.biases_], strict=True):
+            assert np.array_equal(a, b), key
