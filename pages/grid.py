@@ -35,6 +35,9 @@ with st.expander("Run a new grid", expanded=ctx.study is None):
         epochs = c3.number_input("Epochs", 1, 200, defaults.epochs, key="grid_epochs", disabled=busy)
         seeds = c4.number_input("Seeds (random inits)", 1, 10, defaults.seeds, key="grid_seeds", disabled=busy)
         with_random = c5.checkbox("Also a random split", True, key="grid_random", disabled=busy)
+        st.text_input("Save as (optional)", key="grid_name", disabled=busy,
+                      placeholder="e.g. smollm2-saplma-study; default: model, statements and time",
+                      help=f"The finished grid is saved as a results folder of this name under `{ctx.results_root}`.")
         n_topics = len(ctx.dataset.topics)
         can_run = bool(layers) and bool(probes) and n_topics >= 2
         if n_topics < 2:
@@ -47,7 +50,8 @@ with st.expander("Run a new grid", expanded=ctx.study is None):
                              layers=tuple(sorted(int(x) for x in state["grid_layers"])),
                              probes=tuple(state["grid_probes"]), epochs=int(state["grid_epochs"]),
                              seeds=int(state["grid_seeds"]), with_random=bool(state["grid_random"]))
-            start(ctx, "grid", "Accuracy grid", grid_work(ctx.activations, ctx.dataset, config, ctx.results_root),
+            start(ctx, "grid", "Accuracy grid",
+                  grid_work(ctx.activations, ctx.dataset, config, ctx.results_root, state.get("grid_name", "")),
                   {"layers": list(config.layers), "probes": list(config.probes)})
 
         st.button(f"Run grid ({len(layers) * len(probes) * seeds * (n_topics + with_random)} probes)",

@@ -26,9 +26,11 @@ from probing.statements import StatementSet
 from probing.study import cell_study, check_study, run_study
 
 
-def results_folder(root: Path, model: str, dataset: str, what: str) -> Path:
-    """A new folder under ``root`` named after the model, the statements, what it holds and the time."""
-    stem = "-".join(_slug(part) for part in (model, dataset, what)) + datetime.now().strftime("-%Y%m%d-%H%M%S")
+def results_folder(root: Path, model: str, dataset: str, what: str, name: str = "") -> Path:
+    """A new folder under ``root``: ``name`` if given, else named after the model, the statements,
+    what it holds and the time; never an existing one (a number is added)."""
+    stem = _slug(name) if name.strip() else (
+        "-".join(_slug(part) for part in (model, dataset, what)) + datetime.now().strftime("-%Y%m%d-%H%M%S"))
     folder, number = root / stem, 1
     while folder.exists():
         number += 1
@@ -120,7 +122,7 @@ def train_work(activations: Activations, dataset: StatementSet, config: StudyCon
 
 
 def grid_work(activations: Activations, dataset: StatementSet, config: StudyConfig,
-              results_root: Path) -> Callable[[Job], StudyResult]:
+              results_root: Path, name: str = "") -> Callable[[Job], StudyResult]:
     """The study's grid (and the random-split grid beside it when ``config.with_random``) with
     live result rows in ``job.records``, saved as a results folder."""
     check_study(dataset, activations, config)
@@ -131,7 +133,7 @@ def grid_work(activations: Activations, dataset: StatementSet, config: StudyConf
         study = run_study(dataset, activations, config, on_train=job.progress, on_result=job.add_record,
                           command="dashboard: Accuracy grid")
         what = "grid" if config.probes != ("linear", "mass_mean") else "directions"
-        study.save(results_folder(results_root, activations.spec.name, dataset.name, what))
+        study.save(results_folder(results_root, activations.spec.name, dataset.name, what, name))
         return study
 
     return work

@@ -44,7 +44,8 @@ def running_app(cache: Path, *options: str, env: dict[str, str] | None = None) -
     log = open(cache / "streamlit.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port), *options],
-        cwd=ROOT, env={**os.environ, "PROBING_CACHE": str(cache), "HF_HUB_OFFLINE": "1", **(env or {})},
+        cwd=ROOT, env={**os.environ, "PROBING_CACHE": str(cache), "PROBING_RESULTS": str(cache / "results"),
+                       "HF_HUB_OFFLINE": "1", **(env or {})},
         stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"

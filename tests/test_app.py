@@ -218,12 +218,13 @@ def test_grid_page(app_cache, dataset, engine):
     at.multiselect(key="grid_layers").set_value([-1, -5])
     at.multiselect(key="grid_probes").set_value(["linear", "tiny"])
     at.number_input(key="grid_epochs").set_value(2)
+    at.text_input(key="grid_name").input("my grid")
     at.run()
     at.button(key="grid_button").click().run()
     job = wait_job(at, "grid")
     study = job.result
     assert at.session_state["ctx"].study.folder == study.folder  # saved, and opened in the sidebar
-    assert study.folder.parent == app_cache / "results"
+    assert study.folder == app_cache / "results" / "my-grid"  # the name given, made a folder name
     spec, mean = chart(at, "grid_mean")
     expected = accuracy_long(study.split_results("category"), "mean").set_index(["probe", "layer"])["accuracy"]
     assert len(mean) == 4
