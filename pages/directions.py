@@ -49,7 +49,7 @@ with st.expander("Train direction probes" if has_directions else "Train directio
 job_panel("directions")
 
 if has_directions and not busy:
-    st.caption(f"From `{study.folder}`.")
+    st.caption(f"From the results folder `{study.folder.name}` (in `{study.folder.parent}`).")
     kinds = [k for k in DIRECTION_KINDS if k in set(study.directions_matrices["probe"])]
     kind = st.radio("Direction", kinds, horizontal=True, key="dir_kind", format_func=DIRECTION_KINDS.get)
     matrices = study.directions_matrices[study.directions_matrices["probe"] == kind]

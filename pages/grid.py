@@ -77,7 +77,7 @@ elif study is not None and not busy:
     split = study.config.split
     main = study.split_results(split)
     layers_done, probes_done = list(study.config.layers), list(study.config.probes)
-    st.caption(f"From `{study.folder}`.")
+    st.caption(f"From the results folder `{study.folder.name}` (in `{study.folder.parent}`).")
     left, right = st.columns(2)
     with left:
         event = show_chart(
