@@ -16,10 +16,11 @@ import streamlit as st
 from probing import POSITIONS, DatasetError, LoadedModel, StatementSet, load_dataset
 from probing.activations import Activations
 from probing.builtin import load_builtin
-from probing.jobs import Job, ModelBusy, ModelHolder, start_job
+from probing.jobs import Job, ModelBusy, ModelHolder, same_model, start_job
+from probing.models import ModelSpec
 from probing.results import ResultsError, StudyResult
 from probing.settings import (
-    MODEL_CHOICES, app_arguments, data_roots, default_cache_dir, default_model_name, default_per_topic,
+    MODEL_CHOICES, RESULTS_ROOT, app_arguments, data_roots, default_cache_dir, default_model_name, default_per_topic,
     fits_in_memory, model_choices, path_under_roots, results_folders, results_location, statement_sets_under,
 )
 from probing.statements import load_csv_bytes
@@ -91,7 +92,8 @@ class Context:
 
 
 def trained_probes() -> dict:
-    """(layer, kind) -> TrainOutcome: the probes this session trained on the Train page."""
+    """(model fingerprint, token position, layer, kind) -> TrainOutcome: the probes this session
+    trained on the Train page (a later one replaces an earlier one of the same key)."""
     return st.session_state.setdefault("trained", {})
 
 
@@ -130,7 +132,7 @@ def collect_finished_job() -> None:
         return
     if job.kind == "train":
         outcome = job.result
-        trained_probes()[(outcome.layer, outcome.kind)] = outcome
+        trained_probes()[(outcome.fingerprint, outcome.position, outcome.layer, outcome.kind)] = outcome
         st.session_state["last_train"] = outcome
     elif job.kind in ("grid", "directions"):
         st.session_state["results_choice"] = str(job.result.folder)  # the sidebar opens it
@@ -224,7 +226,8 @@ def _dataset_from_folder(busy: bool) -> StatementSet | None:
 
 
 def _study_from_sidebar(root: Path, busy: bool) -> StudyResult | None:
-    """The open results folder: one listed under ``root`` (newest first), or a typed path."""
+    """The open results folder: one listed under ``root`` (newest first), or a typed path inside
+    ``root``, ``results/``, the data roots or the folder given at start."""
     st.sidebar.subheader("Results")
     folders = [str(path) for path in results_folders(root)]
     chosen = st.session_state.get("results_choice")
@@ -238,10 +241,15 @@ def _study_from_sidebar(root: Path, busy: bool) -> StudyResult | None:
         return None
     folder = choice
     if choice == OTHER_PATH:
+        roots = results_roots(root)
         folder = st.sidebar.text_input("Results folder path", key="results_path", disabled=busy).strip()
+        st.sidebar.caption("Readable folders: " + ", ".join(f"`{r}`" for r in roots)
+                           + ". Start the app with `-- --results DIR` to open a folder elsewhere.")
         if not folder:
             return None
     try:
+        if choice == OTHER_PATH:
+            folder = str(path_under_roots(folder, roots, what="results folders"))
         study = _study(str(Path(folder).resolve()), (Path(folder) / "config.json").stat().st_mtime)
     except (OSError, ResultsError, ValueError) as error:
         st.sidebar.error(f"Cannot open {folder}: {error}")
@@ -251,6 +259,15 @@ def _study_from_sidebar(root: Path, busy: bool) -> StudyResult | None:
                        f"({dataset.get('statements', '?')} statements) · {study.config.position} token · "
                        f"{study.meta.get('created', '')}")
     return study
+
+
+def results_roots(root: Path) -> list[Path]:
+    """Folders a typed results path may lie in: where results are listed, ``results/``, the data
+    roots, and the folder holding the one given at start."""
+    arguments = app_arguments(sys.argv[1:])
+    _, opened = results_location(arguments.results)
+    candidates = [root, Path(RESULTS_ROOT).resolve(), *data_roots(APP_ROOT, arguments.data_root)]
+    return list(dict.fromkeys([*candidates, *([opened.parent] if opened else [])]))
 
 
 def _model_from_sidebar(holder: ModelHolder, busy: bool, autoload: bool) -> LoadedModel | None:
@@ -347,32 +364,33 @@ def require_ready(ctx: Context) -> bool:
     return True
 
 
-def model_for(ctx: Context, name: str | None, study: StudyResult | None) -> LoadedModel | None:
-    """The model ``name`` when it is loaded; else say which model the page needs (from the open
+def model_for(ctx: Context, spec: ModelSpec | None, study: StudyResult | None) -> LoadedModel | None:
+    """The model of ``spec`` when it is loaded; else say which model the page needs (from the open
     results folder) and offer to load it where it fits in memory."""
-    if name is None:
+    if spec is None:
         st.error("No model is loaded. Choose one in the sidebar.")
         return None
-    if ctx.model is not None and ctx.model.spec.name == name:
+    if ctx.model is not None and same_model(ctx.model.spec, spec):
         return ctx.model
     meta = study.meta.get("model", {}) if study is not None else {}
     size = meta.get("memory_gb")
-    trained = f" (the probes were trained on {meta['dtype']} activations on {meta['device']})" if meta.get("dtype") else ""
+    name = spec.name
+    runs = f" (in {spec.resolved_dtype} on {spec.resolved_device}, as the probes were trained)" if study else ""
     need = f" It takes about {size:.2f} GB." if size else ""
     if fits_in_memory(size) is False:
-        st.warning(f"This page reads hidden states of **{name}**{trained}.{need} That is more than this machine "
+        st.warning(f"This page reads hidden states of **{name}**{runs}.{need} That is more than this machine "
                    "has free: the tables and charts of this folder work, scoring needs a bigger machine.")
         return None
-    st.info(f"This page reads hidden states of **{name}**{trained}.{need} Load it to score statements.")
+    st.info(f"This page reads hidden states of **{name}**{runs}.{need} Load it to score statements.")
     holder = ctx.holder
     if st.button(f"Load {name}", key="load_page_model", type="primary", disabled=job_running() or holder.busy):
         with st.spinner(f"Loading {name}…"):
             try:
-                holder.ensure(name)
+                holder.ensure(spec)
             except ModelBusy as error:
                 st.warning(str(error))
                 return None
-        if holder.current is not None and holder.current.spec.name == name:
+        if holder.current is not None and same_model(holder.current.spec, spec):
             st.rerun()
         st.error(holder.error or f"{name} could not be loaded.")
     return None
@@ -386,9 +404,13 @@ def extraction_controls(ctx: Context, key: str) -> int:
     cached = unique - missing
     st.progress(cached / unique if unique else 1.0,
                 text=f"**{cached:,} of {unique:,}** statements cached for this model and token position")
+
+    def launch() -> None:
+        """Button callback: the work is built at the click, for the model loaded then."""
+        start(ctx, "extract", f"Extracting {missing:,} statements", extract_work(ctx.activations, texts))
+
     st.button("Extract activations" if cached == 0 else "Extract the missing activations",
-              key=key, type="primary", disabled=missing == 0 or job_running(), on_click=start,
-              args=(ctx, "extract", f"Extracting {missing:,} statements", extract_work(ctx.activations, texts)))
+              key=key, type="primary", disabled=missing == 0 or job_running(), on_click=launch)
     job_panel("extract")
     return missing
 

@@ -4,6 +4,7 @@ import streamlit as st
 
 from pages._shared import context, extraction_controls, model_for, require_ready, show_chart
 from probing import charts
+from probing.scoring import study_model
 
 ctx = context()
 st.title("Does the model know what is true?")
@@ -16,7 +17,7 @@ st.markdown(
 if ctx.model is None and ctx.study is not None:
     st.info(f"Results folder open: `{ctx.study.folder}`. Its accuracy grid and truth directions need no "
             "model; extracting and training here do.")
-    model_for(ctx, ctx.study.config.model, ctx.study)
+    model_for(ctx, study_model(ctx.study)[0], ctx.study)
 elif require_ready(ctx):
     info = ctx.model.describe()
     st.subheader("Model")

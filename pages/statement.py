@@ -4,7 +4,7 @@ import streamlit as st
 
 from pages._shared import context, model_for, show_chart, trained_probes
 from probing import charts, model_says_true, score_statements
-from probing.scoring import check_statement
+from probing.scoring import check_statement, model_notes, study_model
 from probing.settings import EXAMPLES
 
 ctx = context()
@@ -18,17 +18,26 @@ def use_example(text: str) -> None:
     st.session_state["statement_text"] = text
 
 
-# The open results folder's probes (trained on every statement), and the probes this session trained
-# on the Train page that read the same model at the same token (they win for the same layer and kind).
+# The open results folder's probes (trained on every statement) read its model as it ran there; the
+# probes this session trained on the Train page join them when they read that same model at the same
+# token (they win for the same layer and kind).
 study = ctx.study
-model_name, position = (study.config.model, study.config.position) if study else (
-    ctx.model.spec.name if ctx.model else None, ctx.position)
-probes = dict(study.probes) if study else {}
-probes.update({key: outcome.probe for key, outcome in trained_probes().items()
-               if (outcome.study.config.model, outcome.study.config.position) == (model_name, position)})
-model = model_for(ctx, model_name, study)
+if study is not None:
+    spec, position = study_model(study)[0], study.config.position
+else:
+    spec, position = (ctx.model.spec if ctx.model else None), ctx.position
+model = model_for(ctx, spec, study)
 if model is not None:
-    activations = ctx.holder.activations(position)
+    for note in model_notes(study, model.fingerprint) if study is not None else []:
+        st.warning(f"Note: {note}.")
+    probes = dict(study.probes) if study is not None else {}
+    session = trained_probes()
+    mine = {(layer, kind): outcome.probe for (fingerprint, where, layer, kind), outcome in session.items()
+            if (fingerprint, where) == (model.fingerprint, position)}
+    probes.update(mine)
+    if len(mine) < len(session):
+        st.caption(f"{len(session) - len(mine)} probe(s) trained this session read another model or token "
+                   "position and are not shown.")
     st.markdown("**Examples**")
     cols = st.columns(3)
     for i, example in enumerate(EXAMPLES):
@@ -48,21 +57,26 @@ if model is not None:
         statement = None
     if statement is not None:
         left, right = st.columns([3, 1])
-        try:
-            with right:
-                with st.spinner("Asking the model…"):
-                    answer = model_says_true(model, statement)
-                show_chart(charts.model_answer_chart(answer), key="model_answer")
-                st.caption(f"' True' and ' False' together get {answer['mass']:.1%} of the model's "
-                           "next-token probability; the bars renormalise over the two.")
-            if probes:
-                with left:
-                    with st.spinner("Reading the hidden states…"):
-                        scores = score_statements(activations, probes, [statement])
-                    show_chart(charts.statement_layers_chart(scores), key="statement_layers", height=340)
-                    best = scores.loc[scores["p_true"].sub(0.5).abs().idxmax()]
-                    st.caption(f"{len(probes)} probe(s). Most confident: {best['probe']} at layer "
-                               f"{best['layer']} says P(true) = {best['p_true']:.2f}. Above the dashed "
-                               "line the probe calls the statement true.")
-        except ValueError as error:  # e.g. more tokens than extraction allows
-            st.warning(f"Cannot score this: {error}")
+        # The forward passes hold the model, so no other session switches it meanwhile.
+        with ctx.holder.using() as current:
+            if current is not model:
+                st.warning("Another session switched the model a moment ago: reload the page.")
+            else:
+                try:
+                    with right:
+                        with st.spinner("Asking the model…"):
+                            answer = model_says_true(model, statement)
+                        show_chart(charts.model_answer_chart(answer), key="model_answer")
+                        st.caption(f"' True' and ' False' together get {answer['mass']:.1%} of the model's "
+                                   "next-token probability; the bars renormalise over the two.")
+                    if probes:
+                        with left:
+                            with st.spinner("Reading the hidden states…"):
+                                scores = score_statements(ctx.holder.activations(position), probes, [statement])
+                            show_chart(charts.statement_layers_chart(scores), key="statement_layers", height=340)
+                            best = scores.loc[scores["p_true"].sub(0.5).abs().idxmax()]
+                            st.caption(f"{len(probes)} probe(s). Most confident: {best['probe']} at layer "
+                                       f"{best['layer']} says P(true) = {best['p_true']:.2f}. Above the dashed "
+                                       "line the probe calls the statement true.")
+                except ValueError as error:  # e.g. more tokens than extraction allows
+                    st.warning(f"Cannot score this: {error}")

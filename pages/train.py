@@ -32,32 +32,36 @@ if require_ready(ctx):
     heldout_options = (dataset.topics if len(dataset.topics) > 1 else []) + [RANDOM_SPLIT]
     heldout = c3.selectbox("Held-out topic", heldout_options, key="train_heldout", disabled=busy,
                            format_func=lambda t: "random 80/20 split" if t == RANDOM_SPLIT else t)
+    # Training settings start from the open results folder's (train a cell as its study did), else the defaults.
+    base = ctx.study.config if ctx.study is not None else StudyConfig()
     c4, c5, c6 = st.columns(3)
-    solver = "auto"
     if kind == "linear":
-        solver = c4.radio("Linear solver", ["lbfgs", "adam"], horizontal=True, key="train_solver", disabled=busy,
-                          format_func=lambda s: {"lbfgs": "L-BFGS to convergence", "adam": "Adam epochs (SAPLMA)"}[s])
-    stepwise = kind not in ("mass_mean",) and solver != "lbfgs"
-    epochs = c4.number_input("Epochs", 1, 500, 20, key="train_epochs", disabled=busy or not stepwise,
-                             help="SAPLMA trains 5 epochs. L-BFGS and mass-mean probes ignore this.")
-    lr = c5.select_slider("Learning rate", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], value=1e-3, key="train_lr",
-                          disabled=busy, format_func=lambda v: f"{v:g}")
-    seed = c6.number_input("Seed", 0, 10_000, 0, key="train_seed", disabled=busy)
+        c4.radio("Linear solver", ["lbfgs", "adam"], index=["lbfgs", "adam"].index(base.linear_solver), horizontal=True,
+                 key="train_solver", disabled=busy,
+                 format_func=lambda s: {"lbfgs": "L-BFGS to convergence", "adam": "Adam epochs (SAPLMA)"}[s])
+    solver = st.session_state.get("train_solver", base.linear_solver)
+    stepwise = replace(base, linear_solver=solver).probe_config(kind).trains_in_epochs
+    c4.number_input("Epochs", 1, 500, base.epochs, key="train_epochs", disabled=busy or not stepwise,
+                    help=f"The study trains {StudyConfig().epochs} epochs, as SAPLMA does. "
+                         "L-BFGS and mass-mean probes ignore this.")
+    rates = sorted({1e-4, 3e-4, 1e-3, 3e-3, 1e-2, base.lr})
+    c5.select_slider("Learning rate", rates, value=base.lr, key="train_lr", disabled=busy or not stepwise,
+                     format_func=lambda v: f"{v:g}")
+    c6.number_input("Seed", 0, 10_000, 0, key="train_seed", disabled=busy)
 
     def launch() -> None:
         """Button callback: reads the settings from session state, so a value changed in the
         same interaction as the click is the one used."""
         state = st.session_state
         kind, heldout, layer = state["train_kind"], state["train_heldout"], int(state["train_layer"])
-        config = replace(StudyConfig(), model=ctx.model.spec.name, position=ctx.position,
+        config = replace(base, model=ctx.model.spec.name, position=ctx.position,
                          epochs=int(state["train_epochs"]), lr=float(state["train_lr"]),
-                         linear_solver=state.get("train_solver", StudyConfig().linear_solver))
-        stepwise = config.probe_config(kind).solver == "adam" and kind != "mass_mean"
+                         linear_solver=state.get("train_solver", base.linear_solver))
         name = "random split" if heldout == RANDOM_SPLIT else f"held out {heldout}"
         start(ctx, "train", f"Training {kind} probe at layer {layer} ({name})",
               train_work(ctx.activations, dataset, config, layer, kind, heldout, int(state["train_seed"]),
                          ctx.results_root),
-              {"epochs": config.epochs if stepwise else None})
+              {"epochs": config.epochs if config.probe_config(kind).trains_in_epochs else None})
 
     st.button("Train", type="primary", key="train_button", disabled=busy, on_click=launch)
 
@@ -105,7 +109,8 @@ if require_ready(ctx):
     trained = trained_probes()
     if trained:
         table = pd.DataFrame([
-            {"layer": o.layer, "probe": o.kind, "held out": o.heldout, "accuracy": round(o.row["accuracy"], 3),
+            {"model": o.study.config.model, "position": o.position, "layer": o.layer, "probe": o.kind,
+             "held out": o.heldout, "accuracy": round(o.row["accuracy"], 3),
              "solver": o.probe.config.solver if o.kind == "linear" else "",
              "epochs": len(o.history), "lr": o.probe.lr, "seed": int(o.row["seed"]), "folder": o.study.folder.name}
             for o in trained.values()])

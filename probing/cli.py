@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="extract what is missing, train the grid, write results")
     add_study_options(reproduce, "model", "dataset", "extraction", "grid")
-    reproduce.add_argument("--out", default="results", help="results folder (default: results)")
+    reproduce.add_argument("--out", default=None,
+                           help="results folder (default: a new one, results/<model>-<dataset>-study-<time>)")
 
     data = commands.add_parser("data", help="write a statement set to CSV (statement,label,topic,...)")
     add_study_options(data, "dataset")
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="P(true) per layer from the probes of a results folder")
     score.add_argument("statement", nargs="+", help="one or more statements")
-    score.add_argument("--results", default="results", help="results folder written by `reproduce` or the dashboard")
+    score.add_argument("--results", default=None,
+                       help="results folder written by `reproduce` or the dashboard (default: the newest in results/)")
     return parser
 
 
@@ -153,7 +155,7 @@ def check_paths(args: argparse.Namespace) -> None:
     if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
         raise ValueError(f"--cache {cache} is a file, but the activation cache is a folder: "
                          "pass a folder (it is created if missing)")
-    if args.command == "reproduce" and Path(args.out).exists() and not Path(args.out).is_dir():
+    if args.command == "reproduce" and args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a file, but results go into a folder: "
                          "pass a folder (it is created if missing)")
     if args.command == "data" and args.out != "-" and Path(args.out).is_dir():
@@ -313,8 +315,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from probing.study import reproduce
 
     activations = _activations(config)
+    from probing.settings import RESULTS_ROOT, new_results_folder
+
+    out = args.out or new_results_folder(Path(RESULTS_ROOT), config.model, dataset.name, "study")
+    print(f"results go to {out}/", file=sys.stderr)
     with _progress("extracting", "statements") as on_extract, _progress("training", "probes") as on_train:
-        result = reproduce(dataset, activations, config, args.out, on_extract=on_extract, on_train=on_train)
+        result = reproduce(dataset, activations, config, out, on_extract=on_extract, on_train=on_train)
     print(f"\n{dataset.name}: {len(dataset)} statements, {len(dataset.topics)} topics; "
           f"model {config.model}; {result.meta['statements_extracted_this_run']} statements extracted this run\n")
     print(f"Mean accuracy over the {config.split} splits\n\n{markdown_table(result.accuracy_table('mean'))}")
@@ -324,7 +330,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not result.directions_cosine.empty:
         print(f"Directions: mean pairwise cosine\n\n{markdown_table(result.directions_cosine)}")
         print(f"Directions: fractional sign equality\n\n{markdown_table(result.directions_sign)}")
-    print(f"results written to {args.out}/")
+    print(f"results written to {out}/")
     return 0
 
 
@@ -340,14 +346,18 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from probing.results import PROBES_DIR, markdown_table, read_config
+    from probing.settings import latest_results_folder
 
-    read_config(args.results)  # a missing or outdated folder fails here, before torch loads
+    folder = args.results or latest_results_folder()
+    read_config(folder)  # a missing or outdated folder fails here, before torch loads
     from probing.results import StudyResult
     from probing.scoring import score_statements, study_activations
 
-    study = StudyResult.load(args.results)
+    study = StudyResult.load(folder)
     if not study.probes:
-        raise FileNotFoundError(f"{Path(args.results) / PROBES_DIR} holds no trained probes; rerun `reproduce`")
+        raise FileNotFoundError(f"{Path(folder) / PROBES_DIR} holds no trained probes; rerun `reproduce`")
+    if not args.results:
+        print(f"note: probes of {folder} (the newest results folder)", file=sys.stderr)
     activations, notes = study_activations(study)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -54,16 +54,20 @@ class ModelHolder:
             with self._lock:
                 self._users -= 1
 
-    def ensure(self, name: str, device: str | None = None, dtype: str | None = None) -> LoadedModel | None:
-        """Load ``name`` unless it is what is loaded; returns the model now loaded (maybe the old one)."""
-        name = name.strip()
+    def ensure(self, model: str | ModelSpec, device: str | None = None, dtype: str | None = None) -> LoadedModel | None:
+        """Load ``model`` (a name with ``device`` and ``dtype``, or a whole spec) unless it is what is
+        loaded; returns the model now loaded (maybe the old one)."""
         with self._lock:
-            if self.current is not None and _same_spec(self.current.spec, name, device, dtype):
+            try:
+                spec = model if isinstance(model, ModelSpec) else ModelSpec(model.strip(), device or None, dtype or None)
+            except ValueError as error:
+                self.error = str(error)
+                return self.current
+            if self.current is not None and same_model(self.current.spec, spec):
                 return self.current
             if self.busy:
                 raise ModelBusy("a job is using the current model; switch when it has finished")
             try:
-                spec = ModelSpec(name, device=device or None, dtype=dtype or None)
                 loaded = load_model(spec, cache_dir=self.cache_dir)
             except (ModelLoadError, ValueError) as error:
                 self.error = str(error)
@@ -87,8 +91,10 @@ class ModelHolder:
             return self._activations[position]
 
 
-def _same_spec(spec: ModelSpec, name: str, device: str | None, dtype: str | None) -> bool:
-    return (spec.name == name and (device or None) == spec.device and (dtype or None) == spec.dtype)
+def same_model(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether two specs load the same weights the same way (an unset dtype or device equals the one it resolves to)."""
+    return ((a.name, a.revision, a.resolved_device, a.resolved_dtype)
+            == (b.name, b.revision, b.resolved_device, b.resolved_dtype))
 
 
 # ----------------------------------------------------------------------------- background jobs

@@ -87,6 +87,11 @@ class ProbeConfig:
     def hidden_sizes(self) -> tuple[int, ...]:
         return HIDDEN_SIZES.get(self.kind, ())
 
+    @property
+    def trains_in_epochs(self) -> bool:
+        """Adam epochs over mini-batches (``epochs`` counts); L-BFGS and mass-mean fit in one go."""
+        return self.solver == "adam" and self.kind != "mass_mean"
+
 
 @dataclass
 class Task:

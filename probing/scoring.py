@@ -32,28 +32,45 @@ def check_statement(text: str) -> str:
     return stripped
 
 
-def study_activations(study: StudyResult) -> tuple[Activations, list[str]]:
-    """Activations of the study's model and token position, on this machine, to score new statements;
-    and notes (one line each) where this machine differs from the one the study ran on.
+def study_model(study: StudyResult) -> tuple[ModelSpec, list[str]]:
+    """The study's model as this machine runs it, and notes (one line each) where that differs
+    from the machine the study ran on.
 
     The model runs on the recorded device if this machine has it (a folder made on a GPU opens
     on a laptop: ``StudyResult.load`` leaves the device unset there), else on this machine's
     default device. The recorded dtype is kept on the same device; on another one the config's
-    dtype (unset: that device's default). The recorded cache folder is used if it exists here.
+    dtype (unset: that device's default). The recorded revision is always asked for.
     """
     config, ran = study.config, study.meta.get("model", {})
     spec = ModelSpec(config.model, device=config.device, dtype=config.dtype, revision=ran.get("revision"))
-    notes = []
     if ran.get("device") in (None, spec.resolved_device):
-        spec = replace(spec, dtype=ran.get("dtype") or spec.dtype)
-    else:
-        notes.append(f"this study ran on {ran['device']} ({ran.get('dtype')}), which this machine lacks: the "
-                     f"model runs on {spec.resolved_device} ({spec.resolved_dtype})")
-    cache = config.cache
+        return replace(spec, dtype=ran.get("dtype") or spec.dtype), []
+    return spec, [f"this study ran on {ran['device']} ({ran.get('dtype')}), which this machine lacks: the "
+                  f"model runs on {spec.resolved_device} ({spec.resolved_dtype})"]
+
+
+def model_notes(study: StudyResult, fingerprint: str) -> list[str]:
+    """:func:`study_model`'s notes for a model whose fingerprint is ``fingerprint``, and one more when
+    it runs as the study's did but its weights differ: the probes then read activations they never saw."""
+    spec, notes = study_model(study)
+    recorded = study.meta.get("model", {}).get("fingerprint")
+    if not notes and recorded and recorded != fingerprint:
+        notes.append(f"the model {spec.name} here is not the one this study ran on (fingerprint {fingerprint}, "
+                     f"the folder's {recorded}: other weights or revision): its probes may score it wrongly")
+    return notes
+
+
+def study_activations(study: StudyResult) -> tuple[Activations, list[str]]:
+    """Activations of the study's model (:func:`study_model`) and token position on this machine, to
+    score new statements, with :func:`model_notes`. The recorded cache folder is used if it exists here."""
+    config = study.config
+    spec, _ = study_model(study)
+    cache, cache_notes = config.cache, []
     if not Path(cache).is_dir() and cache != StudyConfig().cache:
         cache = StudyConfig().cache
-        notes.append(f"the study's activation cache {config.cache} is not on this machine: using {cache}")
-    return Activations(spec, position=config.position, cache_dir=cache, max_tokens=config.max_tokens), notes
+        cache_notes.append(f"the study's activation cache {config.cache} is not on this machine: using {cache}")
+    activations = Activations(spec, position=config.position, cache_dir=cache, max_tokens=config.max_tokens)
+    return activations, model_notes(study, activations.fingerprint) + cache_notes
 
 
 def score_statements(

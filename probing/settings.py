@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from probing.config import StudyConfig
@@ -23,6 +24,7 @@ EXAMPLES = (
     "Water boils at 100 degrees Celsius at sea level.",
     "The capital of Australia is Vienna.",
 )
+RESULTS_ROOT = "results"  # where new results folders go, relative to the working directory
 MODEL_CHOICES = {
     "Embedded SmolLM2-135M (CPU)": EMBEDDED,
     "Llama-2-7B": "llama-2-7b",
@@ -52,16 +54,17 @@ def data_roots(app_root: Path, extra: Sequence[str | Path] = ()) -> list[Path]:
     return list(dict.fromkeys(root for root in roots if root.is_dir()))
 
 
-def path_under_roots(path: str | Path, roots: Sequence[Path]) -> Path:
-    """``path`` resolved (links followed), if it lies inside one of ``roots``; else a DatasetError."""
+def path_under_roots(path: str | Path, roots: Sequence[Path], what: str = "statement sets") -> Path:
+    """``path`` resolved (links followed), if it lies inside one of ``roots``; else a DatasetError
+    saying which folders the dashboard reads ``what`` from and how to allow another."""
     resolved = Path(path).expanduser().resolve()
     if any(resolved.is_relative_to(root) for root in roots):
         return resolved
     allowed = ", ".join(map(str, roots)) or "none (no data/ folder and no ../shared/datasets)"
+    option = "--data-root DIR` or PROBING_DATA_ROOTS=DIR" if what == "statement sets" else "--results DIR`"
     raise DatasetError(
-        f"{path} is outside the folders this dashboard reads statement sets from ({allowed}). "
-        "Put the data in one of them, or allow another folder when starting the app: "
-        "`streamlit run app.py -- --data-root DIR` or PROBING_DATA_ROOTS=DIR."
+        f"{path} is outside the folders this dashboard reads {what} from ({allowed}). "
+        f"Put it in one of them, or allow another folder when starting the app: `streamlit run app.py -- {option}."
     )
 
 
@@ -92,23 +95,60 @@ def app_arguments(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def results_location(given: str | None) -> tuple[Path, Path | None]:
-    """(folder whose results folders the sidebar lists, results folder to open at start or None).
+    """(folder the sidebar lists results folders from and saves new ones into, results folder to open at start or None).
 
-    ``given`` is the app's ``--results``, else ``$PROBING_RESULTS``, else ``results/``: a results
-    folder (it has ``config.json``) is opened at start and its parent listed; any other folder is listed.
+    ``given`` is the app's ``--results``, else ``$PROBING_RESULTS``. A results folder (it has
+    ``config.json``) is opened at start while new results still go to ``results/``: never beside
+    a folder that was copied anywhere. Any other folder is where results are listed and saved.
     """
-    location = Path(given or os.environ.get("PROBING_RESULTS") or "results").expanduser().resolve()
-    if (location / "config.json").is_file():
-        return location.parent, location
+    default = Path(RESULTS_ROOT).resolve()
+    given = given or os.environ.get("PROBING_RESULTS")
+    if not given:
+        return default, None
+    location = Path(given).expanduser().resolve()
+    if is_results_folder(location):
+        return default, location
     return location, None
 
 
+def is_results_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
 def results_folders(root: Path) -> list[Path]:
-    """Results folders in ``root`` (those with a ``config.json``), newest first."""
+    """Results folders in ``root``, newest first; ``root`` itself last if it is one (older versions
+    of ``reproduce`` wrote into ``results/`` directly)."""
     if not root.is_dir():
         return []
-    found = [path for path in root.iterdir() if (path / "config.json").is_file()]
-    return sorted(found, key=lambda path: (path / "config.json").stat().st_mtime, reverse=True)
+    found = [path for path in root.iterdir() if is_results_folder(path)]
+    found.sort(key=lambda path: (path / "config.json").stat().st_mtime, reverse=True)
+    return found + [root] * is_results_folder(root)
+
+
+def latest_results_folder(root: str | Path = RESULTS_ROOT) -> Path:
+    """The newest results folder under ``root`` (``root`` itself if it is one and holds none): what
+    ``score`` reads when no ``--results`` is given."""
+    found = results_folders(Path(root))
+    if not found:
+        raise FileNotFoundError(f"no results folder in {root}/: run `probing reproduce` first, "
+                                "or pass --results DIR")
+    return found[0]
+
+
+def new_results_folder(root: Path, model: str, dataset: str, what: str, name: str = "") -> Path:
+    """A folder under ``root`` that does not exist yet: ``name`` if given, else named after the
+    model, the statements, what it holds and the time (a number is added on a clash)."""
+    stem = _slug(name) if name.strip() else (
+        "-".join(_slug(part) for part in (model, dataset, what)) + datetime.now().strftime("-%Y%m%d-%H%M%S"))
+    folder, number = Path(root) / stem, 1
+    while folder.exists():
+        number += 1
+        folder = Path(root) / f"{stem}-{number}"
+    return folder
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "-" for c in Path(text).name).strip("-") or "x"
 
 
 def fits_in_memory(gigabytes: float | None) -> bool | None:

@@ -1,9 +1,8 @@
 """A whole study: extract what is missing, train the grids and the final probes, and gather it all in a
 :class:`~probing.results.StudyResult` (which ``reproduce`` also saves).
 
-The command line runs :func:`reproduce`; the dashboard runs the same steps in a background job
-(:func:`run_study`, or :func:`run_grid` with its own progress and then :func:`finish_study`), and
-saves a single trained probe with :func:`cell_study`. All of them write the same folder.
+The command line runs :func:`reproduce`; the dashboard runs :func:`run_study` in a background job,
+and saves a single trained probe with :func:`cell_study`. All of them write the same folder.
 """
 
 from __future__ import annotations
@@ -86,15 +85,14 @@ def finish_study(
     config: StudyConfig,
     grids: Mapping[str, GridResult],
     *,
-    final_probes: dict[tuple[int, str], Probe] | None = None,
+    final_probes: dict[tuple[int, str], Probe],
     extracted: int = 0,
     seconds: float = 0.0,
     command: str | None = None,
-    on_progress: Progress | None = None,
 ) -> StudyResult:
     """A StudyResult from finished grids, by split kind, the study's own first (``{"category": ...,
     "random": ...}``; the recorded config says so): their rows and dynamics, the directions of the
-    category grid, and the final probes (trained here unless given; ``on_progress`` counts them)."""
+    category grid, and the final probes (:func:`train_final_probes`)."""
     if not grids:
         raise ValueError("finish_study needs at least one finished grid")
     split = next(iter(grids))
@@ -106,10 +104,6 @@ def finish_study(
             cosine.append(kind_cosine)
             sign.append(kind_sign)
             matrices.append(kind_matrices)
-    if final_probes is None:
-        texts = dataset.statements
-        final_probes = train_final_probes(dataset, lambda layer: activations.layer(texts, layer), config,
-                                          on_progress)
     return StudyResult(
         config=as_run(config, dataset, activations),
         meta=study_meta(dataset, activations, extracted=extracted, seconds=seconds, command=command),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -22,24 +21,9 @@ from probing.experiments import Cell, check_splits, evaluate_probe, make_split, 
 from probing.jobs import Job
 from probing.probes import Probe
 from probing.results import StudyResult
+from probing.settings import new_results_folder
 from probing.statements import StatementSet
 from probing.study import cell_study, check_study, run_study
-
-
-def results_folder(root: Path, model: str, dataset: str, what: str, name: str = "") -> Path:
-    """A new folder under ``root``: ``name`` if given, else named after the model, the statements,
-    what it holds and the time; never an existing one (a number is added)."""
-    stem = _slug(name) if name.strip() else (
-        "-".join(_slug(part) for part in (model, dataset, what)) + datetime.now().strftime("-%Y%m%d-%H%M%S"))
-    folder, number = root / stem, 1
-    while folder.exists():
-        number += 1
-        folder = root / f"{stem}-{number}"
-    return folder
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._" else "-" for c in Path(text).name).strip("-") or "x"
 
 
 def extract_missing(job: Job, activations: Activations, texts: list[str]) -> int:
@@ -84,6 +68,15 @@ class TrainOutcome:
     def heldout(self) -> str:
         return self.row["heldout"]
 
+    @property
+    def fingerprint(self) -> str:
+        """The model (weights, dtype, device kind) whose activations the probe reads."""
+        return self.study.meta["model"]["fingerprint"]
+
+    @property
+    def position(self) -> str:
+        return self.study.config.position
+
 
 def train_work(activations: Activations, dataset: StatementSet, config: StudyConfig, layer: int, kind: str,
                heldout: str, seed: int, results_root: Path) -> Callable[[Job], TrainOutcome]:
@@ -99,8 +92,7 @@ def train_work(activations: Activations, dataset: StatementSet, config: StudyCon
         started = time.perf_counter()
         extract_missing(job, activations, texts)
         X = activations.layer(texts, layer)
-        probe_config = config.probe_config(kind)
-        stepwise = probe_config.solver == "adam" and kind != "mass_mean"
+        stepwise = config.probe_config(kind).trains_in_epochs
         job.set_phase("Training", config.epochs if stepwise else 0, unit="epochs")
 
         def on_epoch(record: dict) -> None:
@@ -113,7 +105,7 @@ def train_work(activations: Activations, dataset: StatementSet, config: StudyCon
         job.set_phase("Saving", 0)
         study = cell_study(dataset, activations, config, cell, seconds=time.perf_counter() - started,
                            command="dashboard: Train a probe")
-        study.save(results_folder(results_root, activations.spec.name, dataset.name, f"{kind}-layer{layer}"))
+        study.save(new_results_folder(results_root, activations.spec.name, dataset.name, f"{kind}-layer{layer}"))
         per_topic, confusion = evaluate_probe(cell.probe, X, dataset, split)
         return TrainOutcome(study=study, probe=cell.probe, history=cell.probe.history_.copy(),
                             per_topic=per_topic, confusion=confusion)
@@ -133,7 +125,7 @@ def grid_work(activations: Activations, dataset: StatementSet, config: StudyConf
         study = run_study(dataset, activations, config, on_train=job.progress, on_result=job.add_record,
                           command="dashboard: Accuracy grid")
         what = "grid" if config.probes != ("linear", "mass_mean") else "directions"
-        study.save(results_folder(results_root, activations.spec.name, dataset.name, what, name))
+        study.save(new_results_folder(results_root, activations.spec.name, dataset.name, what, name))
         return study
 
     return work

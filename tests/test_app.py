@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -141,6 +142,7 @@ def test_train_page(app_cache, dataset, engine):
     at = new_app().run()
     at.switch_page("pages/train.py").run()
     no_errors(at)
+    assert at.number_input(key="train_epochs").value == StudyConfig().epochs  # no folder open: the defaults
     at.selectbox(key="train_layer").set_value(-5)
     at.selectbox(key="train_kind").set_value("tiny")
     at.selectbox(key="train_heldout").set_value("cities")
@@ -331,6 +333,12 @@ def test_statement_page(app_cache, dataset, engine):
     assert mine["p_true"].iloc[0] == pytest.approx(float(probe.predict_proba(X)[0, 1]), abs=1e-5)
     assert rows["p_true"].between(0, 1).all()
 
+    # the probe read the last token: at another position it is kept, but not used
+    at.selectbox(key="position").set_value("mean").run()
+    no_errors(at)
+    assert any("No trained probe yet" in i.value for i in at.info)
+    assert any("1 probe(s) trained this session read another model or token position" in c.value for c in at.caption)
+
 
 @pytest.fixture(scope="module")
 def saved_study(small_saplma, tmp_path_factory):
@@ -387,6 +395,29 @@ def test_a_results_folder_opens_without_a_model_until_a_page_needs_one(saved_stu
     assert set(shown.index) == set(saved_study.probes)  # the folder's probes, nothing else
     assert shown.to_dict() == pytest.approx(direct.set_index(["layer", "probe"])["p_true"].to_dict(), abs=1e-6)
     assert holder.current.forward_passes > 0
+    assert not at.warning  # the model here is the one the folder's probes were trained on
+
+    # a probe trained from here starts from the folder's training settings
+    at.switch_page("pages/train.py").run()
+    no_errors(at)
+    assert at.number_input(key="train_epochs").value == saved_study.config.epochs == 2
+
+
+def test_a_typed_results_path_must_lie_in_an_allowed_folder(app_cache, tmp_path):
+    listed = app_cache / "results"
+    copy = listed / "typed" / "old-study"
+    shutil.copytree(ROOT / "tests" / "data" / "results-1b0dd61", copy)
+    at = new_app().run()
+    at.selectbox(key="results_choice").set_value("Other path…").run()
+    for outside in ("/etc", str(tmp_path), f"{copy}/../../../../../etc"):
+        at.text_input(key="results_path").input(outside).run()
+        no_errors(at)
+        errors = " ".join(e.value for e in at.sidebar.error)
+        assert "is outside the folders this dashboard reads results folders from" in errors, errors
+        assert at.session_state["ctx"].study is None
+    at.text_input(key="results_path").input(str(copy)).run()
+    no_errors(at)
+    assert at.session_state["ctx"].study.folder == copy.resolve()
 
 
 def test_activations_page(app_cache, dataset, engine):

@@ -17,7 +17,7 @@ from probing import charts
 from probing.builtin import load_builtin
 from probing.directions import pca_points
 from probing.experiments import accuracy_long, accuracy_table, evaluate_probe, make_split
-from probing.study import finish_study
+from probing.study import finish_study, train_final_probes
 from probing.results import markdown_table
 
 # Shared with tests/test_app.py and tests/test_browser.py: the embedded model is converted once.
@@ -42,8 +42,9 @@ def grid(engine):
     config = dict(layers=(-5, -1), probes=("linear", "tiny"), epochs=3)
     category = run_grid(dataset, load, StudyConfig(split="category", **config))
     random = run_grid(dataset, load, StudyConfig(split="random", **config))
-    study = finish_study(dataset, activations, StudyConfig(with_random=True, **config),
-                         {"category": category, "random": random})
+    study_config = StudyConfig(with_random=True, **config)
+    study = finish_study(dataset, activations, study_config, {"category": category, "random": random},
+                         final_probes=train_final_probes(dataset, load, study_config))
     return SimpleNamespace(category=category, random=random, study=study)
 
 

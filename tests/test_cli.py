@@ -66,7 +66,7 @@ def test_reproduce_writes_every_table_and_second_run_uses_only_the_cache(workspa
     assert json.loads((again / "config.json").read_text())["statements_extracted_this_run"] == 0
 
 
-def test_extract_then_score_and_data(workspace, capsys, small_saplma):
+def test_extract_then_score_and_data(workspace, capsys, small_saplma, monkeypatch):
     data, cache, tmp = workspace
     unique = len(set(small_saplma.statements))
     assert main(["extract", "--dataset", str(data), "--cache", str(cache)]) == 0
@@ -74,11 +74,22 @@ def test_extract_then_score_and_data(workspace, capsys, small_saplma):
     assert main(["extract", "--dataset", str(data), "--cache", str(cache)]) == 0
     assert f"0 statement(s) computed here, {unique} already cached" in capsys.readouterr().out
 
-    out = tmp / "results"
-    assert main(["reproduce", "--dataset", str(data), "--cache", str(cache), "--out", str(out),
-                 "--layers", "-1,-9", "--probes", "linear", "--no-controls", "--with-random"]) == 0
-    assert "Accuracy on the random split\n\n| probe | -9 | -1 |" in capsys.readouterr().out
+    monkeypatch.chdir(tmp)  # without --out, a new folder under ./results; score reads the newest
+    (tmp / "results").mkdir()
+    (tmp / "results" / "older").mkdir()
+    (tmp / "results" / "older" / "config.json").write_text("{}")
+    for _ in range(2):
+        assert main(["reproduce", "--dataset", str(data), "--cache", str(cache),
+                     "--layers", "-1,-9", "--probes", "linear", "--no-controls", "--with-random"]) == 0
+    captured = capsys.readouterr()
+    assert "Accuracy on the random split\n\n| probe | -9 | -1 |" in captured.out
+    made = sorted(path for path in (tmp / "results").iterdir() if path.name != "older")
+    assert len(made) == 2 and all(re.fullmatch(r"embedded-small-study-\d{8}-\d{6}(-2)?", p.name) for p in made)
+    out = max(made, key=lambda path: (path / "config.json").stat().st_mtime)
+    assert f"results go to {out.relative_to(tmp)}/" in captured.err
     assert pd.read_csv(out / "accuracy_random.csv")["probe"].tolist() == ["linear"]
+    assert main(["score", "Paris is the capital of France."]) == 0
+    assert f"note: probes of {out.relative_to(tmp)} (the newest results folder)" in capsys.readouterr().err
     assert main(["score", "Paris is the capital of France.", "--results", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "P(true) for 'Paris is the capital of France.'" in printed

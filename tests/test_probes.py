@@ -186,3 +186,12 @@ def test_diverging_training_stops_with_a_message_instead_of_returning_a_probe():
 def test_probe_config_comes_from_the_fields_by_name():
     probe = make_probe("small", lr=0.02, batch_size=8, weight_decay=0.1, seed=4)
     assert probe.config == ProbeConfig(kind="small", lr=0.02, batch_size=8, weight_decay=0.1, seed=4)
+
+
+@pytest.mark.parametrize("kind, solver, in_epochs", [
+    ("linear", "lbfgs", False), ("linear", "adam", True), ("tiny", "auto", True), ("medium", "adam", True),
+    ("mass_mean", "auto", False)])
+def test_which_probes_count_epochs(kind, solver, in_epochs):
+    assert ProbeConfig(kind=kind, solver=solver).trains_in_epochs is in_epochs
+    history = make_probe(kind, solver=solver, epochs=7).fit(*separable(n=60)).history_
+    assert (len(history) == 7) is in_epochs  # L-BFGS reports rounds until converged, mass-mean one fit

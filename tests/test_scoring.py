@@ -7,7 +7,7 @@ from probing.config import StudyConfig
 from probing.models import default_device
 from probing.probes import make_probe
 from probing.results import StudyResult
-from probing.scoring import check_statement, model_says_true, score_statements, study_activations
+from probing.scoring import check_statement, model_notes, model_says_true, score_statements, study_activations
 
 
 def test_probe_scores_new_statements_per_layer(model, shared_cache, small_saplma):
@@ -56,3 +56,12 @@ def test_scoring_a_study_keeps_its_dtype_on_its_device_and_says_what_differs(tmp
     assert notes == [f"this study ran on mps:7 (float16), which this machine lacks: the model runs on {here} "
                      f"({activations.spec.resolved_dtype})",
                      "the study's activation cache /nonexistent/scratch/cache is not on this machine: using cache"]
+
+
+def test_a_model_with_other_weights_than_the_studys_gets_a_note(model):
+    ran = {"device": model.spec.resolved_device, "dtype": model.spec.resolved_dtype}
+    study = StudyResult(StudyConfig(), {"model": {**ran, "fingerprint": model.fingerprint}}, pd.DataFrame())
+    assert model_notes(study, model.fingerprint) == []
+    other = StudyResult(StudyConfig(), {"model": {**ran, "fingerprint": "0" * 24}}, pd.DataFrame())
+    (note,) = model_notes(other, model.fingerprint)
+    assert note.startswith("the model embedded here is not the one this study ran on") and "0" * 24 in note
