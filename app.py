@@ -27,6 +27,8 @@ PAGES = [
             url_path="accuracy-grid"),
     st.Page(str(ROOT / "pages/directions.py"), title="Truth directions", icon=":material/explore:",
             url_path="truth-directions"),
+    st.Page(str(ROOT / "pages/generalization.py"), title="Generalization", icon=":material/swap_horiz:",
+            url_path="generalization-matrix"),
     st.Page(str(ROOT / "pages/statement.py"), title="Probe a statement", icon=":material/edit_note:",
             url_path="probe-a-statement"),
     st.Page(str(ROOT / "pages/activations.py"), title="Activations", icon=":material/scatter_plot:",

@@ -16,6 +16,7 @@ import streamlit as st
 from probing import POSITIONS, DatasetError, LoadedModel, StatementSet, load_dataset
 from probing.activations import Activations
 from probing.builtin import load_builtin
+from probing.constants import POLARITY_CHOICES
 from probing.jobs import Job, ModelBusy, ModelHolder, same_model, start_job
 from probing.models import ModelSpec
 from probing.results import ResultsError, StudyResult
@@ -44,8 +45,8 @@ def model_holder(cache_dir: str) -> ModelHolder:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _builtin(per_topic: int | None) -> StatementSet:
-    return load_builtin(per_topic=per_topic or None)
+def _builtin(per_topic: int | None, polarity: str) -> StatementSet:
+    return load_builtin(per_topic=per_topic or None, polarity=polarity)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -134,7 +135,7 @@ def collect_finished_job() -> None:
         outcome = job.result
         trained_probes()[(outcome.fingerprint, outcome.position, outcome.layer, outcome.kind)] = outcome
         st.session_state["last_train"] = outcome
-    elif job.kind in ("grid", "directions"):
+    elif job.kind in ("grid", "directions", "generalization"):
         st.session_state["results_choice"] = str(job.result.folder)  # the sidebar opens it
 
 
@@ -185,7 +186,7 @@ def _load_dataset_from_sidebar(busy: bool) -> StatementSet | None:
                 st.session_state["per_topic"] = default_per_topic() or 0
             per_topic = st.sidebar.number_input("Statements per topic (0 = all)", min_value=0, max_value=2000,
                                                 step=20, key="per_topic", disabled=busy)
-            dataset = _builtin(int(per_topic) or None)
+            dataset = _builtin(int(per_topic) or None, _polarity_choice(busy))
         elif source == "Folder":
             dataset = _dataset_from_folder(busy)
             if dataset is None:
@@ -196,6 +197,8 @@ def _load_dataset_from_sidebar(busy: bool) -> StatementSet | None:
                 st.sidebar.info("Upload a CSV with columns statement,label[,topic].")
                 return st.session_state.get("last_dataset")
             dataset = _from_upload(upload.name, upload.getvalue())
+        if source != "Built-in" and len(dataset.polarities) > 1:
+            dataset = dataset.with_polarity(_polarity_choice(busy))
     except DatasetError as error:
         st.sidebar.error(f"Cannot use this statement set: {error}")
         previous = st.session_state.get("last_dataset")
@@ -203,8 +206,15 @@ def _load_dataset_from_sidebar(busy: bool) -> StatementSet | None:
             st.sidebar.caption(f"Still using the previous set ({previous.name}, {len(previous):,} statements).")
         return previous
     st.session_state["last_dataset"] = dataset
-    st.sidebar.caption(f"{dataset.name}: {len(dataset):,} statements, {len(dataset.topics)} topics")
+    polarity = " and ".join(dataset.polarities)
+    st.sidebar.caption(f"{dataset.name}: {len(dataset):,} {polarity} statements, {len(dataset.topics)} topics")
     return dataset
+
+
+def _polarity_choice(busy: bool) -> str:
+    return st.sidebar.radio("Polarity", POLARITY_CHOICES, horizontal=True, key="polarity", disabled=busy,
+                            help="Affirmative: 'Paris is in Japan.'; negated: 'Paris is not in Japan.' "
+                                 "(true). Probes that read affirmation rather than truth flip on negated ones.")
 
 
 def _dataset_from_folder(busy: bool) -> StatementSet | None:

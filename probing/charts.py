@@ -355,3 +355,81 @@ def pca_chart(points: pd.DataFrame, explained=None, layer: int | None = None) ->
         .properties(height=480)
         .interactive()
     )
+
+
+# ----------------------------------------------------------------------------- generalization
+
+
+def generalization_heatmap(results: pd.DataFrame, layer: int, probe: str, value: str = "accuracy",
+                           title: str | None = None, selection: str | None = None) -> alt.LayerChart:
+    """The topic matrix of one layer and probe: trained on (rows, topics then "all other topics") x
+    tested on (columns), the value written in each cell. ``value``: accuracy, auroc or
+    text_only_accuracy (the control's matrix, the same for every layer and probe).
+    ``selection`` names a click selection on the cells (fields train and test)."""
+    from probing.generalization import ALL_OTHERS
+
+    frame = results[(results.analysis == "topics") & (results.layer == layer) & (results.probe == probe)]
+    frame = frame[["train", "test", value, "n_train", "n_test"]].rename(columns={value: "value"})
+    frame["text"] = frame["value"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+    tests = list(dict.fromkeys(frame["test"]))
+    trains = [*tests, ALL_OTHERS]
+    base = alt.Chart(frame).encode(
+        x=alt.X("test:N", sort=tests, title="tested on", axis=alt.Axis(labelAngle=-30, orient="top")),
+        y=alt.Y("train:N", sort=trains, title="trained on"),
+    )
+    names = {"accuracy": "accuracy", "auroc": "AUROC", "text_only_accuracy": "text-only accuracy"}
+    cells = base.mark_rect(stroke="white", strokeWidth=2).encode(
+        color=alt.Color("value:Q", scale=ACCURACY_SCALE, legend=alt.Legend(title=names[value], format=".2f")),
+        tooltip=["train", "test", alt.Tooltip("value:Q", format=".3f", title=names[value]),
+                 alt.Tooltip("n_train:Q", title="trained on"), alt.Tooltip("n_test:Q", title="tested on")])
+    if selection:
+        chosen = alt.selection_point(name=selection, fields=["train", "test"], on="click", clear="dblclick")
+        cells = cells.add_params(chosen).encode(
+            stroke=alt.condition(chosen, alt.value("#222"), alt.value("white")),
+            strokeWidth=alt.condition(chosen, alt.value(3), alt.value(1)))
+    text = base.mark_text(fontSize=13).encode(
+        text="text:N", color=alt.condition(alt.datum.value > 0.8, alt.value("white"), alt.value("#1d1d1d")))
+    default = f"{probe} probe at layer {layer}: {names[value]}" if value != "text_only_accuracy" else (
+        "Text-only control: accuracy from the words alone")
+    return alt.layer(cells, text).properties(title=title or default, width=alt.Step(64), height=alt.Step(34))
+
+
+def polarity_chart(results: pd.DataFrame, value: str = "accuracy") -> alt.LayerChart:
+    """Polarity transfer per layer: a line per (trained on > tested on) polarity, dashed per probe."""
+    chosen = results[results.analysis == "polarity"].copy()
+    chosen["transfer"] = chosen["train"] + " > " + chosen["test"]
+    chosen["value"] = chosen[value]
+    order = [f"{a} > {b}" for a in ("affirmative", "negated", "all") for b in ("affirmative", "negated")]
+    lines = alt.Chart(chosen).mark_line(point=True).encode(
+        x=alt.X("layer:O", sort=sorted(set(chosen["layer"])), title="layer (from the end)",
+                axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title=value.replace("_", " ")),
+        color=alt.Color("transfer:N", sort=order, title="trained on > tested on",
+                        scale=alt.Scale(domain=order, range=SERIES_COLORS[:len(order)])),
+        strokeDash=alt.StrokeDash("probe:N", title="probe"),
+        tooltip=["probe", "layer", "transfer", alt.Tooltip("value:Q", format=".3f"), "n_train", "n_test"],
+    )
+    chance = alt.Chart(pd.DataFrame({"value": [0.5]})).mark_rule(strokeDash=[4, 3], color="#555").encode(y="value:Q")
+    return alt.layer(lines, chance).properties(title="Affirmative and negated statements: transfer per layer",
+                                               width=520, height=300)
+
+
+def truth_subspace_chart(points: pd.DataFrame, layer: int | None = None) -> alt.Chart:
+    """Statements projected on the general truth direction t_G and the polarity-sensitive t_P
+    (Bürger et al. 2024): colour = label, shape = polarity."""
+    return (
+        alt.Chart(points, title=f"Truth subspace at layer {layer}" if layer is not None else "Truth subspace")
+        .mark_point(filled=True, size=45)
+        .encode(
+            x=alt.X("t_g:Q", title="projection on t_G (general truth)"),
+            y=alt.Y("t_p:Q", title="projection on t_P (polarity-sensitive truth)"),
+            color=alt.Color("label:N", scale=LABEL_SCALE, legend=alt.Legend(title="label")),
+            shape=alt.Shape("polarity:N", scale=alt.Scale(domain=["affirmative", "negated"],
+                                                          range=["circle", "triangle-up"]),
+                            legend=alt.Legend(title="polarity")),
+            opacity=alt.value(0.75),
+            tooltip=["statement", "label", "polarity", "topic"],
+        )
+        .properties(height=480)
+        .interactive()
+    )

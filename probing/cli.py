@@ -13,7 +13,7 @@ import sys
 import warnings
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import Field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "environment variables when launched by one of them)")
 
     reproduce = commands.add_parser("reproduce", help="extract what is missing, train the grid, write results")
-    add_study_options(reproduce, "model", "dataset", "extraction", "grid")
+    add_study_options(reproduce, "model", "dataset", "extraction", "grid", "analysis")
     reproduce.add_argument("--out", default=None,
                            help="results folder (default: a new one, results/<model>-<dataset>-study-<time>)")
 
@@ -273,7 +273,7 @@ def _activations(config: StudyConfig) -> Activations:
 def _dataset(config: StudyConfig) -> StatementSet:
     from probing.datasets import load_dataset
 
-    dataset = load_dataset(config.dataset, drop_duplicates=config.drop_duplicates)
+    dataset = load_dataset(config.dataset, drop_duplicates=config.drop_duplicates, polarity=config.polarity)
     if dataset.duplicates.count and not config.drop_duplicates:
         example, lines = next(iter(dataset.duplicates.where.items()))
         print(f"note: {dataset.duplicates.count} repeated statement(s) kept, e.g. {example!r} on lines "
@@ -319,8 +319,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     out = args.out or new_results_folder(Path(RESULTS_ROOT), config.model, dataset.name, "study")
     print(f"results go to {out}/", file=sys.stderr)
-    with _progress("extracting", "statements") as on_extract, _progress("training", "probes") as on_train:
-        result = reproduce(dataset, activations, config, out, on_extract=on_extract, on_train=on_train)
+    with (_progress("extracting", "statements") as on_extract, _progress("training", "probes") as on_train,
+          _progress("generalization", "layers") if config.generalization else nullcontext() as on_analysis):
+        result = reproduce(dataset, activations, config, out, on_extract=on_extract, on_train=on_train,
+                           on_analysis=on_analysis)
     print(f"\n{dataset.name}: {len(dataset)} statements, {len(dataset.topics)} topics; "
           f"model {config.model}; {result.meta['statements_extracted_this_run']} statements extracted this run\n")
     print(f"Mean accuracy over the {config.split} splits\n\n{markdown_table(result.accuracy_table('mean'))}")
@@ -330,8 +332,28 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not result.directions_cosine.empty:
         print(f"Directions: mean pairwise cosine\n\n{markdown_table(result.directions_cosine)}")
         print(f"Directions: fractional sign equality\n\n{markdown_table(result.directions_sign)}")
+    if config.generalization:
+        _print_generalization(result)
     print(f"results written to {out}/")
     return 0
+
+
+def _print_generalization(result) -> None:
+    from probing.generalization import ccs_summary, matrix_summary, polarity_table
+    from probing.results import markdown_table
+
+    for note in result.meta.get("generalization_notes", []):
+        print(f"note: {note}", file=sys.stderr)
+    summary = matrix_summary(result.generalization)
+    if not summary.empty:
+        print("Generalization: mean accuracy within a topic, from one topic to another, and from all other "
+              f"topics (full matrices in generalization.md)\n\n{markdown_table(summary)}")
+    polarity = polarity_table(result.generalization)
+    if not polarity.empty:
+        print(f"Polarity transfer: accuracy, trained on > tested on (held-out facts)\n\n{markdown_table(polarity)}")
+    ccs = ccs_summary(result.ccs)
+    if not ccs.empty:
+        print(f"CCS (no labels): accuracy over seeds, cosine to the supervised directions\n\n{markdown_table(ccs)}")
 
 
 def cmd_data(args: argparse.Namespace) -> int:

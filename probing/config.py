@@ -15,16 +15,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from probing.constants import DEVICE_KINDS, DTYPE_NAMES, EMBEDDED, MAX_TOKENS, POSITIONS, PROBE_KINDS, SPLIT_KINDS
+from probing.constants import (
+    DEVICE_KINDS, DTYPE_NAMES, EMBEDDED, MATRIX_PROBES, MAX_TOKENS, POLARITY_CHOICES, POSITIONS, PROBE_KINDS,
+    SPLIT_KINDS,
+)
 
 if TYPE_CHECKING:
     from probing.models import ModelSpec
     from probing.probes import ProbeConfig
 
 LINEAR_SOLVERS = ("lbfgs", "adam")
-OPTION_GROUPS = ("model", "dataset", "extraction", "grid")
+OPTION_GROUPS = ("model", "dataset", "extraction", "grid", "analysis")
 """``model``: which model reads the statements and how; ``dataset``: which statements;
-``extraction``: limits of the forward pass; ``grid``: what is trained and how."""
+``extraction``: limits of the forward pass; ``grid``: what is trained and how; ``analysis``: the
+generalization and polarity analyses."""
+ADDED_LATER = ("polarity", "generalization", "matrix_probes", "ccs_seeds")
+"""Options newer than the first recorded configs: a config.json without them gets their defaults."""
 _DEVICE = re.compile(rf"({'|'.join(DEVICE_KINDS)})(:\d+)?")
 
 
@@ -51,6 +57,12 @@ def _count(value: Any) -> int:
         raise ValueError(f"expected a whole number >= 1, got {value!r}")
     if value < 1:
         raise ValueError(f"must be >= 1, got {value}")
+    return value
+
+
+def _count_or_zero(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
     return value
 
 
@@ -121,6 +133,15 @@ def _kinds(value: Any) -> tuple[str, ...]:
     return kinds
 
 
+def _matrix_probes(value: Any) -> tuple[str, ...]:
+    kinds = _distinct(value, "probe kind", ",".join(MATRIX_PROBES))
+    unknown = [kind for kind in kinds if kind not in MATRIX_PROBES]
+    if unknown:
+        raise ValueError(f"unknown probe kind(s) {unknown} for the generalization analyses; choose from "
+                         f"{','.join(MATRIX_PROBES)}")
+    return kinds
+
+
 # ----------------------------------------------------------------------------- reading a value from text
 
 
@@ -128,7 +149,7 @@ def _read_int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"expected a whole number >= 1, got {text!r}") from None
+        raise ValueError(f"expected a whole number, got {text!r}") from None
 
 
 def _read_float(text: str) -> float:
@@ -173,6 +194,9 @@ class StudyConfig:
     dataset: str = option("builtin", "'builtin', a folder of <topic>_true_false.csv files, or one CSV",
                           "dataset", _text)
     drop_duplicates: bool = option(False, "drop repeated statements", "dataset", _flag)
+    polarity: str = option("all", "which statements: all, affirmative or negated ('Paris is not in Japan.'); a "
+                                  "CSV says so in a polarity column, a SAPLMA folder with neg_<topic> files",
+                           "dataset", _one_of(POLARITY_CHOICES), choices=POLARITY_CHOICES)
     max_tokens: int = option(MAX_TOKENS, "refuse statements longer than this many tokens", "extraction",
                              _count, _read_int)
     layers: tuple[int, ...] = option((-1, -5, -9, -13, -17), "hidden-state indices, negative = from the end",
@@ -196,6 +220,13 @@ class StudyConfig:
     C: float = option(0.1, "inverse L2 strength of the lbfgs solver", "grid", _positive, _read_float)
     controls: bool = option(True, "the text-only and shuffled-label controls beside every probe", "grid",
                             _flag)
+    generalization: bool = option(False, "also the generalization analyses: train-on-one-topic, test-on-another "
+                                         "matrices, affirmative/negated transfer, TTPD and CCS", "analysis", _flag)
+    matrix_probes: tuple[str, ...] = option(MATRIX_PROBES, "probes of the generalization matrices and the polarity "
+                                                           f"transfer, from {','.join(MATRIX_PROBES)}", "analysis",
+                                            _matrix_probes, _read_names)
+    ccs_seeds: int = option(5, "CCS probes (seeds) per layer, trained without labels on pairs of a statement and "
+                               "its negation; 0: none", "analysis", _count_or_zero, _read_int)
 
     def __post_init__(self) -> None:
         for spec in fields(self):
@@ -253,12 +284,12 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
-        """The config of ``to_dict()``; every field must be there, and nothing else."""
+        """The config of ``to_dict()``: every field (those of ``ADDED_LATER`` may be missing: their defaults), nothing else."""
         if not isinstance(data, dict):
             raise ValueError(f"a study config is a mapping of option names to values, got {type(data).__name__}")
         names = [spec.name for spec in fields(cls)]
         unknown = [key for key in data if key not in names]
-        missing = [name for name in names if name not in data]
+        missing = [name for name in names if name not in data and name not in ADDED_LATER]
         if unknown or missing:
             problems = ([f"unknown option(s) {unknown}"] if unknown else []) + (
                 [f"missing option(s) {missing}"] if missing else [])

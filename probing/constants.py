@@ -15,3 +15,9 @@ DEVICE_KINDS = ("cpu", "cuda", "mps")
 """Devices models run and probes train on; ``cuda`` also as ``cuda:N``."""
 MAX_TOKENS = 512
 """Statements longer than this many tokens are refused unless the limit is raised."""
+POLARITIES = ("affirmative", "negated")
+"""A statement's polarity: "Paris is in France." or "Paris is not in France."."""
+POLARITY_CHOICES = ("all", *POLARITIES)
+"""Which statements of a set a study reads."""
+MATRIX_PROBES = ("linear", "mass_mean", "ttpd")
+"""Probes of the generalization analyses: the two direction probes and TTPD (Bürger et al. 2024)."""

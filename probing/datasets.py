@@ -9,16 +9,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from probing.builtin import load_builtin
-from probing.statements import SAPLMA_SUFFIX, DatasetError, StatementSet, load_csv_file, load_folder
+from probing.statements import (
+    POLARITY_CHOICES, SAPLMA_SUFFIX, DatasetError, StatementSet, load_csv_file, load_folder,
+)
 
 
-def load_dataset(source: str | Path, *, topic: str | None = None, drop_duplicates: bool = False) -> StatementSet:
+def load_dataset(
+    source: str | Path, *, topic: str | None = None, drop_duplicates: bool = False, polarity: str = "all"
+) -> StatementSet:
     """Load ``builtin``, a SAPLMA-style folder of ``<topic>_true_false.csv``, or one CSV.
 
-    ``topic`` names the topic of a CSV without a topic column (default: from its file name).
+    ``topic`` names the topic of a CSV without a topic column (default: from its file name);
+    ``polarity`` keeps ``all`` statements, only the ``affirmative`` or only the ``negated`` ones.
     """
+    if polarity not in POLARITY_CHOICES:
+        raise DatasetError(f"{source}: unknown polarity {polarity!r}; choose from {list(POLARITY_CHOICES)}")
     if str(source) == "builtin":
-        dataset = load_builtin()
+        dataset = load_builtin(polarity=polarity)
     else:
         path = Path(source).expanduser()
         if path.is_dir():
@@ -30,4 +37,5 @@ def load_dataset(source: str | Path, *, topic: str | None = None, drop_duplicate
                 f"{path}: no such file or folder. Pass 'builtin', a folder of "
                 f"<topic>{SAPLMA_SUFFIX} files, or a CSV with columns statement,label[,topic]."
             )
+        dataset = dataset.with_polarity(polarity)
     return dataset.drop_duplicates() if drop_duplicates else dataset

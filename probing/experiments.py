@@ -291,7 +291,7 @@ def train_cells(
         row = {
             "model": model_name, "layer": layer, "probe": kind, "split": split.kind, "heldout": split.name,
             "seed": cell.seed, "accuracy": float(((scores > 0).astype(int) == y_test).mean()),
-            "auroc": _auroc(y_test, scores), "n_train": len(split.train), "n_test": len(split.test),
+            "auroc": auroc(y_test, scores), "n_train": len(split.train), "n_test": len(split.test),
         }
         if control is not None:
             if (split.kind, split.name) not in text_only:
@@ -376,7 +376,7 @@ def shuffled_label_task(task: Task) -> Task:
     return Task(task.train, np.random.default_rng(seed).permutation(task.y_train), seed=seed)
 
 
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve from average ranks (Mann-Whitney U); NaN with one class."""
     positives = labels == 1
     n_pos, n_neg = int(positives.sum()), int((~positives).sum())

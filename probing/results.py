@@ -29,12 +29,17 @@ PROBES_DIR = "probes"
 CONFIG_FILE = "config.json"
 CONFIG_KEYS = (("model", "name"), ("model", "device"), ("model", "dtype"), ("position",), ("cache",))
 """What ``score`` reads from a results folder's config.json."""
-TABLE_FILES = {"results": "per_topic", "dynamics": "dynamics", "directions_cosine": "directions_cosine",
-               "directions_sign": "directions_sign", "directions_matrices": "directions_matrices"}
-"""StudyResult field -> file stem of its CSV."""
+TABLE_FILES = {"results": "per_topic.csv", "dynamics": "dynamics.csv", "directions_cosine": "directions_cosine.csv",
+               "directions_sign": "directions_sign.csv", "directions_matrices": "directions_matrices.csv",
+               "generalization": "generalization.csv", "generalization_errors": "generalization_errors.csv.gz",
+               "ccs": "ccs.csv", "statements": "statements.csv"}
+"""StudyResult field -> its file (the errors, one row per misclassified statement and transfer, compressed)."""
 MARKDOWN_TABLES = ("directions_cosine", "directions_sign")
+MARKDOWN_FILES = ("accuracy_mean.md", "accuracy_max.md", "accuracy_random.md", "directions_cosine.md",
+                  "directions_sign.md", "generalization.md")
 ACCURACY_TABLES = ("accuracy_mean", "accuracy_max", "accuracy_random")
-TEXT_COLUMNS = ("model", "probe", "split", "heldout", "split_a", "split_b")
+TEXT_COLUMNS = ("model", "probe", "split", "heldout", "split_a", "split_b", "analysis", "train", "test", "statement",
+                "topic", "polarity")
 """Columns read back as text, whatever they look like (a topic may be called "1" or "nan")."""
 GRID_KEYS = ("layers", "probes", "seeds", "split", "epochs", "lr", "batch_size", "weight_decay", "linear_solver",
              "C", "controls")
@@ -74,14 +79,34 @@ def command_line() -> str:
     return " ".join(["python -m probing", *sys.argv[1:]])
 
 
-def write_table(frame: pd.DataFrame, out: Path, stem: str, markdown: bool = False) -> None:
-    frame.to_csv(out / f"{stem}.csv", index=False)
-    if markdown:
-        (out / f"{stem}.md").write_text(markdown_table(frame))
+def generalization_markdown(generalization: pd.DataFrame, ccs: pd.DataFrame) -> str:
+    """The generalization analyses as one Markdown document: per layer and probe, the topic matrix of
+    accuracy (rows: trained on, columns: tested on), the text-only control's matrix, the polarity
+    transfer and CCS."""
+    from probing.generalization import ccs_summary, matrix, polarity_table
+
+    parts = ["# Generalization\n"]
+    topics = generalization[generalization.analysis == "topics"] if not generalization.empty else generalization
+    if not topics.empty:
+        first = topics.iloc[0]
+        control = matrix(topics, first.layer, first.probe, "text_only_accuracy")
+        parts += ["## Text-only control (same splits, words only)\n", markdown_table(control.reset_index())]
+        for (layer, probe), _ in topics.groupby(["layer", "probe"], sort=False):
+            table = matrix(topics, layer, probe).reset_index()
+            parts += [f"\n## {probe} probe at layer {layer}: accuracy, trained on (rows) / tested on (columns)\n",
+                      markdown_table(table)]
+    polarity = polarity_table(generalization) if not generalization.empty else pd.DataFrame()
+    if not polarity.empty:
+        parts += ["\n## Polarity transfer: accuracy, trained on > tested on (held-out facts)\n", markdown_table(polarity)]
+    summary = ccs_summary(ccs)
+    if not summary.empty:
+        parts += ["\n## CCS (no labels): accuracy over seeds and cosine to the supervised directions\n",
+                  markdown_table(summary)]
+    return "\n".join(parts)
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV written by :func:`write_table`, read back exactly (floats round-trip; text stays text)."""
+    """A CSV written by :meth:`StudyResult.save`, read back exactly (floats round-trip; text stays text)."""
     try:
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={column: str for column in TEXT_COLUMNS})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
@@ -211,6 +236,10 @@ class StudyResult:
     directions_cosine: pd.DataFrame = field(default_factory=pd.DataFrame)
     directions_sign: pd.DataFrame = field(default_factory=pd.DataFrame)
     directions_matrices: pd.DataFrame = field(default_factory=pd.DataFrame)
+    generalization: pd.DataFrame = field(default_factory=pd.DataFrame)
+    generalization_errors: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ccs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    statements: pd.DataFrame = field(default_factory=pd.DataFrame)
     probes: dict[tuple[int, str], Probe] = field(default_factory=dict, repr=False)
     folder: Path | None = None
     """Where it was saved to or loaded from."""
@@ -298,18 +327,27 @@ class StudyResult:
         folder.mkdir(parents=True, exist_ok=True)
         written: set[str] = set()
 
-        def write(frame: pd.DataFrame, stem: str, markdown: bool) -> None:
+        def write(frame: pd.DataFrame, file: str, markdown: bool = False) -> None:
             if not frame.columns.empty:
-                write_table(frame, folder, stem, markdown)
-                written.update({f"{stem}.csv", f"{stem}.md"} if markdown else {f"{stem}.csv"})
+                frame.to_csv(folder / file, index=False)
+                written.add(file)
+                if markdown:
+                    write_markdown(markdown_table(frame), file.split(".")[0])
 
-        write(self.accuracy_table("mean"), "accuracy_mean", True)
-        write(self.accuracy_table("max"), "accuracy_max", True)
+        def write_markdown(text: str, stem: str) -> None:
+            (folder / f"{stem}.md").write_text(text)
+            written.add(f"{stem}.md")
+
+        if not self.results.empty:
+            write(self.accuracy_table("mean"), "accuracy_mean.csv", True)
+            write(self.accuracy_table("max"), "accuracy_max.csv", True)
         if "random" in self.splits and self.config.split != "random":
-            write(self.accuracy_table("mean", "random"), "accuracy_random", True)
-        for name, stem in TABLE_FILES.items():
-            write(getattr(self, name), stem, name in MARKDOWN_TABLES)
-        known = {f"{stem}.{suffix}" for stem in (*ACCURACY_TABLES, *TABLE_FILES.values()) for suffix in ("csv", "md")}
+            write(self.accuracy_table("mean", "random"), "accuracy_random.csv", True)
+        for name, file in TABLE_FILES.items():
+            write(getattr(self, name), file, name in MARKDOWN_TABLES)
+        if not self.generalization.empty or not self.ccs.empty:
+            write_markdown(generalization_markdown(self.generalization, self.ccs), "generalization")
+        known = {*TABLE_FILES.values(), *(f"{stem}.csv" for stem in ACCURACY_TABLES), *MARKDOWN_FILES}
         for stale in known - written:
             (folder / stale).unlink(missing_ok=True)
         save_probes(self.probes, folder)
@@ -325,8 +363,8 @@ class StudyResult:
         record = read_config(folder)
         config = _config_from_record(record, folder)
         tables = {}
-        for name, stem in TABLE_FILES.items():
-            path = folder / f"{stem}.csv"
+        for name, file in TABLE_FILES.items():
+            path = folder / file
             frame = read_table(path) if path.is_file() else pd.DataFrame()
             if name in ("results", "dynamics") and not frame.empty and "split" not in frame:
                 frame.insert(list(frame.columns).index("probe") + 1, "split", config.split)

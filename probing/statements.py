@@ -1,8 +1,10 @@
 """Statement sets: true/false statements with a topic, loaded from CSV files.
 
 A statement set is a table with at least the columns ``statement`` (text),
-``label`` (1 = true, 0 = false) and ``topic``; any extra columns a source
-provides (subject, relation, object, ...) are kept.
+``label`` (1 = true, 0 = false), ``topic`` and ``polarity`` (``affirmative``, or
+``negated`` for "Paris is not in Japan."; affirmative unless the source says so);
+any extra columns a source provides (subject, relation, object, ``pair``, ...) are
+kept. ``pair`` links a statement and its negation, the pairs CCS trains on.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from probing.constants import POLARITIES, POLARITY_CHOICES
+
 REQUIRED_COLUMNS = ("statement", "label")
 SAPLMA_SUFFIX = "_true_false.csv"
+NEGATED_PREFIX = "neg_"
+"""A SAPLMA-format file ``neg_<topic>_true_false.csv`` holds negated statements of ``<topic>``
+(as Geometry of Truth names its files: neg_cities, neg_sp_en_trans)."""
 _LABEL_WORDS = {"1": 1, "0": 0, "true": 1, "false": 0, "1.0": 1, "0.0": 0}
 
 
@@ -39,7 +46,7 @@ class Duplicates:
 
 @dataclass
 class StatementSet:
-    """True/false statements with topics; ``frame`` has statement, label, topic, extras."""
+    """True/false statements with topics; ``frame`` has statement, label, topic, polarity, extras."""
 
     frame: pd.DataFrame
     name: str
@@ -53,6 +60,14 @@ class StatementSet:
         self.frame = self.frame.reset_index(drop=True)
         self.frame["label"] = self.frame["label"].astype(int)
         self.frame["topic"] = self.frame["topic"].astype(str)
+        if "polarity" not in self.frame:
+            self.frame["polarity"] = POLARITIES[0]
+        polarity = self.frame["polarity"].astype(str).str.strip().str.lower()
+        unknown = sorted(set(polarity) - set(POLARITIES))
+        if unknown:
+            raise DatasetError(f"{self.name}: polarity value(s) {unknown}; each statement's polarity must be "
+                               f"one of {list(POLARITIES)}")
+        self.frame["polarity"] = polarity
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -70,12 +85,63 @@ class StatementSet:
         """Topics in order of first appearance."""
         return list(dict.fromkeys(self.frame["topic"]))
 
+    @property
+    def polarities(self) -> list[str]:
+        """The polarities present, affirmative first."""
+        present = set(self.frame["polarity"])
+        return [p for p in POLARITIES if p in present]
+
     def fingerprint(self) -> str:
-        """SHA-256 of the statements, labels and topics, in order."""
+        """SHA-256 of the statements, labels and topics, in order; with the polarities too in a set
+        that has negated statements (a set without any hashes as it did before polarity existed)."""
         digest = hashlib.sha256()
-        for text, label, topic in self.frame[["statement", "label", "topic"]].itertuples(index=False):
-            digest.update(f"{text}\t{label}\t{topic}\n".encode())
+        if "negated" in self.polarities:
+            rows = self.frame[["statement", "label", "topic", "polarity"]].itertuples(index=False)
+            for text, label, topic, polarity in rows:
+                digest.update(f"{text}\t{label}\t{topic}\t{polarity}\n".encode())
+        else:
+            for text, label, topic in self.frame[["statement", "label", "topic"]].itertuples(index=False):
+                digest.update(f"{text}\t{label}\t{topic}\n".encode())
         return digest.hexdigest()
+
+    def with_polarity(self, which: str) -> StatementSet:
+        """The statements of one polarity (``affirmative`` or ``negated``), or all of them (``all``)."""
+        if which not in POLARITY_CHOICES:
+            raise DatasetError(f"{self.name}: unknown polarity {which!r}; choose from {list(POLARITY_CHOICES)}")
+        if which == "all":
+            return self
+        if which not in self.polarities:
+            raise DatasetError(
+                f"{self.name}: no {which} statements; this set has only {' and '.join(self.polarities)} ones. "
+                "Give each statement's polarity in a polarity column (a SAPLMA folder: negated statements in "
+                f"{NEGATED_PREFIX}<topic>{SAPLMA_SUFFIX} files), or choose polarity 'all'."
+            )
+        frame = self.frame[self.frame["polarity"] == which]
+        kept = set(frame["statement"])
+        duplicates = Duplicates({text: lines for text, lines in self.duplicates.where.items() if text in kept})
+        return StatementSet(frame.copy(), name=self.name, source=self.source, duplicates=duplicates)
+
+    def pairs(self) -> np.ndarray:
+        """Row indices (affirmative, negated) of each statement and its negation: the rows that share
+        a ``pair`` id, one of each polarity. Ids without both are left out; shape (n_pairs, 2)."""
+        how = ("CCS needs pairs of a statement and its negation: a 'pair' column with the same id on a "
+               "statement and its negation (the built-in set has one)")
+        if "pair" not in self.frame:
+            raise DatasetError(f"{self.name}: no 'pair' column. {how}")
+        ids = self.frame["pair"]
+        marked = self.frame[ids.notna() & (ids.astype(str).str.strip() != "")]
+        affirmative, negated = (marked[marked["polarity"] == p] for p in POLARITIES)
+        crowded = sorted({*affirmative["pair"][affirmative["pair"].duplicated()],
+                          *negated["pair"][negated["pair"].duplicated()]}, key=str)
+        if crowded:
+            shown = ", ".join(repr(i) for i in crowded[:5])
+            raise DatasetError(f"{self.name}: {len(crowded)} pair id(s) name more than one statement of one "
+                               f"polarity ({shown}); a pair is one statement and its negation")
+        negated_row = pd.Series(negated.index, index=negated["pair"].to_numpy())
+        affirmative = affirmative[affirmative["pair"].isin(negated_row.index)]
+        if affirmative.empty:
+            raise DatasetError(f"{self.name}: no pair id is on both an affirmative and a negated statement. {how}")
+        return np.column_stack([affirmative.index, negated_row[affirmative["pair"]].to_numpy()]).astype(np.int64)
 
     def summary(self) -> pd.DataFrame:
         """Rows, true and false statements and share true, per topic."""
@@ -88,7 +154,7 @@ class StatementSet:
     def subset(
         self, topics: list[str] | None = None, per_topic: int | None = None, seed: int = 0
     ) -> StatementSet:
-        """Keep some topics and/or at most ``per_topic`` rows of each (stratified by label)."""
+        """Keep some topics and/or at most ``per_topic`` rows of each (stratified by polarity and label)."""
         frame = self.frame
         if topics is not None:
             unknown = sorted(set(topics) - set(self.topics))
@@ -99,9 +165,10 @@ class StatementSet:
             frame = frame[frame["topic"].isin(topics)]
         if per_topic is not None:
             rng = np.random.default_rng(seed)
+            share = -(-per_topic // (2 * len(self.polarities)))
             keep = [
-                rng.choice(rows, size=min(len(rows), -(-per_topic // 2)), replace=False)
-                for rows in frame.groupby(["topic", "label"], sort=False).indices.values()
+                rng.choice(rows, size=min(len(rows), share), replace=False)
+                for rows in frame.groupby(["topic", "polarity", "label"], sort=False).indices.values()
             ]
             frame = frame.iloc[np.sort(np.concatenate(keep))]
         return StatementSet(frame.copy(), name=self.name, source=self.source)
@@ -131,8 +198,17 @@ def require_topics(dataset: StatementSet, minimum: int = 2) -> None:
         )
 
 
+def _topic_and_polarity(file_name: str) -> tuple[str, str]:
+    """``<topic>_true_false.csv`` holds affirmative statements, ``neg_<topic>_true_false.csv`` negated ones."""
+    topic = file_name[: -len(SAPLMA_SUFFIX)]
+    if topic.startswith(NEGATED_PREFIX) and len(topic) > len(NEGATED_PREFIX):
+        return topic[len(NEGATED_PREFIX):], "negated"
+    return topic, "affirmative"
+
+
 def load_folder(folder: Path) -> StatementSet:
-    """A SAPLMA-style folder: one ``<topic>_true_false.csv`` per topic."""
+    """A SAPLMA-style folder: one ``<topic>_true_false.csv`` per topic, and ``neg_<topic>_true_false.csv``
+    for negated statements of a topic (polarity ``negated``, unless the file has a polarity column)."""
     files = sorted(folder.glob(f"*{SAPLMA_SUFFIX}"))
     if not files:
         found = sorted(p.name for p in folder.glob("*.csv"))[:5]
@@ -141,7 +217,7 @@ def load_folder(folder: Path) -> StatementSet:
             + (f" (found {found})" if found else "")
             + ". Name each topic's file <topic>" + SAPLMA_SUFFIX + " or pass one CSV file."
         )
-    parts = [_read_statement_csv(f, f.read_bytes(), default_topic=f.name[: -len(SAPLMA_SUFFIX)]) for f in files]
+    parts = [_read_statement_csv(f, f.read_bytes(), *_topic_and_polarity(f.name)) for f in files]
     frame = pd.concat([p for p, _ in parts], ignore_index=True)
     where: dict[str, list[int]] = {}
     for _, dup in parts:
@@ -158,11 +234,13 @@ def load_csv_bytes(name: str | Path, content: bytes, *, topic: str | None = None
     """A statement set from the bytes of one CSV (an upload, say) without writing them anywhere.
 
     ``name`` is the file name: it names the set, appears in error messages and, without a
-    ``topic`` column or argument, gives the topic (``<topic>_true_false.csv``, else its stem).
+    ``topic`` column or argument, gives the topic (``<topic>_true_false.csv``, else its stem);
+    without a ``polarity`` column, ``neg_<topic>_true_false.csv`` holds negated statements.
     """
     name = Path(name)
-    default_topic = topic or (name.name[: -len(SAPLMA_SUFFIX)] if name.name.endswith(SAPLMA_SUFFIX) else name.stem)
-    frame, duplicates = _read_statement_csv(name, content, default_topic=default_topic)
+    file_topic, polarity = (_topic_and_polarity(name.name) if name.name.endswith(SAPLMA_SUFFIX)
+                            else (name.stem, "affirmative"))
+    frame, duplicates = _read_statement_csv(name, content, topic or file_topic, polarity)
     return StatementSet(frame, name=name.stem, source=source, duplicates=duplicates)
 
 
@@ -180,8 +258,11 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _read_statement_csv(path: Path, raw: bytes, default_topic: str) -> tuple[pd.DataFrame, Duplicates]:
-    """Validate one CSV's bytes; line numbers in errors are the file's own (header = 1)."""
+def _read_statement_csv(
+    path: Path, raw: bytes, default_topic: str, default_polarity: str = "affirmative"
+) -> tuple[pd.DataFrame, Duplicates]:
+    """Validate one CSV's bytes; line numbers in errors are the file's own (header = 1).
+    Without a polarity column every statement gets ``default_polarity``."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -218,6 +299,12 @@ def _read_statement_csv(path: Path, raw: bytes, default_topic: str) -> tuple[pd.
         label = _LABEL_WORDS.get(record["label"].strip().lower())
         if label is None:
             problems.append(f"line {number}: label {record['label']!r} is not 0, 1, true or false")
+        if "polarity" in record:
+            polarity = record["polarity"].strip().lower()
+            if polarity not in POLARITIES:
+                problems.append(f"line {number}: polarity {record['polarity']!r} is not "
+                                + " or ".join(POLARITIES))
+            record["polarity"] = polarity
         record.update(statement=statement, label=label, _line=number)
         if not (record.get("topic") or "").strip():
             record["topic"] = default_topic
@@ -227,6 +314,8 @@ def _read_statement_csv(path: Path, raw: bytes, default_topic: str) -> tuple[pd.
         raise DatasetError(f"{path}: {len(problems)} bad row(s): {shown}. Fix or remove these lines.")
     frame = pd.DataFrame.from_records(records)
     lines = frame.pop("_line")
+    if "polarity" not in frame:
+        frame["polarity"] = default_polarity
     where = {
         text: lines[group.index].tolist()
         for text, group in frame.groupby("statement", sort=False)

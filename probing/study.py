@@ -21,6 +21,7 @@ from probing.activations import Activations, Progress
 from probing.config import StudyConfig
 from probing.directions import DIRECTION_KINDS, compare_directions
 from probing.experiments import CellResult, EpochRecord, GridResult, check_splits, make_splits, run_grid
+from probing.generalization import Generalization, run_generalization
 from probing.probes import Probe, Task, fit_many
 from probing.results import StudyResult, command_line, package_versions
 from probing.statements import StatementSet
@@ -137,12 +138,15 @@ def run_study(
     on_train: Progress | None = None,
     on_result: Callable[[dict], None] | None = None,
     on_epoch: EpochRecord | None = None,
+    on_analysis: Progress | None = None,
     command: str | None = None,
 ) -> StudyResult:
-    """Extract missing activations, train the grid of each of ``config.splits`` and the final probes.
+    """Extract missing activations, train the grid of each of ``config.splits`` and the final probes,
+    and with ``config.generalization`` the generalization analyses.
 
     ``on_train`` counts every probe of the grids and then the final ones; ``on_result`` and
-    ``on_epoch`` get the grids' rows and history records as they come (tagged with their split).
+    ``on_epoch`` get the grids' rows and history records as they come (tagged with their split);
+    ``on_analysis`` counts the layers of the generalization analyses.
     """
     check_study(dataset, activations, config)
     started = time.perf_counter()
@@ -157,8 +161,41 @@ def run_study(
         grids[kind] = run_grid(dataset, load, replace(config, split=kind), model_name=activations.spec.name,
                                on_result=on_result, on_epoch=on_epoch, on_progress=_shifted(on_train, offset, total))
     final = train_final_probes(dataset, load, config, _shifted(on_train, sum(sizes), total))
-    return finish_study(dataset, activations, config, grids, final_probes=final, extracted=extracted,
-                        seconds=time.perf_counter() - started, command=command)
+    analyses = run_generalization(dataset, load, config, on_analysis) if config.generalization else None
+    study = finish_study(dataset, activations, config, grids, final_probes=final, extracted=extracted,
+                         seconds=time.perf_counter() - started, command=command)
+    return with_generalization(study, analyses, config) if analyses else study
+
+
+def with_generalization(study: StudyResult, analyses: Generalization, config: StudyConfig) -> StudyResult:
+    """``study`` with the generalization analyses' tables (replacing any it had), the options they ran
+    with in its config, and their notes in ``meta``."""
+    ran = replace(study.config, generalization=True, matrix_probes=config.matrix_probes, ccs_seeds=config.ccs_seeds)
+    return replace(study, config=ran, generalization=analyses.results, generalization_errors=analyses.errors,
+                   ccs=analyses.ccs, statements=analyses.statements,
+                   meta={**study.meta, "generalization_notes": analyses.notes})
+
+
+def same_data(study: StudyResult, dataset: StatementSet, activations: Activations) -> bool:
+    """Whether ``study`` read these statements with this model (weights, dtype) at this token."""
+    ran = study.meta.get("model", {}), study.meta.get("dataset", {})
+    return (ran[0].get("fingerprint") == activations.fingerprint and study.config.position == activations.position
+            and ran[1].get("sha256") == dataset.fingerprint())
+
+
+def generalization_study(dataset: StatementSet, activations: Activations, config: StudyConfig, *,
+                         into: StudyResult | None = None, on_progress: Progress | None = None,
+                         command: str | None = None) -> StudyResult:
+    """The generalization analyses of ``config`` (activations extracted first) as a study: added to
+    ``into`` when it read the same statements with the same model at the same token (see
+    :func:`same_data`), else a study of its own, without a grid."""
+    texts = dataset.statements
+    activations.ensure(texts)
+    analyses = run_generalization(dataset, lambda layer: activations.layer(texts, layer), config, on_progress)
+    if into is None or not same_data(into, dataset, activations):
+        into = StudyResult(as_run(config, dataset, activations), study_meta(dataset, activations, command=command),
+                           pd.DataFrame())
+    return with_generalization(into, analyses, config)
 
 
 def reproduce(
@@ -168,12 +205,14 @@ def reproduce(
     out: str | Path,
     on_extract: Progress | None = None,
     on_train: Progress | None = None,
+    on_analysis: Progress | None = None,
 ) -> StudyResult:
     """:func:`run_study`, saved to ``out``. The folder is made after the checks and before the
     extraction, so a folder that cannot be made fails first."""
     check_study(dataset, activations, config)
     Path(out).mkdir(parents=True, exist_ok=True)
-    result = run_study(dataset, activations, config, on_extract=on_extract, on_train=on_train)
+    result = run_study(dataset, activations, config, on_extract=on_extract, on_train=on_train,
+                       on_analysis=on_analysis)
     result.save(out)
     return result
 

@@ -23,7 +23,7 @@ from probing.probes import Probe
 from probing.results import StudyResult
 from probing.settings import new_results_folder
 from probing.statements import StatementSet
-from probing.study import cell_study, check_study, run_study
+from probing.study import cell_study, check_study, generalization_study, run_study
 
 
 def extract_missing(job: Job, activations: Activations, texts: list[str]) -> int:
@@ -126,6 +126,26 @@ def grid_work(activations: Activations, dataset: StatementSet, config: StudyConf
                           command="dashboard: Accuracy grid")
         what = "grid" if config.probes != ("linear", "mass_mean") else "directions"
         study.save(new_results_folder(results_root, activations.spec.name, dataset.name, what, name))
+        return study
+
+    return work
+
+
+def generalization_work(activations: Activations, dataset: StatementSet, config: StudyConfig, results_root: Path,
+                        open_study: StudyResult | None = None) -> Callable[[Job], StudyResult]:
+    """The generalization analyses, saved into the open results folder when it holds a study of the
+    same statements, model and token (they join its grid), else into a new results folder."""
+
+    def work(job: Job) -> StudyResult:
+        extract_missing(job, activations, dataset.statements)
+        job.set_phase("Training the probes of each layer", len(config.layers), unit="layers")
+        study = generalization_study(dataset, activations, config, into=open_study, on_progress=job.progress,
+                                     command="dashboard: Generalization")
+        job.set_phase("Saving", 0)
+        if open_study is not None and study.folder == open_study.folder:
+            study.save(open_study.folder)
+        else:
+            study.save(new_results_folder(results_root, activations.spec.name, dataset.name, "generalization"))
         return study
 
     return work

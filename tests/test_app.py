@@ -1,6 +1,6 @@
 """Every dashboard page through Streamlit's AppTest, checked against the engine's own numbers.
 
-The app runs on the embedded model and 30 built-in statements per topic (180 in all), in a
+The app runs on the embedded model and 48 built-in statements per topic (288 in all), in a
 cache folder of its own (so extraction really runs) that links to the shared converted model.
 """
 
@@ -35,7 +35,7 @@ from probing.experiments import accuracy_long, split_seed, text_only_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("PROBING_TEST_CACHE", ROOT / "cache" / "tests"))  # as in conftest.py
-PER_TOPIC = 30
+PER_TOPIC = 48  # 12 facts per topic, each affirmative and negated, true and false
 TIMEOUT = 300
 
 
@@ -123,7 +123,7 @@ def test_overview_and_extraction(app_cache, dataset, engine):
     assert balance.groupby("topic")["statements"].sum().to_dict() == {t: PER_TOPIC for t in dataset.topics}
     sample = at.dataframe[0].value
     assert len(sample) == 8 and set(sample["statement"]) <= set(dataset.statements)
-    assert any("0 of 180" in t for t in progress_texts(at))
+    assert any(f"0 of {len(dataset)}" in t for t in progress_texts(at))
 
     at.button(key="extract_overview").click().run()
     no_errors(at)
@@ -133,7 +133,7 @@ def test_overview_and_extraction(app_cache, dataset, engine):
         assert at.selectbox(key="position").disabled and at.radio(key="dataset_source").disabled
     job = wait_job(at, "extract")
     assert job.result == len(dataset)
-    assert any("180 of 180" in t for t in progress_texts(at))
+    assert any(f"{len(dataset)} of {len(dataset)}" in t for t in progress_texts(at))
     assert at.button(key="extract_overview").disabled  # nothing left to extract
     assert engine[1].missing(dataset.statements) == []
 
@@ -293,6 +293,45 @@ def test_directions_page(app_cache, dataset):
     learned = lines[(lines.series == "learned directions") & (lines.statistic == "cosine similarity")]
     assert dict(zip(learned.layer, learned.value)) == pytest.approx(dict(zip(cosine.layer, cosine["mean"])))
     assert set(lines.series) >= {"learned directions", "random directions"}
+
+
+def test_generalization_page(app_cache, dataset, engine):
+    at = new_app().run()
+    at.switch_page("pages/generalization.py").run()
+    no_errors(at)
+    at.multiselect(key="gen_layers").set_value([-1])
+    at.multiselect(key="gen_probes").set_value(["linear", "ttpd"])
+    at.number_input(key="gen_ccs").set_value(1)
+    at.run()
+    at.button(key="gen_button").click().run()
+    job = wait_job(at, "generalization")
+    study = job.result
+    assert at.session_state["ctx"].study.folder == study.folder  # saved and opened
+    assert_same_study(StudyResult.load(study.folder), study)
+    saved = pd.read_csv(study.folder / "generalization.csv")
+    at.radio(key="gen_probe").set_value("ttpd").run()
+    no_errors(at)
+    _, shown = chart(at, "gen_matrix")
+    expected = saved[(saved.analysis == "topics") & (saved.layer == -1) & (saved.probe == "ttpd")]
+    shown = shown.dropna(subset=["train"]).set_index(["train", "test"])["value"].sort_index()
+    assert len(shown) == len(expected) == 6 * 7
+    np.testing.assert_allclose(shown, expected.set_index(["train", "test"])["accuracy"].sort_index(), atol=1e-12)
+    _, control = chart(at, "gen_text_only")
+    control = control.dropna(subset=["train"]).set_index(["train", "test"])["value"].sort_index()
+    np.testing.assert_allclose(control, expected.set_index(["train", "test"])["text_only_accuracy"].sort_index())
+    _, polarity = chart(at, "gen_polarity")
+    assert set(polarity.dropna(subset=["transfer"])["transfer"]) == {
+        f"{a} > {b}" for a in ("affirmative", "negated", "all") for b in ("affirmative", "negated")}
+
+    at.selectbox(key="gen_train").set_value("cities")
+    at.selectbox(key="gen_test").set_value("animals")
+    at.run()
+    no_errors(at)
+    cell = expected.set_index(["train", "test"]).loc[("cities", "animals")]
+    wrong = round(cell.n_test * (1 - cell.accuracy))
+    table = next(frame.value for frame in at.dataframe if "P(true)" in frame.value.columns)
+    assert len(table) == wrong and set(table["statement"]) <= set(dataset.statements)
+    assert any(f"{wrong:,} wrong" in c.value for c in at.caption)
 
 
 def test_statement_page(app_cache, dataset, engine):

@@ -116,13 +116,13 @@ def test_within_topic_splits_stay_inside_their_topic_and_keep_groups_whole(saplm
 def test_auroc_matches_scikit_learn_with_ties():
     from sklearn.metrics import roc_auc_score
 
-    from probing.experiments import _auroc
+    from probing.experiments import auroc
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 500)
     scores = np.round(rng.normal(size=500) + labels, 1)  # many ties
-    assert _auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    assert np.isnan(_auroc(np.ones(4, dtype=int), scores[:4]))
+    assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert np.isnan(auroc(np.ones(4, dtype=int), scores[:4]))
 
 
 def test_grid_config_checks_the_device_and_resolves_auto():

@@ -1,9 +1,10 @@
-"""The built-in true/false statement set: six topics of facts, each as a true and a false statement.
+"""The built-in true/false statement set: six topics of facts, each as a true and a false statement,
+affirmative ("Paris is a city in France.") and negated ("Paris is not a city in Japan.").
 
 The fact tables are in ``data/``, the generator (how statements are written, and why
 neither their words nor their shape give the label away) in :mod:`probing.builtin.generator`.
 """
 
-from probing.builtin.generator import BUILTIN_TOPICS, TEMPLATES, fact_table, load_builtin
+from probing.builtin.generator import BUILTIN_TOPICS, NEGATED_TEMPLATES, TEMPLATES, fact_table, load_builtin
 
-__all__ = ["BUILTIN_TOPICS", "TEMPLATES", "fact_table", "load_builtin"]
+__all__ = ["BUILTIN_TOPICS", "NEGATED_TEMPLATES", "TEMPLATES", "fact_table", "load_builtin"]

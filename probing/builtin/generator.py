@@ -13,14 +13,27 @@ as in true ones), and never a value that is also true for that subject (the
 ``also_true`` column lists such values). So neither the words nor the sentence
 shape tells true from false: only knowing the fact does.
 
+Every fact also gives two negated statements, written with the negated form of the
+same template (:data:`NEGATED_TEMPLATES`): "s is not o'" with the false object, which
+is true because o' is not true for s (the rule that keeps false statements false), and
+"s is not o" with the true object, which is false. Labels come from the facts, never
+from flipping a sentence. The negated statements use the same objects as the
+affirmative ones, each as often in a true as in a false statement, and the same
+negated template for both labels, so the word "not" and the negated sentence shapes
+say nothing about the label either. Column ``polarity`` says which form a statement
+has; column ``pair`` is shared by a statement and its negation (same subject, relation
+and object, opposite labels), the pairs that CCS (Burns et al. 2022) trains on.
+
 Subjects are dealt into small blocks (column ``group``) and the false objects are
 permuted within a block, so inside every group each object occurs as often in
-true as in false statements. Split by ``group`` when testing a text-only (or any)
-classifier: a split that separates the members of a group leaves an object's true
-use on one side and its false use on the other, and a classifier that memorises
-object words then scores *below* chance on the held-out side.
+true as in false statements, in each polarity. Split by ``group`` when testing a
+text-only (or any) classifier: a split that separates the members of a group leaves
+an object's true use on one side and its false use on the other, and a classifier
+that memorises object words then scores *below* chance on the held-out side. A
+group holds all four statements of each of its facts.
 
-Generation is deterministic for a seed and takes a few tens of milliseconds.
+Generation is deterministic for a seed and takes a few tens of milliseconds. The
+affirmative statements of a seed are the same with or without the negated ones.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from probing.statements import DatasetError, StatementSet
+from probing.statements import POLARITIES, POLARITY_CHOICES, DatasetError, StatementSet
 
 DATA = Path(__file__).resolve().parent / "data"
 BUILTIN_TOPICS: tuple[str, ...] = ("cities", "countries", "elements", "animals", "companies", "science")
@@ -180,6 +193,144 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# The negated form of each template above, in the same order: template number k of a
+# relation is negated by its number k here ("is" -> "is not", "has" -> "does not have").
+NEGATED_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "city_in_country": (
+        "{s} is not a city in {o}.",
+        "The city of {s} is not located in {o}.",
+        "{s} is not one of the cities of {o}.",
+        "{s} is a city that does not lie in {o}.",
+    ),
+    "capital": (
+        "The capital of {s} is not {o}.",
+        "{o} is not the capital of {s}.",
+        "{s} does not have {o} as its capital.",
+        "The capital city of {s} is not {o}.",
+    ),
+    "continent": (
+        "{s} is not a country in {o}.",
+        "{s} is not located in {o}.",
+        "{s} is not a country on the continent of {o}.",
+        "The country of {s} does not lie in {o}.",
+    ),
+    "currency": (
+        "The currency of {s} is not the {o}.",
+        "{s} does not use the {o} as its currency.",
+        "The official currency of {s} is not the {o}.",
+        "In {s}, people do not pay with the {o}.",
+    ),
+    "official_language": (
+        "{o} is not an official language of {s}.",
+        "{o} is not one of the official languages of {s}.",
+        "{s} does not have {o} as an official language.",
+        "In {s}, {o} is not an official language.",
+    ),
+    "symbol": (
+        "The chemical symbol for {s} is not {o}.",
+        "{s} does not have the chemical symbol {o}.",
+        "The symbol of the element {s} is not {o}.",
+        "{o} is not the chemical symbol of {s}.",
+    ),
+    "atomic_number": (
+        "The atomic number of {s} is not {o}.",
+        "{s} does not have the atomic number {o}.",
+        "{s} is not element number {o} in the periodic table.",
+        "The element {s} does not have atomic number {o}.",
+    ),
+    "category": (
+        "{s} is not {a_o}.",
+        "{s} is not classified as {a_o}.",
+        "{s} does not belong to the {o_pl}.",
+        "The element {s} is not {a_o}.",
+    ),
+    "period": (
+        "{s} is not in period {o} of the periodic table.",
+        "{s} is not found in period {o} of the periodic table.",
+        "The element {s} does not belong to period {o}.",
+        "In the periodic table, {s} does not sit in period {o}.",
+    ),
+    "group": (
+        "{s} is not in group {o} of the periodic table.",
+        "{s} is not found in group {o} of the periodic table.",
+        "The element {s} does not belong to group {o}.",
+        "In the periodic table, {s} does not sit in group {o}.",
+    ),
+    "animal_class": (
+        "{a_s} is not {a_o}.",
+        "The {s} is not a kind of {o}.",
+        "{a_s} is not classified as {a_o}.",
+        "Biologists do not classify the {s} as {a_o}.",
+    ),
+    "headquarters_country": (
+        "{s} is not headquartered in {o}.",
+        "{s} does not have its headquarters in {o}.",
+        "The headquarters of {s} are not in {o}.",
+        "{s} is not a company based in {o}.",
+    ),
+    "headquarters_city": (
+        "The head office of {s} is not in the city of {o}.",
+        "{s} does not have its head office in {o}.",
+        "{s} is not based in the city of {o}.",
+        "The headquarters of {s} are not located in the city of {o}.",
+    ),
+    "founded": (
+        "{s} was not founded in {o}.",
+        "{s} was not established in {o}.",
+        "The company {s} was not founded in the year {o}.",
+        # "has not existed since" would still be true of any later year: name the year itself.
+        "The founding year of {s} is not {o}.",
+    ),
+    "stock_index": (
+        "{s} is not a constituent of the {o}.",
+        "{s} is not listed in the {o}.",
+        "The {o} does not include {s}.",
+        "{s} is not one of the companies in the {o}.",
+    ),
+    "si_prefix": (
+        "The SI prefix {s} does not mean {o}.",
+        "The metric prefix {s} does not stand for a factor of {o}.",
+        "In the metric system, the prefix {s} does not mean {o}.",
+        "The prefix {s} does not multiply a unit by {o}.",
+    ),
+    "conversion": (
+        "One {s} is not equal to {o}.",
+        "One {s} does not equal {o}.",
+        "{a_s} does not correspond to {o}.",
+        "A single {s} does not amount to {o}.",
+    ),
+    "si_unit": (
+        "The SI unit of {s} is not the {o}.",
+        "In the SI system, {s} is not measured in {o_pl}.",
+        "The {o} is not the SI unit of {s}.",
+        "The International System of Units does not measure {s} in {o_pl}.",
+    ),
+    "unit_symbol": (
+        "The symbol for the {s} is not {o}.",
+        "The {s} is not written with the symbol {o}.",
+        "The unit symbol of the {s} is not {o}.",
+        "{o} is not the symbol of the {s}.",
+    ),
+    "named_after": (
+        "The {s} is not named after {o}.",
+        "The unit called the {s} does not honour {o}.",
+        "The {s} was not named in honour of {o}.",
+        "The name of the {s} does not come from {o}.",
+    ),
+    "measures": (
+        "The {s} is not a unit of {o}.",
+        "{a_s} is not a unit used to measure {o}.",
+        "The {s} does not measure {o}.",
+        "{a_s} is not a unit for {o}.",
+    ),
+    "constant_value": (
+        "The {s} is not approximately {o}.",
+        "The value of the {s} is not close to {o}.",
+        "The {s} is not roughly equal to {o}.",
+        "The {s} does not have a value of about {o}.",
+    ),
+}
+
 # Names that take "the" in running text.
 _WITH_THE = {
     "United States", "United Kingdom", "Netherlands", "Philippines", "Democratic Republic of the Congo",
@@ -319,18 +470,30 @@ def _derange(members: list[int], facts, rng: random.Random) -> dict[int, str]:
     return {}
 
 
-def _generate_topic(topic: str, per_topic: int | None, seed: int, block_size: int = 6) -> pd.DataFrame:
+def _block_size(n_facts: int) -> int:
+    """Subjects per block: 6, or fewer in a small set (under 15 facts), so that even a handful of
+    facts makes several groups and a group-held-out split has something on both sides."""
+    return 6 if n_facts >= 15 else max(2, n_facts // 4)
+
+
+def _pair_id(topic: str, subject: str, relation: str, obj: str) -> str:
+    """The id a statement shares with its negation: same subject, relation and object."""
+    return f"{topic}|{subject}|{relation}|{obj}"
+
+
+def _generate_topic(
+    topic: str, n_facts: int | None, seed: int, polarities: tuple[str, ...]
+) -> pd.DataFrame:
+    """Statements of ``n_facts`` facts of one topic (every fact when None), of the given polarities."""
     table = _read_table(topic)
     rng = random.Random(f"probing.builtin:{topic}:{seed}")
     facts = list(table)
-    if per_topic is not None:
-        pairs = max(1, -(-per_topic // 2))
-        if pairs < len(facts):
-            keep = sorted(rng.sample(range(len(facts)), pairs))
-            facts = [facts[i] for i in keep]
+    if n_facts is not None and n_facts < len(facts):
+        keep = sorted(rng.sample(range(len(facts)), n_facts))
+        facts = [facts[i] for i in keep]
     false: dict[int, str] = {}
     group_of: dict[int, int] = {}
-    blocks = _blocks(facts, rng, block_size)
+    blocks = _blocks(facts, rng, _block_size(len(facts)))
     for number, block in enumerate(blocks):
         by_relation: dict[str, list[int]] = {}
         for i in block:
@@ -359,7 +522,7 @@ def _generate_topic(topic: str, per_topic: int | None, seed: int, block_size: in
         for b in joined[1:]:
             parent[b] = joined[0]
     group_of = {i: root(b) for i, b in group_of.items()}
-    if per_topic is not None and len(false) < len(facts):
+    if n_facts is not None and len(false) < len(facts):
         # Facts left out for want of a false object: top up from the rest of the table.
         chosen = {(f[0], f[1]) for f in facts}
         spare = [f for f in table if (f[0], f[1]) not in chosen]
@@ -378,11 +541,11 @@ def _generate_topic(topic: str, per_topic: int | None, seed: int, block_size: in
                 by_relation.setdefault(facts[i][1], []).append(i)
             for relation in sorted(by_relation):
                 false.update(_derange(by_relation[relation], facts, rng))
-        keep = sorted(false)[: -(-per_topic // 2)] if len(false) > -(-per_topic // 2) else sorted(false)
+        keep = sorted(false)[:n_facts]
         false = {i: false[i] for i in keep}
-    # Templates: balanced within each relation, in random order; shared by a fact's two statements.
+    # Templates: balanced within each relation, in random order; shared by a fact's four statements.
     counters: dict[str, list[int]] = {}
-    records = []
+    affirmative, negated = [], []
     for i, (subject, relation, obj, _) in enumerate(facts):
         if i not in false:
             continue
@@ -393,31 +556,51 @@ def _generate_topic(topic: str, per_topic: int | None, seed: int, block_size: in
             rng.shuffle(queue)
             counters[key] = queue
         number = queue.pop()
-        template = TEMPLATES[key][number]
-        tid = f"{key}/{number}"
-        group = f"{topic}/{group_of[i]}"
-        records.append((_render(template, subject, obj), 1, topic, subject, relation, obj, obj, tid, group))
-        records.append((_render(template, subject, false[i]), 0, topic, subject, relation, false[i], obj, tid, group))
-    rng.shuffle(records)
+        template, negation = TEMPLATES[key][number], NEGATED_TEMPLATES[key][number]
+        wrong, fact = false[i], (topic, subject, relation)
+        where = (f"{key}/{number}", f"{topic}/{group_of[i]}")
+        for text, label, shown, polarity in (
+            (_render(template, subject, obj), 1, obj, "affirmative"),
+            (_render(template, subject, wrong), 0, wrong, "affirmative"),
+            # "s is not o'" is true exactly because "s is o'" is false, and the other way round.
+            (_render(negation, subject, wrong), 1, wrong, "negated"),
+            (_render(negation, subject, obj), 0, obj, "negated"),
+        ):
+            rows = affirmative if polarity == "affirmative" else negated
+            rows.append((text, label, *fact, shown, obj, *where, polarity, _pair_id(*fact, shown)))
+    rng.shuffle(affirmative)
+    rng.shuffle(negated)
+    records = (affirmative if "affirmative" in polarities else []) + (negated if "negated" in polarities else [])
     return pd.DataFrame.from_records(
         records,
-        columns=["statement", "label", "topic", "subject", "relation", "object", "true_object", "template", "group"],
+        columns=["statement", "label", "topic", "subject", "relation", "object", "true_object", "template", "group",
+                 "polarity", "pair"],
     )
 
 
-def load_builtin(topics: list[str] | None = None, per_topic: int | None = None, seed: int = 0) -> StatementSet:
-    """The built-in statement set: every topic by default (about 5,500 statements).
+def load_builtin(
+    topics: list[str] | None = None, per_topic: int | None = None, seed: int = 0, polarity: str = "all"
+) -> StatementSet:
+    """The built-in statement set: every topic by default (about 11,000 statements, half of them negated).
 
-    ``topics`` picks some of :data:`BUILTIN_TOPICS`; ``per_topic`` keeps about that many
-    statements per topic (half true, half false: ``per_topic // 2`` facts, rounded up);
-    ``seed`` chooses the facts kept, the false objects and the templates.
-    Extra columns: subject, relation, object (the one in the statement), true_object,
-    template, group (hold a group out together; see the module docstring).
+    ``topics`` picks some of :data:`BUILTIN_TOPICS`; ``polarity`` is ``all`` (affirmative and
+    negated statements), ``affirmative`` ("Paris is a city in France.") or ``negated`` ("Paris is
+    not a city in Japan."). ``per_topic`` keeps about that many statements per topic, rounded up
+    to whole facts: a fact gives one true and one false statement of each chosen polarity, so
+    ``per_topic / 4`` facts with both polarities, ``per_topic / 2`` with one. ``seed`` chooses the
+    facts kept, the false objects and the templates; the affirmative statements of a seed are
+    the same whatever ``polarity`` is (with the same facts kept).
+    Extra columns: subject, relation, object (the one in the statement), true_object, template,
+    group (hold a group out together; see the module docstring), polarity, pair (shared by a
+    statement and its negation).
     """
     chosen = list(BUILTIN_TOPICS) if topics is None else list(topics)
     _check_topics(chosen)
+    if polarity not in POLARITY_CHOICES:
+        raise DatasetError(f"builtin: unknown polarity {polarity!r}; choose from {list(POLARITY_CHOICES)}")
+    polarities = POLARITIES if polarity == "all" else (polarity,)
     if per_topic is not None and per_topic < 1:
         raise DatasetError(f"builtin: per_topic must be at least 1, got {per_topic}")
-    frame = pd.concat([_generate_topic(t, per_topic, seed) for t in chosen], ignore_index=True)
+    n_facts = None if per_topic is None else -(-per_topic // (2 * len(polarities)))
+    frame = pd.concat([_generate_topic(t, n_facts, seed, polarities) for t in chosen], ignore_index=True)
     return StatementSet(frame, name="builtin", source="builtin")
-
