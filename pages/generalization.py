@@ -74,13 +74,14 @@ elif has_results and not busy:
         layer = c1.select_slider("Layer", layers, value=layers[-1], key="gen_layer")
         probe = c2.radio("Probe", probes, horizontal=True, key="gen_probe")
         value = c3.radio("Show", list(VALUES), horizontal=True, key="gen_value", format_func=VALUES.get)
-        left, right = st.columns([3, 2])
+        left, right = st.columns(2)
         with left:
             event = show_chart(charts.generalization_heatmap(topics, layer, probe, value, selection="cell"),
-                               key="gen_matrix", on_select="rerun", selection_mode="cell")
+                               key="gen_matrix", on_select="rerun", selection_mode="cell", width="content")
             st.caption("Click a cell to list the statements that probe got wrong.")
         with right:
-            show_chart(charts.generalization_heatmap(topics, layer, probe, "text_only_accuracy"), key="gen_text_only")
+            show_chart(charts.generalization_heatmap(topics, layer, probe, "text_only_accuracy"), key="gen_text_only",
+                       width="content")
             st.caption("The same train/test splits, classified from the words alone. A probe cell that does "
                        "no better than this one may be reading wording, not truth.")
         summary = matrix_summary(topics)

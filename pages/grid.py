@@ -73,6 +73,10 @@ job_panel("grid", live=live)
 study = ctx.study
 if study is None and not busy:
     st.info("No results folder is open: run a grid above, or open one in the sidebar.")
+elif study is not None and study.results.empty and not busy:
+    st.info(f"The open results folder ({study.folder.name}) holds no accuracy grid"
+            + (" (it holds generalization analyses: see *Generalization*)" if not study.generalization.empty else "")
+            + ": run a grid above, or open another folder in the sidebar.")
 elif study is not None and not busy:
     split = study.config.split
     main = study.split_results(split)

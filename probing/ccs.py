@@ -18,6 +18,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 
+from probing.probes import sigmoid
 from probing.ttpd import check_activations, column_std_mean, shared_tensor
 
 MIN_PAIRS = 2
@@ -88,7 +89,7 @@ class CCSProbe:
         losses = _ccs_loss(pos, neg)
         best = int(np.argmin(losses))
         sign = 1.0
-        if y is not None and ((0.5 * (_sigmoid(pos[:, best]) + 1 - _sigmoid(neg[:, best])) > 0.5) == y).mean() < 0.5:
+        if y is not None and ((0.5 * (sigmoid(pos[:, best]) + 1 - sigmoid(neg[:, best])) > 0.5) == y).mean() < 0.5:
             sign = -1.0
         (self.mean_pos_, self.scale_pos_), (self.mean_neg_, self.scale_neg_) = sides
         self.coef_, self.intercept_ = sign * W[:, best].astype(np.float64), sign * float(b[best])
@@ -122,7 +123,7 @@ class CCSProbe:
 
     def predict_proba(self, X, negated) -> np.ndarray:
         """Columns: P(false), P(true)."""
-        p = _sigmoid(self.decision_function(X, negated))
+        p = sigmoid(self.decision_function(X, negated))
         return np.stack([1 - p, p], axis=1)
 
     def predict(self, X, negated) -> np.ndarray:
@@ -199,6 +200,3 @@ def _ccs_loss(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     return _ccs_loss_tensor(torch.from_numpy(np.asarray(pos, dtype=np.float64)),
                             torch.from_numpy(np.asarray(neg, dtype=np.float64))).numpy()
 
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-np.clip(logits, -60, 60)))

@@ -384,14 +384,14 @@ def generalization_heatmap(results: pd.DataFrame, layer: int, probe: str, value:
                  alt.Tooltip("n_train:Q", title="trained on"), alt.Tooltip("n_test:Q", title="tested on")])
     if selection:
         chosen = alt.selection_point(name=selection, fields=["train", "test"], on="click", clear="dblclick")
-        cells = cells.add_params(chosen).encode(
-            stroke=alt.condition(chosen, alt.value("#222"), alt.value("white")),
-            strokeWidth=alt.condition(chosen, alt.value(3), alt.value(1)))
-    text = base.mark_text(fontSize=13).encode(
+        cells = cells.add_params(chosen).encode(  # only a clicked cell is outlined
+            stroke=alt.condition(chosen, alt.value("#222"), alt.value("white"), empty=False),
+            strokeWidth=alt.condition(chosen, alt.value(3), alt.value(2), empty=False))
+    text = base.mark_text(fontSize=12).encode(
         text="text:N", color=alt.condition(alt.datum.value > 0.8, alt.value("white"), alt.value("#1d1d1d")))
     default = f"{probe} probe at layer {layer}: {names[value]}" if value != "text_only_accuracy" else (
         "Text-only control: accuracy from the words alone")
-    return alt.layer(cells, text).properties(title=title or default, width=alt.Step(64), height=alt.Step(34))
+    return alt.layer(cells, text).properties(title=title or default, width=alt.Step(50), height=alt.Step(32))
 
 
 def polarity_chart(results: pd.DataFrame, value: str = "accuracy") -> alt.LayerChart:

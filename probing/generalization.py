@@ -30,6 +30,7 @@ from probing.constants import POLARITIES
 from probing.experiments import (
     Cell, Split, auroc, category_splits, random_split, text_only_accuracy, train_cells, within_topic_splits,
 )
+from probing.probes import sigmoid
 from probing.statements import DatasetError, StatementSet
 from probing.ttpd import TTPDProbe
 
@@ -111,7 +112,7 @@ def transfer_layer(features: np.ndarray, dataset: StatementSet, layer: int, tran
             rows.append({**common, "accuracy": float(((scores > 0) == y).mean()) if len(y) else np.nan,
                          "auroc": auroc(y, scores), "n_train": len(transfer.split.train), "n_test": len(test)})
             wrong = (scores > 0) != y
-            p_true = 1 / (1 + np.exp(-np.clip(scores[wrong], -60, 60)))
+            p_true = sigmoid(scores[wrong])
             errors += [{**common, "row": int(row), "p_true": float(p)} for row, p in zip(test[wrong], p_true)]
     return rows, errors
 

@@ -104,8 +104,32 @@ class Task:
     seed: int = 0
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """P(true) of logits, without overflow warnings for large ones."""
+    return 1 / (1 + np.exp(-np.clip(logits, -60, 60)))
+
+
+class LogitClassifier:
+    """``predict_proba``, ``predict`` and ``score`` of a classifier whose ``decision_function`` gives the logit of P(true)."""
+
+    def decision_function(self, X) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Columns: P(false), P(true)."""
+        p = sigmoid(self.decision_function(X))
+        return np.stack([1 - p, p], axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        return (self.decision_function(X) > 0).astype(int)
+
+    def score(self, X, y) -> float:
+        """Accuracy."""
+        return float((self.predict(X) == np.asarray(y)).mean())
+
+
 @dataclass
-class Probe:
+class Probe(LogitClassifier):
     """A fitted or unfitted truth probe (scikit-learn style: ``fit`` returns self)."""
 
     kind: str = "linear"
@@ -155,18 +179,6 @@ class Probe:
             if layer < len(self.weights_) - 1:
                 h = np.maximum(h, 0)
         return h[:, 0]
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Columns: P(false), P(true)."""
-        p = 1 / (1 + np.exp(-np.clip(self.decision_function(X), -60, 60)))
-        return np.stack([1 - p, p], axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        return (self.decision_function(X) > 0).astype(int)
-
-    def score(self, X, y) -> float:
-        """Accuracy."""
-        return float((self.predict(X) == np.asarray(y)).mean())
 
     @property
     def direction_(self) -> np.ndarray:

@@ -25,13 +25,14 @@ import torch
 from torch.nn import functional as F
 
 from probing.constants import POLARITIES
+from probing.probes import LogitClassifier, sigmoid
 
 ROWS_PER_BLOCK = 2048
 """Rows converted to float64 at a time for exact sums (about 80 MB at width 5120)."""
 
 
 @dataclass
-class TTPDProbe:
+class TTPDProbe(LogitClassifier):
     """Truth and polarity directions, then a logistic classifier on the projections (scikit-learn style).
 
     ``C``: inverse L2 strength of the logistic regression that finds the polarity direction (on
@@ -89,18 +90,6 @@ class TTPDProbe:
         self._check_fitted()
         axes = _axes(self.t_g_, self.polarity_direction_)
         return check_activations(X, len(self.t_g_)) @ axes @ self.classifier_coef_ + self.classifier_intercept_
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Columns: P(false), P(true)."""
-        p = 1 / (1 + np.exp(-np.clip(self.decision_function(X), -60, 60)))
-        return np.stack([1 - p, p], axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        return (self.decision_function(X) > 0).astype(int)
-
-    def score(self, X, y) -> float:
-        """Accuracy."""
-        return float((self.predict(X) == np.asarray(y)).mean())
 
     def project(self, X, groups=None) -> np.ndarray:
         """(n, 2): each row's projection on the unit t_G and the unit t_P, for a scatter plot.
@@ -254,7 +243,7 @@ def _logistic_regression(Z: np.ndarray, y: np.ndarray, C: float, iterations: int
     theta = np.zeros(S.shape[1])
     ridge = np.diag([1 / C] * Z.shape[1] + [0.0])
     for _ in range(iterations):
-        p = 1 / (1 + np.exp(-np.clip(S @ theta, -60, 60)))
+        p = sigmoid(S @ theta)
         gradient = S.T @ (p - y) + ridge @ theta
         hessian = (S * (p * (1 - p))[:, None]).T @ S + ridge + 1e-9 * np.eye(len(theta))
         step = np.linalg.solve(hessian, gradient)

@@ -333,6 +333,35 @@ def test_generalization_page(app_cache, dataset, engine):
     assert len(table) == wrong and set(table["statement"]) <= set(dataset.statements)
     assert any(f"{wrong:,} wrong" in c.value for c in at.caption)
 
+    at.switch_page("pages/grid.py").run()  # the folder holds the analyses only
+    no_errors(at)
+    assert any("holds no accuracy grid (it holds generalization analyses" in i.value for i in at.info)
+
+
+def test_generalization_joins_the_open_grid_of_the_same_statements(app_cache):
+    at = new_app().run()
+    at.switch_page("pages/grid.py").run()
+    at.multiselect(key="grid_layers").set_value([-1])
+    at.multiselect(key="grid_probes").set_value(["linear"])
+    at.checkbox(key="grid_random").uncheck()
+    at.run()
+    at.button(key="grid_button").click().run()
+    grid = wait_job(at, "grid").result
+    at.switch_page("pages/generalization.py").run()
+    at.multiselect(key="gen_layers").set_value([-1])
+    at.multiselect(key="gen_probes").set_value(["mass_mean"])
+    at.number_input(key="gen_ccs").set_value(0)
+    at.run()
+    at.button(key="gen_button").click().run()
+    joined = wait_job(at, "generalization").result
+    assert joined.folder == grid.folder and at.session_state["ctx"].study.folder == grid.folder
+    loaded = StudyResult.load(grid.folder)
+    pd.testing.assert_frame_equal(loaded.results, grid.results)  # the grid is still there
+    assert set(loaded.generalization.probe) == {"mass_mean"} and loaded.config.generalization
+    at.switch_page("pages/grid.py").run()
+    no_errors(at)
+    assert len(chart(at, "grid_mean")[1]) == 1
+
 
 def test_statement_page(app_cache, dataset, engine):
     at = new_app().run()

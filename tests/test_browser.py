@@ -1,7 +1,8 @@
 """End to end in a real browser: Debian's chromium driven by playwright against `streamlit run app.py`.
 
 The first paint of a fresh server; then extract a small statement set, train a probe while watching
-the live chart, run a small grid, open the truth directions, score a statement. Screenshots go to
+the live chart, run a small grid, open the truth directions, run the generalization analyses, score a
+statement. Screenshots go to
 cache/screenshots/ (git-ignored); set PROBING_SCREENSHOTS=docs/screenshots to refresh the README's.
 """
 
@@ -219,6 +220,14 @@ def test_end_to_end(page):
     no_exception(page)
     shot(page, "directions")
 
+    # Generalization: the topic matrix, the polarity transfer and CCS of the default settings
+    go(page, "Generalization")
+    page.get_by_role("button", name="Run the analyses").click()
+    page.get_by_text("Click a cell to list the statements that probe got wrong.").wait_for(timeout=LONG)
+    page.get_by_text("Trained on the affirmative statements of most facts").wait_for()  # the polarity chart's caption
+    no_exception(page)
+    shot(page, "generalization")
+
     # Probe a statement
     go(page, "Probe a statement")
     page.get_by_role("button", name="The city of Paris is located in France.").click()
@@ -234,3 +243,7 @@ def test_end_to_end(page):
     page.get_by_text(re.compile("PC1 and PC2 explain")).wait_for()
     no_exception(page)
     shot(page, "activations")
+    page.get_by_text("Truth subspace (t_G, t_P)").click()
+    page.get_by_text(re.compile("statements projected on t_G and t_P")).wait_for()
+    no_exception(page)
+    shot(page, "truth-subspace")

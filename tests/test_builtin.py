@@ -13,10 +13,12 @@ from probing.builtin import BUILTIN_TOPICS, NEGATED_TEMPLATES, TEMPLATES, fact_t
 from probing.datasets import load_dataset
 from probing.statements import POLARITIES, DatasetError, StatementSet
 
-# The fingerprint of the seed-0 affirmative set as generated before negated statements existed:
-# cached activations and recorded results refer to these statements, so they must not change.
-AFFIRMATIVE_SEED_0 = "cbf6d6ec4d1f87eba1b7d6c0d5ede692364b3df6a438a5a43ad9a041363433c0"
-AFFIRMATIVE_SEED_0_PER_TOPIC_30 = "5f9d78445ea2ad23d725bf3bec903441e00f75f9d603b1bc86b546722c9032cc"
+# The fingerprints of the seed-0 affirmative set: cached activations and recorded results refer to
+# these statements, so they change only on purpose. Adding negations left them as they were; they
+# changed when two templates were replaced ("X has existed since Y" is true of every later year than
+# the founding one; "{o} is the symbol of the {s}." capitalised unit symbols such as kg and mol).
+AFFIRMATIVE_SEED_0 = "62aa1917cf4a74313e7489ad7f7c74722e98ef7ded7204e04af5786e95d6562b"
+AFFIRMATIVE_SEED_0_PER_TOPIC_30 = "f50286a58da9abd10e020551bbef53b8a815ffb4c3ba35bb6c57a86f5c06c183"
 
 
 @pytest.fixture(scope="module")
@@ -391,3 +393,12 @@ def test_leak_check_detects_a_planted_leak(full):
         ".", " indeed.", regex=False
     )
     assert text_only_accuracy(part, folds=3) > 0.9
+
+
+def test_symbols_keep_their_case_and_founding_years_are_exact(full):
+    """A symbol is case-sensitive (kg, not Kg), and a founding year is one year: "X has existed since Y"
+    would be true of every year after it, so it is no template."""
+    symbols = full.frame[full.frame.relation.isin(["unit_symbol", "symbol"])]
+    assert all(row.object in row.statement for row in symbols.itertuples())
+    founded = full.frame[full.frame.relation == "founded"]
+    assert len(founded) and not founded.statement.str.contains("since").any()

@@ -140,7 +140,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "{s} was founded in {o}.",
         "{s} was established in {o}.",
         "The company {s} was founded in the year {o}.",
-        "{s} has existed since {o}.",
+        "{s} was set up in {o}.",
     ),
     "stock_index": (
         "{s} is a constituent of the {o}.",
@@ -171,7 +171,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "The symbol for the {s} is {o}.",
         "The {s} is written with the symbol {o}.",
         "The unit symbol of the {s} is {o}.",
-        "{o} is the symbol of the {s}.",
+        "The {s} has the symbol {o}.",
     ),
     "named_after": (
         "The {s} is named after {o}.",
@@ -278,8 +278,7 @@ NEGATED_TEMPLATES: dict[str, tuple[str, ...]] = {
         "{s} was not founded in {o}.",
         "{s} was not established in {o}.",
         "The company {s} was not founded in the year {o}.",
-        # "has not existed since" would still be true of any later year: name the year itself.
-        "The founding year of {s} is not {o}.",
+        "{s} was not set up in {o}.",
     ),
     "stock_index": (
         "{s} is not a constituent of the {o}.",
@@ -309,7 +308,7 @@ NEGATED_TEMPLATES: dict[str, tuple[str, ...]] = {
         "The symbol for the {s} is not {o}.",
         "The {s} is not written with the symbol {o}.",
         "The unit symbol of the {s} is not {o}.",
-        "{o} is not the symbol of the {s}.",
+        "The {s} does not have the symbol {o}.",
     ),
     "named_after": (
         "The {s} is not named after {o}.",
