@@ -541,6 +541,29 @@ def test_folder_picker_reads_only_the_allowed_folders(app_cache, saplma):
     assert at.session_state["ctx"].dataset.fingerprint() == saplma.fingerprint()  # the previous set stays
 
 
+def test_the_polarity_filter_picks_the_statements(app_cache, dataset, tmp_path, monkeypatch):
+    at = new_app().run()
+    assert at.session_state["ctx"].dataset.polarities == ["affirmative", "negated"]
+    at.radio(key="polarity").set_value("negated").run()
+    no_errors(at)
+    chosen = at.session_state["ctx"].dataset
+    assert chosen.polarities == ["negated"] and len(chosen) == len(dataset)  # statements per topic stay as asked
+    assert any("negated statements" in c.value for c in at.sidebar.caption)
+    # a CSV of one polarity has nothing to filter: no radio, and a SAPLMA folder with neg_ files has
+    monkeypatch.setenv("PROBING_DATA_ROOTS", str(tmp_path))
+    both = dataset.subset(per_topic=8)
+    both.frame[both.frame.polarity == "affirmative"].to_csv(tmp_path / "cities_true_false.csv", index=False)
+    both.frame[both.frame.polarity == "negated"].drop(columns="polarity").to_csv(
+        tmp_path / "neg_cities_true_false.csv", index=False)
+    at = new_app().run()
+    at.radio(key="dataset_source").set_value("Folder").run()
+    at.selectbox(key="dataset_found").set_value(str(tmp_path)).run()
+    no_errors(at)
+    assert at.session_state["ctx"].dataset.polarities == ["affirmative", "negated"]
+    at.radio(key="polarity").set_value("affirmative").run()
+    assert at.session_state["ctx"].dataset.polarities == ["affirmative"]
+
+
 def test_failed_model_load_keeps_previous_model(app_cache):
     at = new_app().run()
     at.selectbox(key="model_choice").set_value("Other: hub id, folder or .gguf").run()
