@@ -29,6 +29,7 @@ PAGES = [
             url_path="truth-directions"),
     st.Page(str(ROOT / "pages/generalization.py"), title="Generalization", icon=":material/swap_horiz:",
             url_path="generalization-matrix"),
+    st.Page(str(ROOT / "pages/steer.py"), title="Steer", icon=":material/tune:", url_path="steer-the-model"),
     st.Page(str(ROOT / "pages/statement.py"), title="Probe a statement", icon=":material/edit_note:",
             url_path="probe-a-statement"),
     st.Page(str(ROOT / "pages/activations.py"), title="Activations", icon=":material/scatter_plot:",

@@ -135,7 +135,7 @@ def collect_finished_job() -> None:
         outcome = job.result
         trained_probes()[(outcome.fingerprint, outcome.position, outcome.layer, outcome.kind)] = outcome
         st.session_state["last_train"] = outcome
-    elif job.kind in ("grid", "directions", "generalization"):
+    elif job.kind in ("grid", "directions", "generalization", "steering"):
         st.session_state["results_choice"] = str(job.result.folder)  # the sidebar opens it
 
 

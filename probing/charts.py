@@ -433,3 +433,41 @@ def truth_subspace_chart(points: pd.DataFrame, layer: int | None = None) -> alt.
         .properties(height=480)
         .interactive()
     )
+
+
+# ----------------------------------------------------------------------------- steering
+
+
+def steered_answer_chart(margins: dict[str, float]) -> alt.LayerChart:
+    """P(" True") - P(" False") without and with steering (``{"without": m0, "with alpha = 2": m1}``)."""
+    frame = pd.DataFrame({"run": list(margins), "margin": list(margins.values())})
+    frame["text"] = frame["margin"].map(lambda v: f"{v:+.3f}")
+    bars = alt.Chart(frame).mark_bar().encode(
+        y=alt.Y("run:N", sort=list(margins), title=None),
+        x=alt.X("margin:Q", scale=alt.Scale(domain=[-1, 1]), title='P(" True") - P(" False")'),
+        color=alt.condition(alt.datum.margin > 0, alt.value(TRUE_COLOR), alt.value(FALSE_COLOR)),
+        tooltip=["run", alt.Tooltip("margin:Q", format="+.4f")],
+    )
+    text = bars.mark_text(align="left", dx=4, color="#333").encode(text="text:N")
+    zero = alt.Chart(pd.DataFrame({"margin": [0.0]})).mark_rule(color="#555").encode(x="margin:Q")
+    return alt.layer(bars, text, zero).properties(title="What the model answers", height=alt.Step(34))
+
+
+def dose_response_chart(table: pd.DataFrame) -> alt.Chart:
+    """Mean P(" True") - P(" False") of held-out true and false statements against alpha, a line per
+    direction (the controls, random and shuffled, dashed)."""
+    long = table.melt(id_vars=["direction", "alpha"], value_vars=["margin_true", "margin_false"],
+                      var_name="statements", value_name="margin")
+    long["statements"] = long["statements"].map({"margin_true": "true statements", "margin_false": "false statements"})
+    long["kind"] = np.where(long["direction"].isin(["random", "shuffled"]), "control", "direction")
+    order = list(dict.fromkeys(table["direction"]))
+    return alt.Chart(long, title="Dose-response: the model's answer on held-out statements").mark_line(point=True).encode(
+        x=alt.X("alpha:Q", title="alpha (1 = the distance between the false and true class means)"),
+        y=alt.Y("margin:Q", title='mean P(" True") - P(" False")', scale=alt.Scale(zero=False)),
+        color=alt.Color("direction:N", sort=order, scale=alt.Scale(range=SERIES_COLORS)),
+        strokeDash=alt.StrokeDash("kind:N", scale=alt.Scale(domain=["direction", "control"], range=[[1, 0], [5, 4]]),
+                                  title=None),
+        shape=alt.Shape("statements:N", title=None),
+        detail="statements:N",
+        tooltip=["direction", "statements", "alpha", alt.Tooltip("margin:Q", format="+.4f")],
+    ).properties(width=560, height=320)

@@ -18,7 +18,8 @@ from dataclasses import Field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from probing.config import StudyConfig
+from probing.config import SteeringConfig, StudyConfig, read_floats, read_ints, read_names
+from probing.constants import STEER_DIRECTIONS, STEER_POSITIONS
 
 if TYPE_CHECKING:
     from probing.activations import Activations, Progress
@@ -131,6 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_options(data, "dataset")
     data.add_argument("--out", required=True, help="CSV file to write ('-' for standard output)")
 
+    steer = commands.add_parser("steer", help="add a truth direction to the residual stream and measure the "
+                                              "model's True/False answer (writes steering.csv/.md)")
+    defaults = SteeringConfig()
+    steer.add_argument("--results", default=None, help="results folder whose model, statements and token "
+                                                        "position are used (default: the newest in results/)")
+    steer.add_argument("--probe-layer", type=int, default=defaults.probe_layer,
+                       help=f"layer the directions are fitted at (default: {defaults.probe_layer})")
+    steer.add_argument("--layers", type=_steer_value(read_ints), default=None,
+                       help="layers whose blocks get the vector (default: the probe layer and the two before it)")
+    steer.add_argument("--alphas", type=_steer_value(read_floats), default=defaults.alphas,
+                       help="multiples of the class-mean distance to add (default: "
+                            f"{','.join(f'{a:g}' for a in defaults.alphas)})")
+    steer.add_argument("--directions", type=_steer_value(read_names), default=defaults.directions,
+                       help=f"from {','.join(STEER_DIRECTIONS)} (default: {','.join(defaults.directions)}; "
+                            "random and shuffled are the controls)")
+    steer.add_argument("--statements", type=int, default=defaults.statements,
+                       help=f"held-out statements to measure on (default: {defaults.statements})")
+    steer.add_argument("--position", choices=STEER_POSITIONS, default=defaults.position,
+                       help="tokens that get the vector: the statement's, the prompt's last, or all")
+
     score = commands.add_parser("score", help="P(true) per layer from the probes of a results folder")
     score.add_argument("statement", nargs="+", help="one or more statements")
     score.add_argument("--results", default=None,
@@ -138,12 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NEGATIVE_VALUED = ("--layers", "--alphas", "--probe-layer")
+
+
+def _steer_value(read: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return read(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
 def _join_negative_values(argv: list[str]) -> list[str]:
-    """Let ``--layers -1,-5`` work: argparse would read "-1,-5" as an option."""
+    """Let ``--layers -1,-5`` (and ``--alphas -2,2``, ``--probe-layer -9``) work: argparse would read
+    "-1,-5" as an option."""
     joined: list[str] = []
     for token in argv:
-        if joined and joined[-1] == "--layers" and token.startswith("-"):
-            joined[-1] = f"--layers={token}"
+        if joined and joined[-1] in NEGATIVE_VALUED and token.startswith("-"):
+            joined[-1] = f"{joined[-1]}={token}"
         else:
             joined.append(token)
     return joined
@@ -390,4 +425,35 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"extract": cmd_extract, "reproduce": cmd_reproduce, "data": cmd_data, "score": cmd_score}
+def cmd_steer(args: argparse.Namespace) -> int:
+    from probing.results import read_config
+    from probing.settings import latest_results_folder
+
+    config = SteeringConfig(probe_layer=args.probe_layer, layers=args.layers, alphas=args.alphas,
+                            directions=args.directions, statements=args.statements, position=args.position)
+    folder = args.results or latest_results_folder()
+    read_config(folder)  # a missing or outdated folder fails here, before torch loads
+    from probing.results import StudyResult, markdown_table
+    from probing.scoring import study_activations
+    from probing.steering import run_steering
+
+    study = StudyResult.load(folder)
+    dataset = _dataset(study.config)
+    activations, notes = study_activations(study)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    with _progress("extracting", "statements") as on_extract:
+        activations.ensure(dataset.statements, on_progress=on_extract)
+    table = run_steering(dataset, activations, config)
+    study.steering = table
+    study.meta["steering"] = config.to_dict()
+    study.save(folder)
+    columns = ["direction", "alpha", "shift_true", "shift_false", "flipped", "nie"]
+    print(f"Steering {dataset.name} with {study.config.model}: layers {','.join(map(str, config.steered_layers))}, "
+          f"directions from layer {config.probe_layer}, {config.position} tokens\n\n{markdown_table(table[columns])}")
+    print(f"written to {Path(folder) / 'steering.csv'} and steering.md")
+    return 0
+
+
+COMMANDS = {"extract": cmd_extract, "reproduce": cmd_reproduce, "data": cmd_data, "score": cmd_score,
+            "steer": cmd_steer}

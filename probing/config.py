@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from probing.constants import (
     DEVICE_KINDS, DTYPE_NAMES, EMBEDDED, MATRIX_PROBES, MAX_TOKENS, POLARITY_CHOICES, POSITIONS, PROBE_KINDS,
-    SPLIT_KINDS,
+    SPLIT_KINDS, STEER_DIRECTIONS, STEER_POSITIONS,
 )
 
 if TYPE_CHECKING:
@@ -159,14 +159,21 @@ def _read_float(text: str) -> float:
         raise ValueError(f"expected a number such as 0.001, got {text!r}") from None
 
 
-def _read_ints(text: str) -> tuple[int, ...]:
+def read_ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise ValueError(f"expected comma-separated integers such as -1,-5,-9, got {text!r}") from None
 
 
-def _read_names(text: str) -> tuple[str, ...]:
+def read_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers such as -2,-1,0,1,2, got {text!r}") from None
+
+
+def read_names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
@@ -200,10 +207,10 @@ class StudyConfig:
     max_tokens: int = option(MAX_TOKENS, "refuse statements longer than this many tokens", "extraction",
                              _count, _read_int)
     layers: tuple[int, ...] = option((-1, -5, -9, -13, -17), "hidden-state indices, negative = from the end",
-                                     "grid", _layers, _read_ints)
+                                     "grid", _layers, read_ints)
     probes: tuple[str, ...] = option(("linear", "tiny", "small", "medium"),
                                      f"probe kinds, comma-separated, from {','.join(PROBE_KINDS)}", "grid",
-                                     _kinds, _read_names)
+                                     _kinds, read_names)
     seeds: int = option(1, "seeds per probe and split", "grid", _count, _read_int)
     split: str = option("category", "category: hold one topic out; random: one stratified 80/20 split; "
                                     "within: per topic, train and test inside the topic", "grid",
@@ -224,7 +231,7 @@ class StudyConfig:
                                          "matrices, affirmative/negated transfer, TTPD and CCS", "analysis", _flag)
     matrix_probes: tuple[str, ...] = option(MATRIX_PROBES, "probes of the generalization matrices and the polarity "
                                                            f"transfer, from {','.join(MATRIX_PROBES)}", "analysis",
-                                            _matrix_probes, _read_names)
+                                            _matrix_probes, read_names)
     ccs_seeds: int = option(5, "CCS probes (seeds) per layer, trained without labels on pairs of a statement and "
                                "its negation; 0: none", "analysis", _count_or_zero, _read_int)
 
@@ -296,3 +303,52 @@ class StudyConfig:
             known = f" (the options are {', '.join(names)})" if unknown else ""
             raise ValueError(f"study config: {'; '.join(problems)}{known}")
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class SteeringConfig:
+    """A steering experiment: the direction read at ``probe_layer``, added at ``layers`` (default: that
+    layer and the two before it) at ``position`` tokens, for each of ``alphas`` and ``directions``,
+    measured on ``statements`` held-out statements. The command line and the Steer page take their
+    defaults from here."""
+
+    probe_layer: int = -9
+    layers: tuple[int, ...] | None = None
+    alphas: tuple[float, ...] = (-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0)
+    directions: tuple[str, ...] = ("mass_mean", "linear", "random", "shuffled")
+    statements: int = 200
+    position: str = "statement"
+
+    def __post_init__(self) -> None:
+        try:
+            _layers((self.probe_layer,))
+            if self.layers is not None:
+                object.__setattr__(self, "layers", _layers(self.layers))
+            alphas = _distinct(self.alphas, "alpha", "-2,-1,0,1,2")
+            object.__setattr__(self, "alphas", tuple(_non_finite_refused(a) for a in alphas))
+            directions = _distinct(self.directions, "direction", ",".join(STEER_DIRECTIONS))
+            unknown = [d for d in directions if d not in STEER_DIRECTIONS]
+            if unknown:
+                raise ValueError(f"unknown direction(s) {unknown}; choose from {','.join(STEER_DIRECTIONS)}")
+            _count(self.statements)
+            if self.statements < 2:
+                raise ValueError(f"statements must be >= 2 (one true, one false), got {self.statements}")
+            _one_of(STEER_POSITIONS)(self.position)
+        except ValueError as error:
+            raise ValueError(f"SteeringConfig: {error}") from None
+
+    @property
+    def steered_layers(self) -> tuple[int, ...]:
+        return self.layers or (self.probe_layer - 2, self.probe_layer - 1, self.probe_layer)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values, with the layers actually steered."""
+        return {"probe_layer": self.probe_layer, "layers": list(self.steered_layers), "alphas": list(self.alphas),
+                "directions": list(self.directions), "statements": self.statements, "position": self.position}
+
+
+def _non_finite_refused(value: Any) -> float:
+    number = _number(value)
+    if not math.isfinite(number):
+        raise ValueError(f"alphas must be finite numbers, got {number}")
+    return number

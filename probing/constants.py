@@ -21,3 +21,8 @@ POLARITY_CHOICES = ("all", *POLARITIES)
 """Which statements of a set a study reads."""
 MATRIX_PROBES = ("linear", "mass_mean", "ttpd")
 """Probes of the generalization analyses: the two direction probes and TTPD (Bürger et al. 2024)."""
+STEER_POSITIONS = ("statement", "last", "all")
+"""Where a steering vector is added: the statement's tokens in the prompt, the prompt's last token, or
+every position (generated tokens too)."""
+STEER_DIRECTIONS = ("mass_mean", "linear", "ttpd", "random", "shuffled")
+"""Directions to steer along; ``random`` and ``shuffled`` (mass-mean of shuffled labels) are controls."""

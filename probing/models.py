@@ -262,6 +262,19 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
 
+    def next_token_logits(self, inputs: dict[str, torch.Tensor], last: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 logits of the token after position ``last`` of each row (default: the final position):
+        the decoder runs in the model's dtype, the output head in float32, so that small changes of the
+        hidden state (steering, say) are not rounded away by bfloat16 logits. The caller holds ``lock``."""
+        hidden = self.model.base_model(**inputs).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = torch.full_like(rows, hidden.shape[1] - 1) if last is None else last.to(hidden.device)
+        head = self.model.get_output_embeddings()
+        bias = None if getattr(head, "bias", None) is None else head.bias.float()
+        logits = torch.nn.functional.linear(hidden[rows, last].float(), head.weight.float(), bias)
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def describe(self) -> dict[str, object]:
         """What is loaded, for display."""
         return {

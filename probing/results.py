@@ -32,14 +32,14 @@ CONFIG_KEYS = (("model", "name"), ("model", "device"), ("model", "dtype"), ("pos
 TABLE_FILES = {"results": "per_topic.csv", "dynamics": "dynamics.csv", "directions_cosine": "directions_cosine.csv",
                "directions_sign": "directions_sign.csv", "directions_matrices": "directions_matrices.csv",
                "generalization": "generalization.csv", "generalization_errors": "generalization_errors.csv.gz",
-               "ccs": "ccs.csv", "statements": "statements.csv"}
+               "ccs": "ccs.csv", "statements": "statements.csv", "steering": "steering.csv"}
 """StudyResult field -> its file (the errors, one row per misclassified statement and transfer, compressed)."""
 MARKDOWN_TABLES = ("directions_cosine", "directions_sign")
 MARKDOWN_FILES = ("accuracy_mean.md", "accuracy_max.md", "accuracy_random.md", "directions_cosine.md",
-                  "directions_sign.md", "generalization.md")
+                  "directions_sign.md", "generalization.md", "steering.md")
 ACCURACY_TABLES = ("accuracy_mean", "accuracy_max", "accuracy_random")
 TEXT_COLUMNS = ("model", "probe", "split", "heldout", "split_a", "split_b", "analysis", "train", "test", "statement",
-                "topic", "polarity")
+                "topic", "polarity", "direction", "layers", "position")
 """Columns read back as text, whatever they look like (a topic may be called "1" or "nan")."""
 GRID_KEYS = ("layers", "probes", "seeds", "split", "epochs", "lr", "batch_size", "weight_decay", "linear_solver",
              "C", "controls")
@@ -217,6 +217,17 @@ def _device_here(device: str) -> bool:
     return True
 
 
+def steering_markdown(table: pd.DataFrame) -> str:
+    """The dose-response table per direction: shifts, flips and NIE by alpha."""
+    columns = ["direction", "alpha", "shift_true", "shift_false", "flipped", "nie"]
+    parts = [f"# Steering: layers {table['layers'].iloc[0]}, direction from layer {table['layer'].iloc[0]}, "
+             f"{table['position'].iloc[0]} tokens, {table['statements'].iloc[0]} held-out statements\n",
+             "alpha = 1 moves a statement by the distance between the false and true class means along the "
+             "direction. shift: mean change of P(True) - P(False); flipped: share of answers whose sign "
+             "changes; nie: normalised indirect effect (Geometry of Truth).\n", markdown_table(table[columns])]
+    return "\n".join(parts)
+
+
 @dataclass
 class StudyResult:
     """Everything a study computed, as one object that saves to and loads from a results folder.
@@ -240,6 +251,7 @@ class StudyResult:
     generalization_errors: pd.DataFrame = field(default_factory=pd.DataFrame)
     ccs: pd.DataFrame = field(default_factory=pd.DataFrame)
     statements: pd.DataFrame = field(default_factory=pd.DataFrame)
+    steering: pd.DataFrame = field(default_factory=pd.DataFrame)
     probes: dict[tuple[int, str], Probe] = field(default_factory=dict, repr=False)
     folder: Path | None = None
     """Where it was saved to or loaded from."""
@@ -347,6 +359,8 @@ class StudyResult:
             write(getattr(self, name), file, name in MARKDOWN_TABLES)
         if not self.generalization.empty or not self.ccs.empty:
             write_markdown(generalization_markdown(self.generalization, self.ccs), "generalization")
+        if not self.steering.empty:
+            write_markdown(steering_markdown(self.steering), "steering")
         known = {*TABLE_FILES.values(), *(f"{stem}.csv" for stem in ACCURACY_TABLES), *MARKDOWN_FILES}
         for stale in known - written:
             (folder / stale).unlink(missing_ok=True)

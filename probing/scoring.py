@@ -99,7 +99,7 @@ def model_says_true(model: LoadedModel, statement: str, template: str = ASK_TEMP
     ids = tokenizer(prompt, return_tensors="pt").to(model.input_device)
     answers = {word: tokenizer(" " + word, add_special_tokens=False)["input_ids"][0] for word in ("True", "False")}
     with model.lock:
-        logits = model.model(**ids).logits[0, -1].float()
+        logits = model.next_token_logits(ids)[0]
         model.forward_passes += 1
     log_probs = torch.log_softmax(logits, dim=-1)
     pair = torch.stack([log_probs[answers["True"]], log_probs[answers["False"]]])

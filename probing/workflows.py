@@ -16,14 +16,15 @@ from pathlib import Path
 import pandas as pd
 
 from probing.activations import Activations
-from probing.config import StudyConfig
+from probing.config import SteeringConfig, StudyConfig
 from probing.experiments import Cell, check_splits, evaluate_probe, make_split, train_cells
 from probing.jobs import Job
 from probing.probes import Probe
 from probing.results import StudyResult
 from probing.settings import new_results_folder
 from probing.statements import StatementSet
-from probing.study import cell_study, check_study, generalization_study, run_study
+from probing.steering import run_steering
+from probing.study import as_run, cell_study, check_study, generalization_study, run_study, same_data, study_meta
 
 
 def extract_missing(job: Job, activations: Activations, texts: list[str]) -> int:
@@ -131,6 +132,17 @@ def grid_work(activations: Activations, dataset: StatementSet, config: StudyConf
     return work
 
 
+def save_beside(study: StudyResult, open_study: StudyResult | None, results_root: Path, activations: Activations,
+                dataset: StatementSet, what: str) -> StudyResult:
+    """Save ``study`` into the open results folder when it is that study grown by an analysis (same
+    statements, model and token), else into a new results folder named after ``what``."""
+    if open_study is not None and study.folder == open_study.folder and same_data(open_study, dataset, activations):
+        study.save(open_study.folder)
+    else:
+        study.save(new_results_folder(results_root, activations.spec.name, dataset.name, what))
+    return study
+
+
 def generalization_work(activations: Activations, dataset: StatementSet, config: StudyConfig, results_root: Path,
                         open_study: StudyResult | None = None) -> Callable[[Job], StudyResult]:
     """The generalization analyses, saved into the open results folder when it holds a study of the
@@ -142,11 +154,29 @@ def generalization_work(activations: Activations, dataset: StatementSet, config:
         study = generalization_study(dataset, activations, config, into=open_study, on_progress=job.progress,
                                      command="dashboard: Generalization")
         job.set_phase("Saving", 0)
-        if open_study is not None and study.folder == open_study.folder:
-            study.save(open_study.folder)
+        return save_beside(study, open_study, results_root, activations, dataset, "generalization")
+
+    return work
+
+
+def steering_work(activations: Activations, dataset: StatementSet, config: SteeringConfig, results_root: Path,
+                  open_study: StudyResult | None = None) -> Callable[[Job], StudyResult]:
+    """The dose-response of ``config``, saved as ``steering.csv`` into the open results folder when it
+    holds the same statements, model and token, else into a new results folder."""
+
+    def work(job: Job) -> StudyResult:
+        extract_missing(job, activations, dataset.statements)
+        job.set_phase("Steering: batched forward passes", 0)
+        table = run_steering(dataset, activations, config)
+        job.set_phase("Saving", 0)
+        if open_study is not None and same_data(open_study, dataset, activations):
+            study = replace(open_study, steering=table, meta={**open_study.meta, "steering": config.to_dict()})
         else:
-            study.save(new_results_folder(results_root, activations.spec.name, dataset.name, "generalization"))
-        return study
+            run = replace(StudyConfig(), layers=(config.probe_layer,))
+            study = StudyResult(as_run(run, dataset, activations),
+                                {**study_meta(dataset, activations, command="dashboard: Steer"),
+                                 "steering": config.to_dict()}, pd.DataFrame(), steering=table)
+        return save_beside(study, open_study, results_root, activations, dataset, "steering")
 
     return work
 

@@ -26,6 +26,8 @@ from probing.builtin import load_builtin
 from probing.charts import dynamics_long
 from probing.experiments import make_split
 from probing.results import StudyResult
+from probing.config import SteeringConfig
+from probing.steering import fit_directions, true_false_margins
 from probing.study import reproduce
 from probing.workflows import train_work
 from support import assert_same_study
@@ -361,6 +363,45 @@ def test_generalization_joins_the_open_grid_of_the_same_statements(app_cache):
     at.switch_page("pages/grid.py").run()
     no_errors(at)
     assert len(chart(at, "grid_mean")[1]) == 1
+
+
+def test_steer_page(app_cache, dataset, engine):
+    at = new_app().run()
+    at.switch_page("pages/steer.py").run()
+    no_errors(at)
+    if at.session_state["ctx"].activations.missing(dataset.statements):
+        at.button(key="extract_steer").click().run()
+        wait_job(at, "extract")
+    at.radio(key="steer_kind").set_value("mass_mean")
+    at.select_slider(key="steer_probe_layer").set_value(-9)
+    at.select_slider(key="steer_layers").set_value((-11, -9))
+    at.run()
+    no_errors(at)
+    _, answer = chart(at, "steer_answer")
+    margins = answer.dropna(subset=["run"]).set_index("run")["margin"]
+    model, activations = engine
+    statement = at.text_input(key="steer_text").value
+    assert margins["without steering"] == pytest.approx(true_false_margins(model, [statement])[0, 0], abs=1e-6)
+    assert margins["alpha = 0"] == margins["without steering"]
+    at.slider(key="steer_alpha").set_value(4.0).run()
+    no_errors(at)
+    direction = fit_directions(activations.layer(dataset.statements, -9), dataset.labels, -9, ["mass_mean"])["mass_mean"]
+    expected = true_false_margins(model, [statement], layers=(-11, -10, -9), vector=direction.vector, alphas=[4.0])
+    steered = chart(at, "steer_answer")[1].dropna(subset=["run"]).set_index("run")["margin"]["alpha = 4"]
+    assert steered == pytest.approx(expected[0, 0], abs=1e-5) and steered != margins["without steering"]
+
+    at.multiselect(key="steer_dose_kinds").set_value(["mass_mean", "random"])
+    at.number_input(key="steer_dose_n").set_value(8)
+    at.run()
+    at.button(key="steer_button").click().run()
+    study = wait_job(at, "steering").result
+    assert at.session_state["ctx"].study.folder == study.folder
+    saved = pd.read_csv(study.folder / "steering.csv")
+    _, dose = chart(at, "steer_dose")
+    dose = dose.dropna(subset=["direction"])
+    assert len(dose) == 2 * len(SteeringConfig().alphas) * 2  # directions x alphas x (true, false statements)
+    mass_true = dose[(dose.direction == "mass_mean") & (dose.statements == "true statements")].sort_values("alpha")
+    np.testing.assert_allclose(mass_true["margin"], saved[saved.direction == "mass_mean"].sort_values("alpha")["margin_true"])
 
 
 def test_statement_page(app_cache, dataset, engine):

@@ -1,8 +1,8 @@
 """End to end in a real browser: Debian's chromium driven by playwright against `streamlit run app.py`.
 
 The first paint of a fresh server; then extract a small statement set, train a probe while watching
-the live chart, run a small grid, open the truth directions, run the generalization analyses, score a
-statement. Screenshots go to
+the live chart, run a small grid, open the truth directions, run the generalization analyses, steer the
+model, score a statement. Screenshots go to
 cache/screenshots/ (git-ignored); set PROBING_SCREENSHOTS=docs/screenshots to refresh the README's.
 """
 
@@ -227,6 +227,21 @@ def test_end_to_end(page):
     page.get_by_text("Trained on the affirmative statements of most facts").wait_for()  # the polarity chart's caption
     no_exception(page)
     shot(page, "generalization")
+
+    # Steer: move the alpha slider and watch the model's answer move
+    go(page, "Steer")
+    answer = page.get_by_text(re.compile(r"without steering, [+-]\d\.\d{4} at alpha = 0\."))
+    answer.wait_for(timeout=LONG)
+    before = answer.inner_text()
+    page.get_by_role("slider", name="alpha").focus()
+    for _ in range(8):  # 8 steps of 0.5
+        page.keyboard.press("ArrowRight")
+    moved = page.get_by_text(re.compile(r"at alpha = 4\."))
+    moved.wait_for(timeout=LONG)
+    values = [float(v) for v in re.findall(r"([+-]\d\.\d{4})", moved.inner_text())]
+    assert values[0] == float(re.findall(r"([+-]\d\.\d{4})", before)[0]) and values[1] != values[0]
+    no_exception(page)
+    shot(page, "steer")
 
     # Probe a statement
     go(page, "Probe a statement")

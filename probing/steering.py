@@ -1,0 +1,317 @@
+"""Is the truth direction used? Add it to the residual stream and measure what the model then says.
+
+A probe shows that the information is there; an intervention shows whether the model uses it
+(Marks & Tegmark 2023, Geometry of Truth: adding the mass-mean direction at the layers around the
+probe's flips Llama-2-13B's True/False answer). :func:`steer` adds ``alpha * vector`` to the output
+of chosen decoder blocks at chosen token positions, through forward hooks that are always removed.
+
+Units: a :class:`SteeringDirection` is the unit direction ``d`` times the distance between the
+false and the true class means along it, ``(mean_true - mean_false) . d``, measured on the
+statements it was fitted on. So ``alpha = 1`` moves a statement by that distance, whatever the
+model and layer: from the false mean to the true mean, on average.
+
+The measurement (:func:`dose_response`) asks the model the statement page's question about
+held-out statements and reads P(" True") - P(" False") with and without steering, for many
+statements and alphas in batched forward passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from probing.config import SteeringConfig
+from probing.constants import STEER_DIRECTIONS as DIRECTION_KINDS
+from probing.constants import STEER_POSITIONS as POSITIONS
+from probing.models import LoadedModel
+from probing.scoring import ASK_TEMPLATE, check_statement
+
+
+
+@dataclass(frozen=True)
+class SteeringDirection:
+    """A direction in one layer's activation space, scaled so that ``alpha = 1`` moves a statement by the
+    distance between the false and true class means along it."""
+
+    kind: str
+    layer: int  # the hidden-state index it was read at (negative: from the end)
+    unit: np.ndarray  # unit vector
+    scale: float  # (mean_true - mean_false) . unit on the fitting statements (for the controls: mass-mean's)
+
+    @property
+    def vector(self) -> np.ndarray:
+        return self.unit * self.scale
+
+
+def class_mean_gap(features: np.ndarray, labels: np.ndarray, unit: np.ndarray) -> float:
+    """(mean of true rows - mean of false rows) . unit."""
+    features = np.asarray(features, dtype=np.float64)
+    return float((features[labels == 1].mean(0) - features[labels == 0].mean(0)) @ unit)
+
+
+def fit_directions(features: np.ndarray, labels: np.ndarray, layer: int, kinds: Sequence[str] = DIRECTION_KINDS,
+                   polarity: np.ndarray | None = None, groups: np.ndarray | None = None,
+                   seed: int = 0) -> dict[str, SteeringDirection]:
+    """Directions of ``kinds`` fitted on one layer's ``features`` and ``labels``. ``ttpd`` needs
+    ``polarity`` and ``groups`` (see :class:`~probing.ttpd.TTPDProbe`); ``random`` and ``shuffled``
+    are scaled to mass-mean's length, so a control moves a statement as far as the real direction."""
+    from probing.probes import make_probe
+    from probing.ttpd import TTPDProbe
+
+    unknown = [kind for kind in kinds if kind not in DIRECTION_KINDS]
+    if unknown:
+        raise ValueError(f"unknown direction kind(s) {unknown}; choose from {', '.join(DIRECTION_KINDS)}")
+    features = np.asarray(features, dtype=np.float32)
+    gap = features[labels == 1].mean(0) - features[labels == 0].mean(0)
+    mass_mean = gap / np.linalg.norm(gap)
+    length = class_mean_gap(features, labels, mass_mean)
+    rng = np.random.default_rng(seed)
+    directions = {}
+    for kind in kinds:
+        if kind == "mass_mean":
+            unit = mass_mean
+        elif kind == "linear":
+            unit = make_probe("linear").fit(features, labels).direction_
+        elif kind == "ttpd":
+            if polarity is None or groups is None:
+                raise ValueError("the ttpd direction needs each statement's polarity and group")
+            unit = TTPDProbe().fit(features, labels, polarity, groups).direction_
+        elif kind == "random":
+            unit = rng.standard_normal(features.shape[1])
+        else:  # shuffled
+            shuffled = rng.permutation(labels)
+            unit = features[shuffled == 1].mean(0) - features[shuffled == 0].mean(0)
+        unit = np.asarray(unit, dtype=np.float64)
+        unit = unit / np.linalg.norm(unit)
+        scale = class_mean_gap(features, labels, unit) if kind in ("linear", "ttpd") else length
+        directions[kind] = SteeringDirection(kind, layer, unit.astype(np.float32), float(scale))
+    return directions
+
+
+def decoder_blocks(model: LoadedModel) -> list[torch.nn.Module]:
+    """The model's decoder blocks in order (Llama, Gemma, Mistral, Qwen: ``model.model.layers``; GPT-2:
+    ``transformer.h``); a clear error for an architecture whose blocks are not found."""
+    hf = model.model
+    for path in (("model", "layers"), ("transformer", "h"), ("gpt_neox", "layers"), ("model", "decoder", "layers")):
+        found = hf
+        for name in path:
+            found = getattr(found, name, None)
+        if isinstance(found, torch.nn.ModuleList) and len(found) == model.n_blocks:
+            return list(found)
+    raise ValueError(f"cannot steer {type(hf).__name__}: its decoder blocks are not where Llama-, GPT-2- or "
+                     "NeoX-style models keep them (model.layers, transformer.h, gpt_neox.layers)")
+
+
+def block_of(model: LoadedModel, layer: int) -> int:
+    """The block whose output is hidden state ``layer`` (negative: from the end; -1 is the last block's
+    output, which the hidden states show after the final norm)."""
+    index = layer + model.n_hidden_states if layer < 0 else layer
+    if not 1 <= index < model.n_hidden_states:
+        raise ValueError(f"layer {layer} is not the output of a block: this model has {model.n_blocks} blocks, "
+                         f"so layers run from {-model.n_blocks} to -1 (0 and {-model.n_hidden_states} are the "
+                         "embeddings)")
+    return index - 1
+
+
+@contextmanager
+def steer(model: LoadedModel, layers: Sequence[int], vector: np.ndarray | torch.Tensor,
+          alphas: float | Sequence[float] | torch.Tensor, mask: torch.Tensor | None = None) -> Iterator[None]:
+    """Add ``alpha * vector`` to the output of the blocks of ``layers`` inside the ``with`` block.
+
+    ``alphas``: one number, or one per row of the batch. ``mask`` (batch, sequence): the positions to
+    steer in the first forward pass (None: every position); later passes of a generation (one new
+    token each, with a cache) are steered only when ``mask`` is None. The hooks are removed when the
+    block exits, also when it raises.
+    """
+    blocks = decoder_blocks(model)
+    chosen = sorted({block_of(model, layer) for layer in layers})
+    device, dtype = model.input_device, model.dtype
+    vector = torch.as_tensor(np.asarray(vector, dtype=np.float32), device=device).to(dtype)
+    alphas = torch.as_tensor(alphas, dtype=torch.float32, device=device).reshape(-1).to(dtype)
+    mask = mask.to(device) if mask is not None else None
+
+    def add(module, inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        batch, length = hidden.shape[:2]
+        scale = alphas if len(alphas) == batch else alphas.expand(batch)
+        shift = scale[:, None, None] * vector
+        if mask is not None:
+            if mask.shape[1] != length:  # a generated token's pass: not part of the steered span
+                return output
+            shift = shift * mask[:, :, None].to(dtype)
+        hidden = hidden + shift
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handles = [blocks[index].register_forward_hook(add) for index in chosen]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def ask_batch(model: LoadedModel, statements: Sequence[str], position: str = "statement",
+              template: str = ASK_TEMPLATE) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The statement page's question for each statement, tokenised with right padding: the inputs, the
+    index of each row's last token, and the mask of the positions ``position`` names."""
+    if position not in POSITIONS:
+        raise ValueError(f"position {position!r} is not one of {', '.join(POSITIONS)}")
+    tokenizer = model.tokenizer
+    prefix = template.split("{statement}")[0]
+    statements = [check_statement(s) for s in statements]
+    encoded = [tokenizer(template.format(statement=s), return_offsets_mapping=True) for s in statements]
+    length = max(len(e["input_ids"]) for e in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(encoded), length), pad, dtype=torch.long)
+    attention = torch.zeros((len(encoded), length), dtype=torch.long)
+    mask = torch.zeros((len(encoded), length), dtype=torch.bool)
+    for row, (tokens, statement) in enumerate(zip(encoded, statements)):
+        n = len(tokens["input_ids"])
+        ids[row, :n] = torch.tensor(tokens["input_ids"])
+        attention[row, :n] = 1
+        if position == "statement":  # tokens whose characters overlap the statement's
+            begin, end = len(prefix), len(prefix) + len(statement)
+            for index, (start, stop) in enumerate(tokens["offset_mapping"]):
+                mask[row, index] = stop > begin and start < end
+        elif position == "last":
+            mask[row, n - 1] = True
+        else:
+            mask[row, :n] = True
+    last = attention.sum(1) - 1
+    return {"input_ids": ids, "attention_mask": attention}, last, mask
+
+
+def _answer_token_ids(model: LoadedModel) -> tuple[int, int]:
+    tokenizer = model.tokenizer
+    return tuple(tokenizer(" " + word, add_special_tokens=False)["input_ids"][0] for word in ("True", "False"))
+
+
+@torch.inference_mode()
+def true_false_margins(model: LoadedModel, statements: Sequence[str], *, layers: Sequence[int] = (),
+                       vector: np.ndarray | None = None, alphas: Sequence[float] = (0.0,),
+                       position: str = "statement", batch_size: int = 64) -> np.ndarray:
+    """P(" True") - P(" False") (renormalised over the two, as the statement page shows them) for each
+    statement (rows) and alpha (columns), steering ``layers`` along ``vector``; without ``vector``,
+    the un-steered answer in one column. Every (statement, alpha) pair is one row of a batch."""
+    true_id, false_id = _answer_token_ids(model)
+    alphas = list(alphas) if vector is not None else [0.0]
+    inputs, last, mask = ask_batch(model, statements, position)
+    n, k = len(statements), len(alphas)
+    rows = [(i, j) for i in range(n) for j in range(k)]
+    margins = np.zeros((n, k))
+    for begin in range(0, len(rows), batch_size):
+        chunk = rows[begin:begin + batch_size]
+        index = torch.tensor([i for i, _ in chunk])
+        batch = {name: value[index].to(model.input_device) for name, value in inputs.items()}
+        row_alphas = [alphas[j] for _, j in chunk]
+        with model.lock:
+            if vector is None:
+                final = model.next_token_logits(batch, last[index])
+            else:
+                with steer(model, layers, vector, row_alphas, mask[index]):
+                    final = model.next_token_logits(batch, last[index])
+            model.forward_passes += 1
+        pair = torch.softmax(final[:, [true_id, false_id]], dim=-1).cpu().numpy()
+        for (i, j), (p_true, p_false) in zip(chunk, pair):
+            margins[i, j] = p_true - p_false
+    return margins
+
+
+@torch.inference_mode()
+def continuation(model: LoadedModel, prompt: str, *, layers: Sequence[int] = (), vector: np.ndarray | None = None,
+                 alpha: float = 0.0, max_new_tokens: int = 12) -> str:
+    """A greedy continuation of ``prompt``, steered at every position (generated ones too) when ``vector`` is given."""
+    tokenizer = model.tokenizer
+    inputs = tokenizer(prompt, return_tensors="pt").to(model.input_device)
+    settings = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    with model.lock:
+        if vector is None or alpha == 0:
+            output = model.model.generate(**inputs, **settings)
+        else:
+            with steer(model, layers, vector, alpha):
+                output = model.model.generate(**inputs, **settings)
+        model.forward_passes += 1
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def dose_response(model: LoadedModel, statements: Sequence[str], labels: np.ndarray,
+                  directions: dict[str, SteeringDirection], layers: Sequence[int], alphas: Sequence[float],
+                  position: str = "statement", batch_size: int = 64) -> pd.DataFrame:
+    """For each direction and alpha: the mean shift of P(" True") - P(" False") for true and for false
+    statements, the share of answers whose sign flips, and Geometry of Truth's normalised indirect
+    effect (NIE: for alpha > 0 on false statements, (steered - false baseline) / (true baseline - false
+    baseline); for alpha < 0 on true statements, the mirror image; 1 = as far as the other class)."""
+    labels = np.asarray(labels)
+    base = true_false_margins(model, statements, position=position, batch_size=batch_size)[:, 0]
+    true_base, false_base = base[labels == 1].mean(), base[labels == 0].mean()
+    rows = []
+    for kind, direction in directions.items():
+        steered = true_false_margins(model, statements, layers=layers, vector=direction.vector, alphas=alphas,
+                                     position=position, batch_size=batch_size)
+        for j, alpha in enumerate(alphas):
+            shift = steered[:, j] - base
+            flipped = np.sign(steered[:, j]) != np.sign(base)
+            if alpha > 0:
+                nie = (steered[labels == 0, j].mean() - false_base) / (true_base - false_base)
+            elif alpha < 0:
+                nie = (steered[labels == 1, j].mean() - true_base) / (false_base - true_base)
+            else:
+                nie = 0.0
+            rows.append({
+                "direction": kind, "layer": direction.layer, "layers": ",".join(map(str, layers)),
+                "position": position, "alpha": float(alpha),
+                "margin_true": float(steered[labels == 1, j].mean()), "margin_false": float(steered[labels == 0, j].mean()),
+                "shift_true": float(shift[labels == 1].mean()), "shift_false": float(shift[labels == 0].mean()),
+                "flipped": float(flipped.mean()), "nie": float(nie), "statements": len(statements),
+                "scale": direction.scale,
+            })
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class SteeringSetup:
+    """Directions fitted on the training facts of a group-held-out split at ``layer``, and held-out
+    statements (never used to fit them) to measure on, half true and half false."""
+
+    directions: dict[str, SteeringDirection]
+    statements: list[str]
+    labels: np.ndarray
+
+
+def steering_setup(dataset, activations, layer: int, kinds: Sequence[str] = DIRECTION_KINDS,
+                   statements: int = 200, seed: int = 0) -> SteeringSetup:
+    """Fit ``kinds`` at ``layer`` on the training side of the dataset's random (group-held-out) split and
+    draw up to ``statements`` held-out ones, balanced by label. ``ttpd`` is left out where the set has
+    one polarity."""
+    from probing.experiments import random_split
+
+    split = random_split(dataset)
+    frame, labels = dataset.frame, dataset.labels
+    features = activations.layer(dataset.statements, layer)
+    if len(dataset.polarities) < 2:
+        kinds = [kind for kind in kinds if kind != "ttpd"]
+    groups = (frame["topic"] + "|" + frame["polarity"]).to_numpy()
+    directions = fit_directions(features[split.train], labels[split.train], layer, kinds,
+                                frame["polarity"].to_numpy()[split.train], groups[split.train], seed=seed)
+    rng = np.random.default_rng(seed)
+    per_label = statements // 2
+    chosen = np.concatenate([rng.permutation(split.test[labels[split.test] == label])[:per_label] for label in (1, 0)])
+    chosen = np.sort(chosen)
+    texts = dataset.statements
+    return SteeringSetup(directions, [texts[i] for i in chosen], labels[chosen])
+
+
+def run_steering(dataset, activations, config: SteeringConfig = SteeringConfig(), batch_size: int = 64) -> pd.DataFrame:
+    """The dose-response table of ``config`` on ``dataset``: directions fitted at ``config.probe_layer``
+    (:func:`steering_setup`), added at ``config.steered_layers`` of ``activations``' model."""
+    model = activations.model
+    for layer in (config.probe_layer, *config.steered_layers):
+        block_of(model, layer)  # a layer the model lacks fails before anything runs
+    setup = steering_setup(dataset, activations, config.probe_layer, config.directions, config.statements)
+    return dose_response(model, setup.statements, setup.labels, setup.directions, config.steered_layers,
+                         config.alphas, config.position, batch_size)
