@@ -119,32 +119,28 @@ def block_of(model: LoadedModel, layer: int) -> int:
 
 
 @contextmanager
-def steer(model: LoadedModel, layers: Sequence[int], vector: np.ndarray | torch.Tensor,
-          alphas: float | Sequence[float] | torch.Tensor, mask: torch.Tensor | None = None) -> Iterator[None]:
+def steer(model: LoadedModel, layers: Sequence[int], vector: np.ndarray | torch.Tensor, alpha: float,
+          mask: torch.Tensor | None = None) -> Iterator[None]:
     """Add ``alpha * vector`` to the output of the blocks of ``layers`` inside the ``with`` block.
 
-    ``alphas``: one number, or one per row of the batch. ``mask`` (batch, sequence): the positions to
-    steer in the first forward pass (None: every position); later passes of a generation (one new
-    token each, with a cache) are steered only when ``mask`` is None. The hooks are removed when the
-    block exits, also when it raises.
+    ``mask`` (batch, sequence): the positions to steer in the first forward pass (None: every
+    position); later passes of a generation (one new token each, with a cache) are steered only when
+    ``mask`` is None. The hooks are removed when the block exits, also when it raises.
     """
     blocks = decoder_blocks(model)
     chosen = sorted({block_of(model, layer) for layer in layers})
     device, dtype = model.input_device, model.dtype
-    vector = torch.as_tensor(np.asarray(vector, dtype=np.float32), device=device).to(dtype)
-    alphas = torch.as_tensor(alphas, dtype=torch.float32, device=device).reshape(-1).to(dtype)
+    shift = (alpha * torch.as_tensor(np.asarray(vector, dtype=np.float32), device=device)).to(dtype)
     mask = mask.to(device) if mask is not None else None
 
     def add(module, inputs, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        batch, length = hidden.shape[:2]
-        scale = alphas if len(alphas) == batch else alphas.expand(batch)
-        shift = scale[:, None, None] * vector
+        added = shift
         if mask is not None:
-            if mask.shape[1] != length:  # a generated token's pass: not part of the steered span
+            if mask.shape[1] != hidden.shape[1]:  # a generated token's pass: not part of the steered span
                 return output
-            shift = shift * mask[:, :, None].to(dtype)
-        hidden = hidden + shift
+            added = shift * mask[:, :, None].to(dtype)
+        hidden = hidden + added
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     handles = [blocks[index].register_forward_hook(add) for index in chosen]
@@ -197,28 +193,26 @@ def true_false_margins(model: LoadedModel, statements: Sequence[str], *, layers:
                        position: str = "statement", batch_size: int = 64) -> np.ndarray:
     """P(" True") - P(" False") (renormalised over the two, as the statement page shows them) for each
     statement (rows) and alpha (columns), steering ``layers`` along ``vector``; without ``vector``,
-    the un-steered answer in one column. Every (statement, alpha) pair is one row of a batch."""
+    the un-steered answer in one column. Batches hold ``batch_size`` statements at one alpha, the same
+    statements in the same order at every alpha: in bfloat16 a row's numbers depend on the batch it is
+    in, so equal batches leave the steering as the only difference between columns."""
     true_id, false_id = _answer_token_ids(model)
     alphas = list(alphas) if vector is not None else [0.0]
     inputs, last, mask = ask_batch(model, statements, position)
-    n, k = len(statements), len(alphas)
-    rows = [(i, j) for i in range(n) for j in range(k)]
-    margins = np.zeros((n, k))
-    for begin in range(0, len(rows), batch_size):
-        chunk = rows[begin:begin + batch_size]
-        index = torch.tensor([i for i, _ in chunk])
-        batch = {name: value[index].to(model.input_device) for name, value in inputs.items()}
-        row_alphas = [alphas[j] for _, j in chunk]
-        with model.lock:
-            if vector is None:
-                final = model.next_token_logits(batch, last[index])
-            else:
-                with steer(model, layers, vector, row_alphas, mask[index]):
+    margins = np.zeros((len(statements), len(alphas)))
+    for column, alpha in enumerate(alphas):
+        for begin in range(0, len(statements), batch_size):
+            index = torch.arange(begin, min(begin + batch_size, len(statements)))
+            batch = {name: value[index].to(model.input_device) for name, value in inputs.items()}
+            with model.lock:
+                if vector is None:
                     final = model.next_token_logits(batch, last[index])
-            model.forward_passes += 1
-        pair = torch.softmax(final[:, [true_id, false_id]], dim=-1).cpu().numpy()
-        for (i, j), (p_true, p_false) in zip(chunk, pair):
-            margins[i, j] = p_true - p_false
+                else:
+                    with steer(model, layers, vector, alpha, mask[index]):
+                        final = model.next_token_logits(batch, last[index])
+                model.forward_passes += 1
+            pair = torch.softmax(final[:, [true_id, false_id]], dim=-1).cpu().numpy()
+            margins[index.numpy(), column] = pair[:, 0] - pair[:, 1]
     return margins
 
 
