@@ -140,7 +140,7 @@ def steer(model: LoadedModel, layers: Sequence[int], vector: np.ndarray | torch.
             if mask.shape[1] != hidden.shape[1]:  # a generated token's pass: not part of the steered span
                 return output
             added = shift * mask[:, :, None].to(dtype)
-        hidden = hidden + added
+        hidden = hidden + added.to(hidden.device)  # blocks spread over GPUs each get it on their own
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     handles = [blocks[index].register_forward_hook(add) for index in chosen]
