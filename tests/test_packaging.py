@@ -24,7 +24,7 @@ def test_the_wheel_holds_the_package_data_the_script_and_requirements_txt(tmp_pa
     """Built from a copy of the sources (an in-tree build would leave build/ behind)."""
     source = tmp_path / "source"
     shutil.copytree(ROOT / "probing", source / "probing", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-dev.txt"):
+    for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-dev.txt", "requirements-models.txt"):
         shutil.copy(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
@@ -43,6 +43,8 @@ def test_the_wheel_holds_the_package_data_the_script_and_requirements_txt(tmp_pa
     assert [r for r in requires if "extra ==" not in r] == requirement_lines("requirements.txt")
     dev = [r.split(";")[0].strip() for r in requires if 'extra == "dev"' in r]
     assert dev == requirement_lines("requirements-dev.txt")
+    models = [r.split(";")[0].strip() for r in requires if 'extra == "models"' in r]
+    assert models == requirement_lines("requirements-models.txt")
     assert not any(r.startswith("torch") and "+cpu" in r for r in requires)
 
 
