@@ -60,6 +60,12 @@ def _study(folder: str, written: float) -> StudyResult:
     return StudyResult.load(folder)
 
 
+def load_study(folder: str | Path) -> StudyResult:
+    """A results folder, read once per version of its config.json."""
+    folder = Path(folder).resolve()
+    return _study(str(folder), (folder / "config.json").stat().st_mtime)
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def _from_upload(name: str, content: bytes) -> StatementSet:
     """Parsed in memory: an upload is never written to disk, so nothing is left behind."""
@@ -260,7 +266,7 @@ def _study_from_sidebar(root: Path, busy: bool) -> StudyResult | None:
     try:
         if choice == OTHER_PATH:
             folder = str(path_under_roots(folder, roots, what="results folders"))
-        study = _study(str(Path(folder).resolve()), (Path(folder) / "config.json").stat().st_mtime)
+        study = load_study(folder)
     except (OSError, ResultsError, ValueError) as error:
         st.sidebar.error(f"Cannot open {folder}: {error}")
         return None

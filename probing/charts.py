@@ -471,3 +471,42 @@ def dose_response_chart(table: pd.DataFrame) -> alt.Chart:
         detail="statements:N",
         tooltip=["direction", "statements", "alpha", alt.Tooltip("margin:Q", format="+.4f")],
     ).properties(width=560, height=320)
+
+
+# ----------------------------------------------------------------------------- two studies
+
+
+def difference_heatmap(pairs: pd.DataFrame, title: str) -> alt.LayerChart:
+    """Accuracy of B minus A per probe (rows) and aligned layer pair (columns, "A layer / B layer")."""
+    frame = pairs.copy()
+    frame["layers"] = frame["layer_a"].astype(str) + " / " + frame["layer_b"].astype(str)
+    frame["text"] = frame["difference"].map(lambda v: f"{v:+.3f}")
+    order = list(dict.fromkeys(frame.sort_values("depth_a")["layers"]))
+    base = alt.Chart(frame).encode(
+        x=alt.X("layers:O", sort=order, title="layer of A / layer of B", axis=alt.Axis(labelAngle=0, orient="top")),
+        y=alt.Y("probe:N", sort=_probe_order(frame["probe"]), title=None))
+    cells = base.mark_rect(stroke="white", strokeWidth=2).encode(
+        color=alt.Color("difference:Q", scale=alt.Scale(scheme="redblue", domain=[-0.2, 0.2], clamp=True),
+                        legend=alt.Legend(title="B - A", format="+.2f")),
+        tooltip=["probe", "layer_a", "layer_b", alt.Tooltip("depth_a:Q", format=".2f"),
+                 alt.Tooltip("depth_b:Q", format=".2f"), alt.Tooltip("accuracy_a:Q", format=".3f"),
+                 alt.Tooltip("accuracy_b:Q", format=".3f"), alt.Tooltip("difference:Q", format="+.3f")])
+    text = base.mark_text(fontSize=13).encode(text="text:N")
+    return alt.layer(cells, text).properties(title=title, width=max(180, 80 * len(order)), height=alt.Step(40))
+
+
+def depth_directions_chart(directions: pd.DataFrame) -> alt.HConcatChart:
+    """Direction cosine and sign equality of both models against relative depth (0 = embeddings, 1 = last block)."""
+    long = directions.melt(id_vars=["model", "probe", "layer", "depth"], value_vars=["cosine", "sign_equality"],
+                           var_name="statistic", value_name="value")
+    base = alt.Chart(long).mark_line(point=True).encode(
+        x=alt.X("depth:Q", scale=alt.Scale(domain=[0, 1]), title="relative depth"),
+        y=alt.Y("value:Q", scale=alt.Scale(zero=False)),
+        color=alt.Color("model:N", scale=alt.Scale(range=SERIES_COLORS)),
+        strokeDash=alt.StrokeDash("probe:N"),
+        tooltip=["model", "probe", "layer", alt.Tooltip("depth:Q", format=".2f"), alt.Tooltip("value:Q", format=".3f")])
+    return alt.hconcat(
+        base.transform_filter(alt.datum.statistic == "cosine").properties(title="Split directions: mean cosine",
+                                                                          width=300, height=220),
+        base.transform_filter(alt.datum.statistic == "sign_equality").properties(
+            title="Split directions: sign equality", width=300, height=220))

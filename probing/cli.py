@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--position", choices=STEER_POSITIONS, default=defaults.position,
                        help="tokens that get the vector: the statement's, the prompt's last, or all")
 
+    compare = commands.add_parser("compare", help="two results folders side by side: grids aligned by relative "
+                                                  "depth and by index, direction statistics")
+    compare.add_argument("folders", nargs=2, metavar="DIR", help="two results folders (A, then B)")
+    compare.add_argument("--out", required=True, help="folder for compare_*.csv and compare.md")
+    compare.add_argument("--allow-mismatch", action="store_true",
+                         help="show studies of other statements or settings anyway, with the differences named")
+
     score = commands.add_parser("score", help="P(true) per layer from the probes of a results folder")
     score.add_argument("statement", nargs="+", help="one or more statements")
     score.add_argument("--results", default=None,
@@ -455,5 +462,22 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from probing.results import read_config
+
+    for folder in args.folders:
+        read_config(folder)  # a missing or outdated folder fails here
+    from probing.compare import compare_studies, comparison_markdown, save_comparison
+    from probing.results import StudyResult
+
+    comparison = compare_studies(*(StudyResult.load(folder) for folder in args.folders), args.allow_mismatch)
+    for warning in comparison.warnings:
+        print(f"warning: not comparable, shown anyway: {warning}", file=sys.stderr)
+    save_comparison(comparison, args.out)
+    print(comparison_markdown(comparison))
+    print(f"written to {args.out}/")
+    return 0
+
+
 COMMANDS = {"extract": cmd_extract, "reproduce": cmd_reproduce, "data": cmd_data, "score": cmd_score,
-            "steer": cmd_steer}
+            "steer": cmd_steer, "compare": cmd_compare}

@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+from dataclasses import replace
 import shutil
 import subprocess
 import sys
@@ -402,6 +403,37 @@ def test_steer_page(app_cache, dataset, engine):
     assert len(dose) == 2 * len(SteeringConfig().alphas) * 2  # directions x alphas x (true, false statements)
     mass_true = dose[(dose.direction == "mass_mean") & (dose.statements == "true statements")].sort_values("alpha")
     np.testing.assert_allclose(mass_true["margin"], saved[saved.direction == "mass_mean"].sort_values("alpha")["margin_true"])
+
+
+def test_compare_page(app_cache, dataset, engine):
+    _, activations = engine
+    config = StudyConfig(layers=(-9, -1), probes=("linear",), controls=False)
+    root = app_cache / "results"
+    made = [reproduce(dataset, activations, replace(config, epochs=epochs), root / name)
+            for name, epochs in (("compare-a", 5), ("compare-b", 5), ("compare-c", 7))]
+    at = new_app().run()
+    at.switch_page("pages/compare.py").run()
+    no_errors(at)
+    at.selectbox(key="compare_a").set_value(str(made[0].folder))
+    at.selectbox(key="compare_b").set_value(str(made[1].folder))
+    at.run()
+    no_errors(at)
+    _, grid_a = chart(at, "compare_grid_a")
+    table = pd.read_csv(made[0].folder / "accuracy_mean.csv").set_index("probe")
+    for row in grid_a.dropna(subset=["probe"]).itertuples():
+        assert row.accuracy == pytest.approx(table.loc[row.probe, str(row.layer)], abs=1e-12)
+    _, difference = chart(at, "compare_difference")
+    assert len(difference.dropna(subset=["probe"])) == 2 and (difference["difference"].dropna() == 0).all()
+    _, directions = chart(at, "compare_directions")
+    assert set(directions.dropna(subset=["model"])["model"]) == {"embedded (A)", "embedded (B)"}
+
+    at.selectbox(key="compare_b").set_value(str(made[2].folder)).run()
+    no_errors(at)
+    assert any("not comparable: epochs: 5 vs 7" in e.value for e in at.error)
+    at.checkbox(key="compare_anyway").check().run()
+    no_errors(at)
+    assert any("shown anyway: epochs: 5 vs 7" in w.value for w in at.warning)
+    assert len(chart(at, "compare_difference")[1].dropna(subset=["probe"])) == 2
 
 
 def test_statement_page(app_cache, dataset, engine):

@@ -1,8 +1,8 @@
 """End to end in a real browser: Debian's chromium driven by playwright against `streamlit run app.py`.
 
 The first paint of a fresh server; then extract a small statement set, train a probe while watching
-the live chart, run a small grid, open the truth directions, run the generalization analyses, steer the
-model, score a statement. Screenshots go to
+the live chart, run a small grid, open the truth directions, run the generalization analyses, compare two
+results folders, steer the model, score a statement. Screenshots go to
 cache/screenshots/ (git-ignored); set PROBING_SCREENSHOTS=docs/screenshots to refresh the README's.
 """
 
@@ -227,6 +227,15 @@ def test_end_to_end(page):
     page.get_by_text("Trained on the affirmative statements of most facts").wait_for()  # the polarity chart's caption
     no_exception(page)
     shot(page, "generalization")
+
+    # Compare studies: the grid's folder against the trained probe's (other settings: shown when asked)
+    go(page, "Compare studies")
+    page.get_by_text(re.compile("Cannot compare: these studies are not comparable")).wait_for(timeout=LONG)
+    page.get_by_text("Show even if they differ").click()
+    page.get_by_text(re.compile("Not comparable, shown anyway")).first.wait_for(timeout=LONG)
+    page.get_by_text("Mean accuracy over the category splits; both on the same colour scale").wait_for()
+    no_exception(page)
+    shot(page, "compare")
 
     # Steer: move the alpha slider and watch the model's answer move
     go(page, "Steer")
