@@ -9,8 +9,30 @@ from pages._shared import context, load_study, show_chart
 from probing import charts
 from probing.compare import compare_studies
 from probing.experiments import accuracy_long
-from probing.results import ResultsError
-from probing.settings import results_folders
+from probing.results import ResultsError, StudyResult
+from probing.scoring import score_statements, study_activations
+from probing.settings import EXAMPLES, fits_in_memory, results_folders
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _scorer(folder: str, written: float):
+    """The activations (model loaded on first use) a study's probes read, kept per folder version."""
+    return study_activations(load_study(folder))
+
+
+def score_with(study: StudyResult, text: str):
+    """The study's probes on ``text``, or None (and a message) where its model cannot run here."""
+    size = study.meta.get("model", {}).get("memory_gb")
+    if fits_in_memory(size) is False:
+        st.warning(f"{study.config.model} needs about {size:.1f} GB: more than this machine has free.")
+        return None
+    if not study.probes:
+        st.info(f"{study.folder.name} has no probes trained on all statements to score with.")
+        return None
+    activations, notes = _scorer(str(study.folder), (study.folder / "config.json").stat().st_mtime)
+    for note in notes:
+        st.caption(f"Note: {note}.")
+    return score_statements(activations, study.probes, [text])
 
 ctx = context()
 st.title("Compare studies")
@@ -64,3 +86,19 @@ else:
             show_chart(charts.depth_directions_chart(comparison.directions), key="compare_directions")
             st.caption("Do the directions learned on different category splits agree? Both models against "
                        "relative depth.")
+
+        st.subheader("One statement, both models")
+        text = st.text_input("Statement", EXAMPLES[1], key="compare_text")
+        if st.button("Score with both models", key="compare_score", help="Loads each study's model (once) "
+                     "and reads the statement with each folder's probes."):
+            columns = st.columns(2)
+            for column, study, label, key in ((columns[0], a, name_a, "compare_score_a"),
+                                              (columns[1], b, name_b, "compare_score_b")):
+                with column, st.spinner(f"Reading the hidden states of {label}…"):
+                    try:
+                        scores = score_with(study, text)
+                    except ValueError as error:
+                        st.warning(f"Cannot score this with {label}: {error}")
+                        scores = None
+                    if scores is not None:
+                        show_chart(charts.statement_layers_chart(scores).properties(title=label), key=key)

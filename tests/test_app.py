@@ -435,6 +435,14 @@ def test_compare_page(app_cache, dataset, engine):
     assert any("shown anyway: epochs: 5 vs 7" in w.value for w in at.warning)
     assert len(chart(at, "compare_difference")[1].dropna(subset=["probe"])) == 2
 
+    at.button(key="compare_score").click().run()  # a typed statement, read by both studies' probes
+    no_errors(at)
+    statement = at.text_input(key="compare_text").value
+    for key, study in (("compare_score_a", made[0]), ("compare_score_b", made[2])):
+        shown = chart(at, key)[1].dropna(subset=["probe"]).set_index(["layer", "probe"])["p_true"]
+        direct = score_statements(activations, study.probes, [statement]).set_index(["layer", "probe"])["p_true"]
+        assert shown.to_dict() == pytest.approx(direct.to_dict(), abs=1e-6)
+
 
 def test_statement_page(app_cache, dataset, engine):
     at = new_app().run()
