@@ -30,6 +30,7 @@ from probing.workflows import extract_work
 APP_ROOT = Path(__file__).resolve().parents[1]
 OTHER_PATH = "Other path…"
 NO_RESULTS = "None: work live"
+FOLDERS = "two results folders"  # the Compare page's first mode
 
 POSITION_HELP = {
     "last": "last token of the statement, its final period included",
@@ -143,6 +144,9 @@ def collect_finished_job() -> None:
         st.session_state["last_train"] = outcome
     elif job.kind in ("grid", "directions", "generalization", "steering"):
         st.session_state["results_choice"] = str(job.result.folder)  # the sidebar opens it
+    elif job.kind == "compare":  # the Compare page shows the two folders
+        st.session_state["compare_mode"] = FOLDERS
+        st.session_state["compare_a"], st.session_state["compare_b"] = (str(study.folder) for study in job.result)
 
 
 def job_panel(kind: str, live=None) -> None:

@@ -5,13 +5,19 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._shared import context, load_study, show_chart
+from pages._shared import FOLDERS, context, job_panel, job_running, load_study, show_chart, start
 from probing import charts
 from probing.compare import compare_studies
 from probing.experiments import accuracy_long
 from probing.results import ResultsError, StudyResult
 from probing.scoring import score_statements, study_activations
-from probing.settings import EXAMPLES, fits_in_memory, results_folders
+from probing.config import StudyConfig
+from probing.constants import PROBE_KINDS
+from probing.settings import EXAMPLES, MODEL_CHOICES, fits_in_memory, results_folders
+from probing.workflows import compare_work
+
+
+MODELS = "two models on these statements"
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -41,9 +47,41 @@ st.caption("The study compares Llama-2-7B with 13B: is truth more linear in the 
            "Models differ in depth, so layers are aligned by relative depth (0 = the embeddings, 1 = the last "
            "block) as well as by index from the end.")
 
+busy = job_running()
+mode = st.radio("Compare", [FOLDERS, MODELS], horizontal=True, key="compare_mode", disabled=busy)
+if mode == MODELS:
+    st.caption("Each model's study of the sidebar's statements at the sidebar's token: a results folder that "
+               "matches (same statements, model, token, settings) is used, the rest computed and saved. B is read "
+               "at the layers of A's relative depths. Each model is loaded on its own for this.")
+    names = [name for name in MODEL_CHOICES.values() if name]
+    m1, m2 = st.columns(2)
+    m1.selectbox("Model A", names, key="compare_model_a", disabled=busy)
+    m2.selectbox("Model B", names, index=min(1, len(names) - 1), key="compare_model_b", disabled=busy)
+    layers = st.multiselect("Layers of A (from the end)", list(range(-1, -25, -1)), default=list(StudyConfig().layers),
+                            key="compare_layers", disabled=busy)
+    probes = st.multiselect("Probe kinds", PROBE_KINDS, default=["linear", "mass_mean"], key="compare_probes",
+                            disabled=busy)
+
+    def launch() -> None:
+        state = st.session_state
+        config = StudyConfig(position=ctx.position, cache=str(ctx.cache_dir),
+                             layers=tuple(sorted(int(x) for x in state["compare_layers"])),
+                             probes=tuple(state["compare_probes"]))
+        start(ctx, "compare", "Two models' studies",
+              compare_work(ctx.dataset, [state["compare_model_a"], state["compare_model_b"]], config,
+                           ctx.results_root))
+
+    st.button("Compute what is missing and compare", key="compare_models_button", type="primary",
+              disabled=busy or ctx.dataset is None or not layers or not probes, on_click=launch)
+    job_panel("compare")
+    st.stop()
+
 folders = [str(folder) for folder in results_folders(ctx.results_root)]
 if ctx.study is not None and str(ctx.study.folder) not in folders:
     folders.insert(0, str(ctx.study.folder))
+for chosen in (st.session_state.get("compare_a"), st.session_state.get("compare_b")):
+    if chosen and chosen not in folders:
+        folders.append(chosen)
 if len(folders) < 2:
     st.info(f"Comparing needs two results folders in `{ctx.results_root}` (found {len(folders)}): run "
             "`probing reproduce --model ...` once per model, or a grid per model on the Accuracy grid page.")

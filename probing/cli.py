@@ -154,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="two results folders side by side: grids aligned by relative "
                                                   "depth and by index, direction statistics")
-    compare.add_argument("folders", nargs=2, metavar="DIR", help="two results folders (A, then B)")
+    compare.add_argument("folders", nargs="*", metavar="DIR", help="two results folders (A, then B)")
+    compare.add_argument("--models", type=_steer_value(read_names), default=None,
+                         help="instead of folders: two models (A,B) on --dataset with the grid options; a results "
+                              "folder under results/ that matches is used, what is missing is computed (B at the "
+                              "layers of A's relative depths)")
+    add_study_options(compare, "model", "dataset", "extraction", "grid")
     compare.add_argument("--out", required=True, help="folder for compare_*.csv and compare.md")
     compare.add_argument("--allow-mismatch", action="store_true",
                          help="show studies of other statements or settings anyway, with the differences named")
@@ -465,12 +470,24 @@ def cmd_steer(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from probing.results import read_config
 
+    if bool(args.folders) == bool(args.models) or len(args.folders or args.models) != 2:
+        raise ValueError("compare takes two results folders, or --models A,B (two model names), not both")
     for folder in args.folders:
         read_config(folder)  # a missing or outdated folder fails here
-    from probing.compare import compare_studies, comparison_markdown, save_comparison
+    from probing.compare import compare_studies, comparison_markdown, save_comparison, studies_for_models
     from probing.results import StudyResult
+    from probing.settings import RESULTS_ROOT
 
-    comparison = compare_studies(*(StudyResult.load(folder) for folder in args.folders), args.allow_mismatch)
+    if args.models:
+        config = study_config(args)
+        with _progress("computing what is missing", "items") as progress:
+            studies = studies_for_models(_dataset(config), args.models, config, RESULTS_ROOT,
+                                         lambda _model, done, total: progress(done, total))
+        for study in studies:
+            print(f"{study.config.model}: {study.folder}", file=sys.stderr)
+    else:
+        studies = [StudyResult.load(folder) for folder in args.folders]
+    comparison = compare_studies(*studies, args.allow_mismatch)
     for warning in comparison.warnings:
         print(f"warning: not comparable, shown anyway: {warning}", file=sys.stderr)
     save_comparison(comparison, args.out)

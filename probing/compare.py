@@ -14,6 +14,7 @@ pair unless asked to show it anyway (with the differences as warnings).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -153,11 +154,64 @@ def comparison_markdown(comparison: Comparison) -> str:
 
 def save_comparison(comparison: Comparison, out) -> None:
     """compare_depth.csv, compare_index.csv, compare_directions.csv and compare.md in ``out``."""
-    from pathlib import Path
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     comparison.by_depth.to_csv(out / "compare_depth.csv", index=False)
     comparison.by_index.to_csv(out / "compare_index.csv", index=False)
     comparison.directions.to_csv(out / "compare_directions.csv", index=False)
     (out / "compare.md").write_text(comparison_markdown(comparison))
+
+
+def matched_layers(layers, n_from: int, n_to: int) -> tuple[int, ...]:
+    """The layers of a model with ``n_to`` hidden states at the relative depths of ``layers`` (of one with
+    ``n_from``), deepest last, without repeats."""
+    pairs = align_by_depth(layers, n_from, range(-(n_to - 1), 0), n_to)
+    return tuple(sorted(dict.fromkeys(pairs["layer_b"].tolist())))
+
+
+def find_study(root, dataset, activations, config) -> StudyResult | None:
+    """A results folder under ``root`` that read ``dataset`` with this model (fingerprint) at this token,
+    with ``config``'s settings and at least its layers and probes; None if there is none."""
+    from probing.settings import results_folders
+    from probing.study import same_data
+
+    for folder in results_folders(Path(root)):
+        try:
+            study = StudyResult.load(folder)
+        except (OSError, ValueError):
+            continue
+        if (not study.results.empty and same_data(study, dataset, activations)
+                and not [name for name in SETTINGS if getattr(study.config, name) != getattr(config, name)]
+                and set(config.layers) <= set(study.config.layers) and set(config.probes) <= set(study.config.probes)):
+            return study
+    return None
+
+
+def studies_for_models(dataset, models, config, root, on_progress=None) -> list[StudyResult]:
+    """One study per model name on ``dataset`` with ``config``'s settings, the first model at
+    ``config.layers`` and the others at the layers of matched relative depth: an existing folder under
+    ``root`` where there is one (see :func:`find_study`), else computed (activations, grid, final
+    probes) and saved there. ``on_progress(model, done, total)`` counts each model's work."""
+    from dataclasses import replace
+
+    from probing.activations import Activations
+    from probing.models import ModelSpec
+    from probing.settings import new_results_folder
+    from probing.study import run_study
+
+    studies, first_depth = [], None
+    for name in models:
+        activations = Activations(ModelSpec(name, device=config.device, dtype=config.dtype),
+                                  position=config.position, cache_dir=config.cache, max_tokens=config.max_tokens)
+        n = activations.n_hidden_states
+        layers = config.layers if first_depth is None else matched_layers(config.layers, first_depth, n)
+        first_depth = first_depth or n
+        wanted = replace(config, model=name, layers=layers)
+        study = find_study(root, dataset, activations, wanted)
+        if study is None:
+            progress = (lambda done, total, name=name: on_progress(name, done, total)) if on_progress else None
+            study = run_study(dataset, activations, wanted, on_extract=progress, on_train=progress,
+                              command=f"compare: {name}")
+            study.save(new_results_folder(Path(root), name, dataset.name, "study"))
+        studies.append(study)
+    return studies

@@ -181,6 +181,23 @@ def steering_work(activations: Activations, dataset: StatementSet, config: Steer
     return work
 
 
+def compare_work(dataset: StatementSet, models: list[str], config: StudyConfig,
+                 results_root: Path) -> Callable[[Job], list[StudyResult]]:
+    """Both models' studies of ``dataset`` (found under ``results_root`` or computed and saved there),
+    each model loaded on its own, not through the dashboard's shared one."""
+    from probing.compare import studies_for_models
+
+    def work(job: Job) -> list[StudyResult]:
+        def progress(model: str, done: int, total: int) -> None:
+            job.phase = f"{model}"
+            job.progress(done, total)
+
+        job.set_phase("Finding or computing each model's study", 0, unit="items")
+        return studies_for_models(dataset, models, config, results_root, progress)
+
+    return work
+
+
 def partial_results(records: list[dict], split: str = "category") -> pd.DataFrame:
     """Result rows a running grid has produced so far."""
     frame = pd.DataFrame(records)

@@ -444,6 +444,28 @@ def test_compare_page(app_cache, dataset, engine):
         assert shown.to_dict() == pytest.approx(direct.to_dict(), abs=1e-6)
 
 
+def test_compare_two_models_computes_what_is_missing(app_cache, dataset):
+    from test_models import require_gemma
+
+    require_gemma()
+    at = new_app().run()
+    at.switch_page("pages/compare.py").run()
+    at.radio(key="compare_mode").set_value("two models on these statements").run()
+    at.selectbox(key="compare_model_a").set_value("embedded")
+    at.selectbox(key="compare_model_b").set_value("gemma-3-270m")
+    at.multiselect(key="compare_layers").set_value([-9, -1])
+    at.multiselect(key="compare_probes").set_value(["linear"])
+    at.run()
+    at.button(key="compare_models_button").click().run()
+    first, second = wait_job(at, "compare").result
+    assert (first.config.model, second.config.model) == ("embedded", "gemma-3-270m")
+    assert second.config.layers == (-6, -1)  # Gemma's layers at SmolLM2's relative depths
+    no_errors(at)
+    _, difference = chart(at, "compare_difference")
+    pairs = difference.dropna(subset=["probe"])[["layer_a", "layer_b"]].drop_duplicates()
+    assert sorted(map(tuple, pairs.values.tolist())) == [(-9, -6), (-1, -1)]
+
+
 def test_statement_page(app_cache, dataset, engine):
     at = new_app().run()
     at.selectbox(key="position").set_value("mean").run()  # a context with no probes yet

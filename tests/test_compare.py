@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from probing.activations import Activations
@@ -66,3 +67,23 @@ def test_other_statements_or_settings_are_refused_with_what_differs(studies, tmp
     for name in ("compare_depth.csv", "compare_index.csv", "compare_directions.csv", "compare.md"):
         assert (tmp_path / "y" / name).is_file()
     assert "layers aligned by relative depth" in printed.out
+
+
+def test_two_models_are_computed_once_and_compared(tmp_path, shared_cache, monkeypatch, capsys):
+    from test_models import require_gemma
+
+    require_gemma()
+    data = load_builtin(per_topic=24).to_csv(tmp_path / "small.csv")
+    monkeypatch.chdir(tmp_path)  # results/ lands here
+    command = ["compare", "--models", "embedded,gemma-3-270m", "--dataset", str(data), "--cache", str(shared_cache),
+               "--layers", "-9,-1", "--probes", "linear", "--no-controls", "--out", "cmp"]
+    assert main(command) == 0
+    made = sorted((tmp_path / "results").iterdir())
+    assert len(made) == 2
+    depth = pd.read_csv(tmp_path / "cmp" / "compare_depth.csv")
+    assert depth[["layer_a", "layer_b"]].values.tolist() == [[-9, -6], [-1, -1]]  # 22/30 meets 13/18
+    assert main(command) == 0  # the folders are found again: nothing is computed twice
+    assert sorted((tmp_path / "results").iterdir()) == made
+    assert "gemma-3-270m: " in capsys.readouterr().err
+    assert main(["compare", "a", "b", "c", "--out", "x"]) == 2
+    assert "compare takes two results folders, or --models A,B" in capsys.readouterr().err
