@@ -29,7 +29,7 @@ PAGES = [
             url_path="truth-directions"),
     st.Page(str(ROOT / "pages/generalization.py"), title="Generalization", icon=":material/swap_horiz:",
             url_path="generalization-matrix"),
-    st.Page(str(ROOT / "pages/compare.py"), title="Compare studies", icon=":material/compare:",
+    st.Page(str(ROOT / "pages/compare.py"), title="Compare studies", icon=":material/balance:",
             url_path="compare-studies"),
     st.Page(str(ROOT / "pages/steer.py"), title="Steer", icon=":material/tune:", url_path="steer-the-model"),
     st.Page(str(ROOT / "pages/statement.py"), title="Probe a statement", icon=":material/edit_note:",

@@ -103,6 +103,17 @@ def chart(at: AppTest, key: str) -> tuple[dict, pd.DataFrame]:
     return json.loads(proto.spec), data
 
 
+def page_with_activations(page: str, extract_key: str, dataset) -> AppTest:
+    """A new session on ``page``, with the statements' activations extracted through its own button if missing."""
+    at = new_app().run()
+    at.switch_page(page).run()
+    no_errors(at)
+    if at.session_state["ctx"].activations.missing(dataset.statements):
+        at.button(key=extract_key).click().run()
+        wait_job(at, "extract")
+    return at
+
+
 def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
@@ -367,12 +378,7 @@ def test_generalization_joins_the_open_grid_of_the_same_statements(app_cache):
 
 
 def test_steer_page(app_cache, dataset, engine):
-    at = new_app().run()
-    at.switch_page("pages/steer.py").run()
-    no_errors(at)
-    if at.session_state["ctx"].activations.missing(dataset.statements):
-        at.button(key="extract_steer").click().run()
-        wait_job(at, "extract")
+    at = page_with_activations("pages/steer.py", "extract_steer", dataset)
     at.radio(key="steer_kind").set_value("mass_mean")
     at.select_slider(key="steer_probe_layer").set_value(-9)
     at.select_slider(key="steer_layers").set_value((-11, -9))
@@ -592,12 +598,7 @@ def test_a_typed_results_path_must_lie_in_an_allowed_folder(app_cache, tmp_path)
 
 
 def test_activations_page(app_cache, dataset, engine):
-    at = new_app().run()
-    at.switch_page("pages/activations.py").run()
-    no_errors(at)
-    if at.session_state["ctx"].activations.missing(dataset.statements):
-        at.button(key="extract_pca").click().run()
-        wait_job(at, "extract")
+    at = page_with_activations("pages/activations.py", "extract_pca", dataset)
     at.select_slider(key="pca_layer").set_value(-1).run()
     no_errors(at)
     spec, points = chart(at, "pca_chart")
