@@ -7,6 +7,7 @@ from pages._shared import context, extraction_controls, job_panel, job_running, 
 from probing import charts
 from probing.config import SteeringConfig
 from probing.constants import STEER_DIRECTIONS, STEER_POSITIONS
+from probing.generalization import centring_groups
 from probing.settings import EXAMPLES, layer_options
 from probing.steering import continuation, fit_directions, true_false_margins
 from probing.workflows import steering_work
@@ -50,10 +51,9 @@ if require_ready(ctx):
         cache = st.session_state.setdefault("steer_directions", {})
         key = (ctx.key, probe_layer)
         if key not in cache:
-            frame = dataset.frame
-            groups = (frame["topic"] + "|" + frame["polarity"]).to_numpy()
             cache[key] = fit_directions(ctx.activations.layer(dataset.statements, probe_layer), dataset.labels,
-                                        probe_layer, kinds, frame["polarity"].to_numpy(), groups)
+                                        probe_layer, kinds, dataset.frame["polarity"].to_numpy(),
+                                        centring_groups(dataset))
         direction = cache[key][kind]
         st.caption(f"{DIRECTION_HELP[kind]} read at layer {probe_layer}, fitted on all {len(dataset):,} statements "
                    f"of the set; alpha = 1 is {direction.scale:.3f} along it (the dose-response below fits on "

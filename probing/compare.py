@@ -172,15 +172,19 @@ def matched_layers(layers, n_from: int, n_to: int) -> tuple[int, ...]:
 def find_study(root, dataset, activations, config) -> StudyResult | None:
     """A results folder under ``root`` that read ``dataset`` with this model (fingerprint) at this token,
     with ``config``'s settings and at least its layers and probes; None if there is none."""
+    from probing.results import read_config
     from probing.settings import results_folders
-    from probing.study import same_data
+    from probing.study import recorded_same_data
 
+    sha256 = dataset.fingerprint()
     for folder in results_folders(Path(root)):
-        try:
+        try:  # config.json first: only a folder of these statements, model and token is loaded whole
+            if not recorded_same_data(read_config(folder), sha256, activations):
+                continue
             study = StudyResult.load(folder)
         except (OSError, ValueError):
             continue
-        if (not study.results.empty and same_data(study, dataset, activations)
+        if (not study.results.empty
                 and not [name for name in SETTINGS if getattr(study.config, name) != getattr(config, name)]
                 and set(config.layers) <= set(study.config.layers) and set(config.probes) <= set(study.config.probes)):
             return study

@@ -78,7 +78,7 @@ def polarity_transfers(dataset: StatementSet) -> list[Transfer]:
     return transfers
 
 
-def _centring_groups(dataset: StatementSet) -> np.ndarray:
+def centring_groups(dataset: StatementSet) -> np.ndarray:
     """TTPD centres each (topic, polarity) on its own, as Bürger et al. centre each data set."""
     return (dataset.frame["topic"] + "|" + dataset.frame["polarity"]).to_numpy()
 
@@ -86,7 +86,7 @@ def _centring_groups(dataset: StatementSet) -> np.ndarray:
 def fit_ttpd(features: np.ndarray, dataset: StatementSet, rows: np.ndarray) -> TTPDProbe:
     frame = dataset.frame
     return TTPDProbe().fit(features[rows], dataset.labels[rows], frame["polarity"].to_numpy()[rows],
-                           _centring_groups(dataset)[rows])
+                           centring_groups(dataset)[rows])
 
 
 def transfer_layer(features: np.ndarray, dataset: StatementSet, layer: int, transfers: list[Transfer],
@@ -263,7 +263,7 @@ def truth_subspace(features: np.ndarray, dataset: StatementSet,
     """TTPD's picture at one layer: every statement projected on (t_G, t_P), fitted on all of them, and
     the cosine of t_G to the linear and mass-mean directions of each category split."""
     probe = fit_ttpd(features, dataset, np.arange(len(dataset)))
-    projected = probe.project(features, _centring_groups(dataset))  # as Bürger et al. draw it
+    projected = probe.project(features, centring_groups(dataset))  # as Bürger et al. draw it
     frame = dataset.frame
     points = pd.DataFrame({"t_g": projected[:, 0], "t_p": projected[:, 1],
                            "label": np.where(frame["label"].to_numpy() == 1, "true", "false"),

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from probing.config import SteeringConfig
+from probing.generalization import centring_groups
 from probing.constants import STEER_DIRECTIONS as DIRECTION_KINDS
 from probing.constants import STEER_POSITIONS as POSITIONS
 from probing.models import LoadedModel
@@ -289,7 +290,7 @@ def steering_setup(dataset, activations, layer: int, kinds: Sequence[str] = DIRE
     features = activations.layer(dataset.statements, layer)
     if len(dataset.polarities) < 2:
         kinds = [kind for kind in kinds if kind != "ttpd"]
-    groups = (frame["topic"] + "|" + frame["polarity"]).to_numpy()
+    groups = centring_groups(dataset)
     directions = fit_directions(features[split.train], labels[split.train], layer, kinds,
                                 frame["polarity"].to_numpy()[split.train], groups[split.train], seed=seed)
     rng = np.random.default_rng(seed)

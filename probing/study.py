@@ -176,26 +176,38 @@ def with_generalization(study: StudyResult, analyses: Generalization, config: St
                    meta={**study.meta, "generalization_notes": analyses.notes})
 
 
+def recorded_same_data(record: dict, dataset_sha256: str, activations: Activations) -> bool:
+    """Whether a results folder's config.json ``record`` read the statements of hash ``dataset_sha256``
+    with this model (weights, dtype) at this token."""
+    return (record.get("model", {}).get("fingerprint") == activations.fingerprint
+            and record.get("position") == activations.position
+            and record.get("dataset", {}).get("sha256") == dataset_sha256)
+
+
 def same_data(study: StudyResult, dataset: StatementSet, activations: Activations) -> bool:
     """Whether ``study`` read these statements with this model (weights, dtype) at this token."""
-    ran = study.meta.get("model", {}), study.meta.get("dataset", {})
-    return (ran[0].get("fingerprint") == activations.fingerprint and study.config.position == activations.position
-            and ran[1].get("sha256") == dataset.fingerprint())
+    return recorded_same_data(study.config_record(), dataset.fingerprint(), activations)
+
+
+def analysis_home(dataset: StatementSet, activations: Activations, config: StudyConfig,
+                  into: StudyResult | None, command: str | None = None) -> StudyResult:
+    """The study an analysis of these statements, model and token joins: ``into`` when it read the same
+    (see :func:`same_data`), else a study of its own, without a grid, recorded with ``config``."""
+    if into is not None and same_data(into, dataset, activations):
+        return into
+    return StudyResult(as_run(config, dataset, activations), study_meta(dataset, activations, command=command),
+                       pd.DataFrame())
 
 
 def generalization_study(dataset: StatementSet, activations: Activations, config: StudyConfig, *,
                          into: StudyResult | None = None, on_progress: Progress | None = None,
                          command: str | None = None) -> StudyResult:
-    """The generalization analyses of ``config`` (activations extracted first) as a study: added to
-    ``into`` when it read the same statements with the same model at the same token (see
-    :func:`same_data`), else a study of its own, without a grid."""
+    """The generalization analyses of ``config`` (activations extracted first) added to
+    :func:`analysis_home`'s study."""
     texts = dataset.statements
     activations.ensure(texts)
     analyses = run_generalization(dataset, lambda layer: activations.layer(texts, layer), config, on_progress)
-    if into is None or not same_data(into, dataset, activations):
-        into = StudyResult(as_run(config, dataset, activations), study_meta(dataset, activations, command=command),
-                           pd.DataFrame())
-    return with_generalization(into, analyses, config)
+    return with_generalization(analysis_home(dataset, activations, config, into, command), analyses, config)
 
 
 def reproduce(

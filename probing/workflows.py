@@ -24,7 +24,7 @@ from probing.results import StudyResult
 from probing.settings import new_results_folder
 from probing.statements import StatementSet
 from probing.steering import run_steering
-from probing.study import as_run, cell_study, check_study, generalization_study, run_study, same_data, study_meta
+from probing.study import analysis_home, cell_study, check_study, generalization_study, run_study
 
 
 def extract_missing(job: Job, activations: Activations, texts: list[str]) -> int:
@@ -134,9 +134,9 @@ def grid_work(activations: Activations, dataset: StatementSet, config: StudyConf
 
 def save_beside(study: StudyResult, open_study: StudyResult | None, results_root: Path, activations: Activations,
                 dataset: StatementSet, what: str) -> StudyResult:
-    """Save ``study`` into the open results folder when it is that study grown by an analysis (same
-    statements, model and token), else into a new results folder named after ``what``."""
-    if open_study is not None and study.folder == open_study.folder and same_data(open_study, dataset, activations):
+    """Save ``study`` into the open results folder when it is that study grown by an analysis (it kept
+    the folder: :func:`~probing.study.analysis_home`), else into a new results folder named after ``what``."""
+    if open_study is not None and study.folder == open_study.folder:
         study.save(open_study.folder)
     else:
         study.save(new_results_folder(results_root, activations.spec.name, dataset.name, what))
@@ -169,13 +169,9 @@ def steering_work(activations: Activations, dataset: StatementSet, config: Steer
         job.set_phase("Steering: batched forward passes", 0)
         table = run_steering(dataset, activations, config)
         job.set_phase("Saving", 0)
-        if open_study is not None and same_data(open_study, dataset, activations):
-            study = replace(open_study, steering=table, meta={**open_study.meta, "steering": config.to_dict()})
-        else:
-            run = replace(StudyConfig(), layers=(config.probe_layer,))
-            study = StudyResult(as_run(run, dataset, activations),
-                                {**study_meta(dataset, activations, command="dashboard: Steer"),
-                                 "steering": config.to_dict()}, pd.DataFrame(), steering=table)
+        home = analysis_home(dataset, activations, replace(StudyConfig(), layers=(config.probe_layer,)), open_study,
+                             command="dashboard: Steer")
+        study = replace(home, steering=table, meta={**home.meta, "steering": config.to_dict()})
         return save_beside(study, open_study, results_root, activations, dataset, "steering")
 
     return work
