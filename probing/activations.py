@@ -15,6 +15,8 @@ Token positions:
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -157,6 +159,7 @@ class Activations:
         model: LoadedModel | None = None,
         token_budget: int | None = None,
         max_tokens: int = MAX_TOKENS,
+        store_dir: str | Path | None = None,
     ):
         if position not in POSITIONS:
             raise ValueError(f"token position {position!r} is not one of {POSITIONS}")
@@ -168,7 +171,9 @@ class Activations:
         self.max_tokens = max_tokens
         self.fingerprint = model.fingerprint if model is not None else self.spec.fingerprint(self.cache_dir)
         namespace = hashlib.sha256(f"{self.fingerprint}|{position}|v1".encode()).hexdigest()[:24]
-        self.store = ActivationStore(self.cache_dir / "activations", namespace)
+        # Models (converted GGUF, file digests) always live in cache_dir; the activations may be kept
+        # elsewhere, such as one folder per node of a multi-node extraction.
+        self.store = ActivationStore(Path(store_dir) if store_dir else self.cache_dir / "activations", namespace)
 
     @property
     def model(self) -> LoadedModel:
@@ -229,14 +234,14 @@ class Activations:
         total, done, computed = sum(count for *_, count in pending), 0, 0
         report(0, total)
         claiming = shard is None
-        with claim_token() as token:
+        with claim_token() as token, ChunkWriter(self.store) as writer:
             waiting = []
             for work in pending:
                 batch, statements, count = work
                 if claiming and not self.store.claim(batch_name(statements), token, self.claim_seconds):
                     waiting.append(work)
                     continue
-                computed += self._compute(batch, statements, token if claiming else None)
+                computed += self._compute(batch, statements, writer, token if claiming else None)
                 done += count
                 report(done, total)
             while waiting:  # batches other processes claimed: wait for them, or take them over
@@ -247,25 +252,32 @@ class Activations:
                     if any(statement_key(text) not in stored for text in statements):
                         if not self.store.claim(batch_name(statements), token, self.claim_seconds):
                             continue  # still being computed elsewhere
-                        computed += self._compute(batch, statements, token)  # its process died or gave up
+                        computed += self._compute(batch, statements, writer, token)  # its process died or gave up
                     waiting.remove(work)
                     done += count
                     report(done, total)
         return computed
 
-    def _compute(self, batch: Batch, statements: list[str], token: str | None) -> int:
-        """Run and store the batch's statements that are still missing; then release its claim, if any."""
+    def _compute(self, batch: Batch, statements: list[str], writer: ChunkWriter, token: str | None) -> int:
+        """Run the batch's statements that are still missing and hand them to the writer, which
+        stores them and then releases the batch's claim, if any."""
+        release = (lambda: self.store.release(batch_name(statements), token)) if token is not None else None
         try:
             stored = self.store.index()
             rows = [row for row, text in enumerate(statements) if statement_key(text) not in stored]
-            if not rows:
-                return 0  # another process stored it between our plan and our claim
-            part = batch if len(rows) == len(statements) else batch.select(rows)
-            self.store.write_chunk([statements[row] for row in rows], run_batch(self.model, part, self.position))
-            return len(rows)
-        finally:
-            if token is not None:
-                self.store.release(batch_name(statements), token)
+            if rows:
+                part = batch if len(rows) == len(statements) else batch.select(rows)
+                hidden = run_batch(self.model, part, self.position)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        if not rows:  # another process stored it between our plan and our claim
+            if release is not None:
+                release()
+            return 0
+        writer.submit([statements[row] for row in rows], hidden, release)
+        return len(rows)
 
     def layer(self, texts: Sequence[str], layer: int, on_progress: Progress | None = None) -> np.ndarray:
         """float32 (len(texts), width) hidden states at ``layer``, computing what is missing.
@@ -292,6 +304,54 @@ class Activations:
                 repaired = error
             self.ensure(texts, on_progress)
         return self.store.read_layer(texts, layer)
+
+
+class ChunkWriter:
+    """Stores computed batches on a second thread while the next batch runs.
+
+    At most one batch waits while another is being written, so memory stays at two
+    batches. A failed write (non-finite values, a full disk) stops the extraction: nothing
+    is written after it, and it is raised in the calling thread at the next ``submit`` or on
+    leaving the ``with`` block. Leaving the block first finishes the writes already handed
+    over, so an interrupted run keeps every batch it computed.
+    """
+
+    def __init__(self, store: ActivationStore):
+        self._store = store
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="probing-cache-writer", daemon=True)
+
+    def __enter__(self) -> ChunkWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if kind is None:
+            self._raise_failure()
+
+    def submit(self, texts: list[str], hidden: np.ndarray, then: Callable[[], None] | None = None) -> None:
+        """Store ``hidden`` (rows, layers, width) for ``texts``; ``then`` runs after the write, even a failed one."""
+        self._raise_failure()
+        self._queue.put((texts, hidden, then))
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            texts, hidden, then = item
+            try:
+                if self._error is None:
+                    self._store.write_chunk(texts, hidden)
+            except BaseException as error:  # noqa: BLE001 - handed to the extracting thread
+                self._error = error
+            finally:
+                if then is not None:
+                    then()
 
 
 def batch_name(texts: Sequence[str]) -> str:

@@ -122,6 +122,30 @@ def test_interrupted_extraction_resumes_where_it_stopped(model, tmp_path):
     assert activations.ensure(TEXTS) == len(TEXTS) - kept
 
 
+def test_a_failed_background_write_stops_the_extraction_and_nothing_after_it_is_stored(model, tmp_path, monkeypatch):
+    """Batches are written on a second thread while the next one runs: a write that fails (here the
+    second batch's) is raised in the caller, and no later batch is written after it."""
+    activations = Activations(model=model, cache_dir=tmp_path, token_budget=20)
+    batches = plan_batches(model.tokenizer, TEXTS, "last", 20, 512)
+    assert len(batches) >= 3
+    real_write, calls = activations.store.write_chunk, []
+
+    def fail_second(texts, hidden):
+        calls.append(texts)
+        if len(calls) == 2:
+            raise OSError("simulated write failure")
+        return real_write(texts, hidden)
+
+    monkeypatch.setattr(activations.store, "write_chunk", fail_second)
+    with pytest.raises(OSError, match="simulated write failure"):
+        activations.ensure(TEXTS)
+    assert len(calls) == 2  # the batch computed meanwhile was not written after the failure
+    first = sorted(batches[0].indices)
+    assert activations.missing(TEXTS) == [i for i in range(len(TEXTS)) if i not in first]
+    monkeypatch.undo()
+    assert activations.ensure(TEXTS) == len(TEXTS) - len(first)
+
+
 def test_bad_layers_and_statements_get_clear_errors(model, tmp_path):
     activations = Activations(model=model, cache_dir=tmp_path, max_tokens=16)
     with pytest.raises(IndexError, match=r"layer -40 does not exist: this model has 31 hidden states"):
