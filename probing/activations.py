@@ -342,16 +342,19 @@ class ChunkWriter:
             raise self._error
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            texts, hidden, then = item
-            try:
-                if self._error is None:
-                    self._store.write_chunk(texts, hidden)
-            except BaseException as error:  # noqa: BLE001 - handed to the extracting thread
-                self._error = error
-            finally:
-                if then is not None:
-                    then()
+        try:
+            while (item := self._queue.get()) is not None:
+                texts, hidden, then = item
+                try:
+                    if self._error is None:
+                        self._store.write_chunk(texts, hidden)
+                except BaseException as error:  # noqa: BLE001 - handed to the extracting thread
+                    self._error = error
+                finally:
+                    if then is not None:
+                        then()
+        finally:
+            self._store.close()  # this thread's SQLite connection: closing it folds its writes into cache.db
 
 
 def batch_name(texts: Sequence[str]) -> str:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m probing {extract,reproduce,data,score}`` (``probing ...`` once installed).
+"""Command line: ``python -m probing {extract,reproduce,data,score,steer,compare,cache}`` (``probing ...`` once installed).
 
 The options of a study come from the fields of :class:`probing.config.StudyConfig` (their
 defaults, help and checks). Options, paths and launcher variables are checked before torch is
@@ -64,6 +64,46 @@ def launcher_shard() -> tuple[int, int] | None:
     return None
 
 
+def _node(text: str) -> int:
+    try:
+        node = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a node number such as 0 or 1, got {text!r}") from None
+    if node < 0:
+        raise argparse.ArgumentTypeError(f"the node number must be 0 or more, got {node}")
+    return node
+
+
+def launcher_node() -> int | None:
+    """The node rank when torchrun / accelerate launch started processes on several nodes, else None.
+
+    Their agents set GROUP_RANK (the node's rank under the default static rendezvous, i.e.
+    ``--node_rank``), LOCAL_WORLD_SIZE (processes on this node) and WORLD_SIZE (in all).
+    """
+    names = ("GROUP_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")
+    if not all(name in os.environ for name in names):
+        return None
+    node, local_world, world = (_environment_int(name) for name in names)
+    return node if world > local_world else None
+
+
+def node_store(cache: str | Path, node: int) -> Path:
+    """The activation store a node of a multi-node extraction writes (models stay in ``cache/models``)."""
+    return Path(cache) / "nodes" / f"node-{node}"
+
+
+def node_stores(cache: str | Path) -> list[Path]:
+    """The node folders of ``cache`` that hold an activation store, by node number."""
+    found = [path for path in (Path(cache) / "nodes").glob("node-*") if (path / "cache.db").is_file()]
+    return sorted(found, key=lambda path: (len(path.name), path.name))
+
+
+def store_folder(path: str | Path) -> Path:
+    """An activation-store folder (one holding cache.db) as it is, or a cache folder's ``activations/``."""
+    path = Path(path)
+    return path if (path / "cache.db").is_file() else path / "activations"
+
+
 def _program() -> str:
     """How we were started: the ``probing`` console script or ``python -m probing``."""
     return "probing" if Path(sys.argv[0]).name == "probing" else "python -m probing"
@@ -122,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--shard", type=_shard, default=None,
                          help="RANK/WORLD: this process's share (default: from torchrun / accelerate / MPI "
                               "environment variables when launched by one of them)")
+    extract.add_argument("--node", type=_node, default=None,
+                         help="write into CACHE/nodes/node-K, this node's own folder of a multi-node run, to "
+                              "be merged afterwards (default: GROUP_RANK when torchrun / accelerate launch "
+                              "span several nodes, else CACHE/activations)")
 
     reproduce = commands.add_parser("reproduce", help="extract what is missing, train the grid, write results")
     add_study_options(reproduce, "model", "dataset", "extraction", "grid", "analysis")
@@ -163,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", required=True, help="folder for compare_*.csv and compare.md")
     compare.add_argument("--allow-mismatch", action="store_true",
                          help="show studies of other statements or settings anyway, with the differences named")
+
+    cache = commands.add_parser("cache", help="what an activation cache holds; merge the caches of several nodes")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    merge = cache_commands.add_parser("merge", help="copy the activations of SRC folders into DEST, checking "
+                                                     "that they agree (run it again: it adds only what is missing)")
+    merge.add_argument("destination", metavar="DEST", help="a cache folder (its activations/ is used) or an "
+                                                           "activation-store folder")
+    merge.add_argument("sources", nargs="+", metavar="SRC", help="cache or activation-store folders, such as "
+                                                                 "cache/nodes/node-1")
+    info = cache_commands.add_parser("info", help="models, positions, statements and size of a cache")
+    info.add_argument("folder", nargs="?", default=StudyConfig().cache, metavar="CACHE",
+                      help=f"a cache folder or an activation-store folder (default: {StudyConfig().cache})")
 
     score = commands.add_parser("score", help="P(true) per layer from the probes of a results folder")
     score.add_argument("statement", nargs="+", help="one or more statements")
@@ -310,11 +366,11 @@ def _progress(description: str, unit: str) -> Iterator[Progress]:
         bar.close()
 
 
-def _activations(config: StudyConfig) -> Activations:
+def _activations(config: StudyConfig, store_dir: Path | None = None) -> Activations:
     from probing.activations import Activations
 
     return Activations(config.model_spec(), position=config.position, cache_dir=config.cache,
-                       max_tokens=config.max_tokens)
+                       max_tokens=config.max_tokens, store_dir=store_dir)
 
 
 def _dataset(config: StudyConfig) -> StatementSet:
@@ -330,16 +386,26 @@ def _dataset(config: StudyConfig) -> StatementSet:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     shard = args.shard or launcher_shard()
+    node = args.node if args.node is not None else launcher_node()
     local_rank = _environment_int("LOCAL_RANK") if shard and "LOCAL_RANK" in os.environ else None
     config = study_config(args)
     dataset = _dataset(config)
     if shard and config.device is None and torch_cuda_count() > 1:  # one GPU per process
         config = replace(config, device=f"cuda:{shard[0] if local_rank is None else local_rank}")
-    activations = _activations(config)
+    activations = _activations(config, None if node is None else node_store(config.cache, node))
     label = f"extracting (shard {shard[0] + 1} of {shard[1]})" if shard else "extracting"
     with _progress(label, "statements") as progress:
         computed = activations.ensure(dataset.statements, on_progress=progress, shard=shard)
-    if shard:
+    if node is not None:
+        share = f"shard {shard[0]}/{shard[1]}" if shard else "all statements"
+        print(f"node {node}, {share}: {computed} statement(s) computed; this node's activations are in "
+              f"{activations.store.directory}")
+        if not local_rank:  # one hint per node
+            print(f"next, once every node has finished: bring the {Path(config.cache) / 'nodes'}/node-* folders "
+                  f"together under one cache's nodes/ (copy them unless they are there already), then run "
+                  f"`{_program()} reproduce --cache {config.cache} ...` (it merges them first) or "
+                  f"`{_program()} cache merge {config.cache} {Path(config.cache) / 'nodes'}/node-*`")
+    elif shard:
         left = len(activations.missing(dataset.statements))
         print(f"shard {shard[0]}/{shard[1]}: {computed} statement(s) computed; {left} not cached yet "
               "(other shards may still be running)")
@@ -361,6 +427,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from probing.results import markdown_table
     from probing.study import reproduce
 
+    merge_nodes(config.cache)
     activations = _activations(config)
     from probing.settings import RESULTS_ROOT, new_results_folder
 
@@ -383,6 +450,75 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         _print_generalization(result)
     print(f"results written to {out}/")
     return 0
+
+
+def merge_nodes(cache: str | Path) -> None:
+    """Merge the node folders of a multi-node extraction into ``cache/activations`` (a no-op when merged)."""
+    nodes = node_stores(cache)
+    if nodes:
+        print(f"merging {len(nodes)} node folder(s) of {Path(cache) / 'nodes'} into {Path(cache) / 'activations'} "
+              "(what an earlier merge copied is skipped)", file=sys.stderr)
+        _merge(Path(cache) / "activations", nodes)
+
+
+def _merge(destination: Path, sources: Sequence[Path]) -> None:
+    from probing.storage import describe_meta, merge_stores
+
+    with _progress("merging", "statements") as progress:
+        reports = merge_stores(destination, sources, on_progress=progress)
+    for report in reports:
+        skipped = f"; {report.damaged} damaged chunk(s) skipped (recomputed when needed)" if report.damaged else ""
+        print(f"{report.namespace} ({describe_meta(report.meta)}){' new' if report.new else ''}: "
+              f"{report.copied} statement(s) copied in {report.chunks} chunk(s), {report.present} copied by an "
+              f"earlier merge, {report.kept} held already (values agree; {destination}'s kept){skipped}",
+              file=sys.stderr)
+    if not reports:
+        print(f"nothing to merge: {', '.join(map(str, sources))} hold no activations", file=sys.stderr)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    if args.cache_command == "merge":
+        destination = store_folder(args.destination)
+        if destination.exists() and not destination.is_dir():
+            raise ValueError(f"{destination} is a file; DEST is a cache folder or an activation-store folder")
+        sources = []
+        for source in args.sources:
+            if not (store_folder(source) / "cache.db").is_file():
+                raise FileNotFoundError(
+                    f"{source} holds no activation store (neither {Path(source) / 'cache.db'} nor "
+                    f"{Path(source) / 'activations' / 'cache.db'}); pass a cache folder or a node's folder "
+                    "such as cache/nodes/node-1")
+            sources.append(store_folder(source))
+        _merge(destination, sources)
+        print(f"merged into {destination}")
+        return 0
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; pass a cache folder such as cache/")
+    stores = [store_folder(folder)] + ([] if (folder / "cache.db").is_file() else node_stores(folder))
+    from probing.storage import describe_meta, describe_store, size_on_disk
+
+    total = 0
+    for store in stores:
+        size = size_on_disk(store) if store.is_dir() else 0
+        total += size
+        summaries = describe_store(store)
+        print(f"{store}: {len(summaries)} namespace(s), {_size(size)}")
+        for summary in summaries:
+            print(f"  {summary.namespace}  {describe_meta(summary.meta)}: {summary.statements:,} statement(s) "
+                  f"in {summary.chunks:,} chunk(s)")
+    if len(stores) > 1:
+        print(f"{_size(total)} in all. The node folders are merged into {stores[0]} by the next `{_program()} "
+              f"reproduce --cache {folder}`, or by `{_program()} cache merge {folder} {folder / 'nodes'}/node-*`")
+    return 0
+
+
+def _size(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:,} {unit}" if unit == "bytes" else f"{size:,.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
 
 
 def _print_generalization(result) -> None:
@@ -497,4 +633,4 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"extract": cmd_extract, "reproduce": cmd_reproduce, "data": cmd_data, "score": cmd_score,
-            "steer": cmd_steer, "compare": cmd_compare}
+            "steer": cmd_steer, "compare": cmd_compare, "cache": cmd_cache}

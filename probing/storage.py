@@ -9,6 +9,10 @@ Layout inside a ``diskcache.Cache`` (keys are tuples, all starting with a
 - ``(ns, "chunk", chunk_id, layer)`` -> bytes: a checked header + float16 rows
 - ``(ns, "claim", name)`` -> which process is computing the batch ``name`` (expires)
 
+One folder may hold several namespaces (``namespaces`` lists them, ``describe_store``
+counts what each holds). ``merge_stores`` copies the chunks of other folders (the
+per-node folders of a multi-node extraction) into one, checking that they agree.
+
 A chunk is the statements of one extraction batch. It is written in one
 transaction (all layers, its statement list, then its place in the chunk list),
 so a killed run leaves whole chunks or none. Finding where statements are stored
@@ -43,6 +47,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import diskcache
@@ -70,6 +75,10 @@ class CorruptEntry(CacheError):
 
 class CacheRepaired(UserWarning):
     """Damage to the cache was found and repaired; what was lost is recomputed when needed."""
+
+
+class MergeConflict(CacheError):
+    """Caches to merge disagree (their description of a namespace, or a statement's values); nothing was merged."""
 
 
 class NonFiniteActivations(ValueError):
@@ -226,19 +235,7 @@ class ActivationStore:
         return found
 
     def _readable_keys(self) -> Iterator[tuple]:
-        """Every key of the database that can be decoded (a damaged one is skipped, not fatal)."""
-        disk = diskcache.Disk(str(self.directory))
-        reader = sqlite3.connect(f"file:{self.directory / _DATABASE}?mode=ro", uri=True)
-        try:
-            for blob, raw in reader.execute("SELECT key, raw FROM Cache").fetchall():
-                try:
-                    key = disk.get(blob, raw)
-                except Exception:  # noqa: BLE001 - an undecodable key belongs to no chunk we can use
-                    continue
-                if isinstance(key, tuple):
-                    yield key
-        finally:
-            reader.close()
+        return _readable_keys(self.directory)
 
     @_repairing
     def index(self) -> dict[str, tuple[str, int]]:
@@ -317,6 +314,10 @@ class ActivationStore:
 
     def _read_chunk(self, chunk_id: str, layer: int, width: int) -> np.ndarray:
         """One chunk's rows at one layer; ValueError saying what is wrong when it fails a check."""
+        return self._read_payload(chunk_id, layer, width)[1]
+
+    def _read_payload(self, chunk_id: str, layer: int, width: int) -> tuple[bytes, np.ndarray]:
+        """One chunk's stored bytes at one layer and its rows; ValueError when it fails a check."""
         try:
             payload = self._cache.get(self._key("chunk", chunk_id, layer))
         except (sqlite3.Error, diskcache.Timeout):
@@ -325,7 +326,7 @@ class ActivationStore:
             raise ValueError(f"unreadable entry: {type(error).__name__}") from error
         with self._lock:
             rows = len(self._statements_of.get(chunk_id, ()))
-        return _decode(payload, rows, width)
+        return payload, _decode(payload, rows, width)
 
     # -- writes -----------------------------------------------------------------
     @_repairing
@@ -343,12 +344,19 @@ class ActivationStore:
             halves = hidden.astype(np.float16)
         _check_float16_range(texts, hidden, halves)
         chunk_id = uuid.uuid4().hex
+        with self._writing():
+            for layer in range(layers):
+                self._cache.set(self._key("chunk", chunk_id, layer), _encode(halves[:, layer]))
+            self._cache.set(self._key("chunk", chunk_id, "texts"), [statement_key(t) for t in texts])
+            self._cache.set(self._key("chunks"), [*self._chunk_ids(), chunk_id])
+        return chunk_id
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One transaction; a full disk or an unwritable folder becomes a ``CacheError`` saying what is kept."""
         try:
             with self._cache.transact():
-                for layer in range(layers):
-                    self._cache.set(self._key("chunk", chunk_id, layer), _encode(halves[:, layer]))
-                self._cache.set(self._key("chunk", chunk_id, "texts"), [statement_key(t) for t in texts])
-                self._cache.set(self._key("chunks"), [*self._chunk_ids(), chunk_id])
+                yield
         except (OSError, sqlite3.OperationalError) as error:
             full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
                 getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL)
@@ -358,7 +366,41 @@ class ActivationStore:
                     "batch is kept. Free space (or pass another --cache) and run again to resume."
                 ) from error
             raise CacheError(f"cannot write to the activation cache {self.directory}: {error}") from error
-        return chunk_id
+
+    @_repairing
+    def add_chunk(self, chunk_id: str, keys: list[str], payloads: Sequence[bytes]) -> bool:
+        """Store an encoded chunk (statement keys, one checked payload per layer) copied from another
+        store, in one transaction; False, writing nothing, when a chunk of that id is already stored."""
+        with self._writing():
+            chunks = self._chunk_ids()
+            if chunk_id in chunks:
+                return False
+            for layer, payload in enumerate(payloads):
+                self._cache.set(self._key("chunk", chunk_id, layer), payload)
+            self._cache.set(self._key("chunk", chunk_id, "texts"), keys)
+            self._cache.set(self._key("chunks"), [*chunks, chunk_id])
+        return True
+
+    def chunk_keys(self) -> dict[str, list[str]]:
+        """Chunk id -> its statement keys, in the order the chunks were written (damaged ones dropped)."""
+        self.index()
+        with self._lock:
+            return {chunk_id: self._statements_of[chunk_id] for chunk_id in self._chunk_ids()
+                    if chunk_id in self._statements_of}
+
+    @_repairing
+    def chunk_payloads(self, chunk_id: str, rows: Sequence[int] | None = None) -> list[bytes]:
+        """Every layer's payload of a stored chunk, each checked, cut to ``rows`` when given;
+        ValueError saying what is wrong when one fails its checks."""
+        meta = self.meta
+        if meta is None:
+            raise ValueError("the namespace has no description (layers, width)")
+        payloads = []
+        for layer in range(meta["layers"]):
+            payload, block = self._read_payload(chunk_id, layer, meta["width"])
+            # float16 -> float32 -> float16 is exact, so a cut chunk holds the very same values
+            payloads.append(payload if rows is None else _encode(block[list(rows)]))
+        return payloads
 
     @_repairing
     def drop_chunk(self, chunk_id: str) -> None:
@@ -455,6 +497,311 @@ class ActivationStore:
             f"fresh database; the damaged file is kept as {damaged.name}. Statements whose entries were lost "
             "are recomputed when needed."
         )
+
+
+MERGE_MIN_COSINE = 0.999
+"""Two copies of a statement agree when, at every layer, their cosine is at least this ...
+(bfloat16 gives a statement slightly different values in different batches: cosine >= 0.9998,
+norms within 1 % on SmolLM2-135M; float32 agrees to 1e-6)."""
+MERGE_MAX_NORM_GAP = 0.05
+"""... and their norms differ by at most this fraction of the larger one."""
+DESCRIBED = ("layers", "width", "model", "dtype", "position")
+"""The parts of a namespace's description that caches to merge must agree on."""
+
+
+def namespaces(directory: str | Path) -> list[str]:
+    """The namespaces stored in the activation store at ``directory``, in the order first written."""
+    directory = Path(directory)
+    if not (directory / _DATABASE).is_file():
+        return []
+    found = {key[0]: None for key in _readable_keys(directory)
+             if len(key) == 2 and isinstance(key[0], str) and key[1] in ("meta", "chunks")}
+    return list(found)
+
+
+def size_on_disk(directory: str | Path) -> int:
+    """Bytes of every file under ``directory`` (database, its journal, value files)."""
+    return sum(path.stat().st_size for path in Path(directory).rglob("*") if path.is_file())
+
+
+@dataclass(frozen=True)
+class NamespaceSummary:
+    """One namespace of a store, for ``cache info``: its description and how much it holds."""
+
+    namespace: str
+    meta: dict | None
+    statements: int
+    chunks: int
+
+
+def describe_store(directory: str | Path) -> list[NamespaceSummary]:
+    """What the activation store at ``directory`` holds, per namespace."""
+    summaries = []
+    for namespace in namespaces(directory):
+        store = ActivationStore(directory, namespace)
+        try:
+            chunks = store.chunk_keys()
+            statements = len({key for keys in chunks.values() for key in keys})
+            summaries.append(NamespaceSummary(namespace, store.meta, statements, len(chunks)))
+        finally:
+            store.close()
+    return summaries
+
+
+def describe_meta(meta: dict | None) -> str:
+    """'embedded, bfloat16, position last, 31 layers x 576' for messages and ``cache info``."""
+    if meta is None:
+        return "no description (layers, width): damaged or never written"
+    return (f"{meta.get('model', '?')}, {meta.get('dtype', '?')}, position {meta.get('position', '?')}, "
+            f"{meta['layers']} layers x {meta['width']}")
+
+
+@dataclass
+class NamespaceMerge:
+    """What ``merge_stores`` did to one namespace of the destination."""
+
+    namespace: str
+    meta: dict
+    new: bool
+    """The destination held nothing of this namespace before."""
+    copied: int = 0
+    """Statements copied."""
+    chunks: int = 0
+    """Chunks written."""
+    kept: int = 0
+    """Statements a source shares with the destination (or an earlier source): values agree, the first is kept."""
+    present: int = 0
+    """Statements an earlier merge already copied from the same source."""
+    damaged: int = 0
+    """Source chunks that failed their checks: not copied; their statements are recomputed when needed."""
+
+
+@dataclass
+class _Piece:
+    """The rows of one source chunk whose statements are new to the destination."""
+
+    store: ActivationStore
+    chunk_id: str
+    keys: list[str]
+    rows: list[int]
+
+    def copy_id(self) -> str:
+        """The id the copy is stored under: the same in every merge, so a repeated or concurrent one adds nothing."""
+        if len(self.rows) == len(self.keys):
+            return self.chunk_id
+        return hashlib.sha1(f"{self.chunk_id}:{self.rows}".encode()).hexdigest()[:32]
+
+
+@dataclass
+class _NamespacePlan:
+    """Where each statement of one namespace will come from, and the copies to compare."""
+
+    destination: ActivationStore
+    meta: dict | None
+    meta_from: Path
+    new: bool
+    provider: dict[str, tuple[ActivationStore, str, int]] = field(default_factory=dict)
+    pieces: list[_Piece] = field(default_factory=list)
+    overlaps: dict[tuple, tuple[list[int], list[int]]] = field(default_factory=dict)
+    damaged: set[tuple[int, str]] = field(default_factory=set)
+    present: int = 0
+    """Statements an earlier merge copied from the same source chunk (not compared again)."""
+
+    @classmethod
+    def of(cls, destination: ActivationStore) -> _NamespacePlan:
+        meta = destination.meta
+        plan = cls(destination, meta, destination.directory, meta is None)
+        for chunk_id, keys in destination.chunk_keys().items():
+            for row, key in enumerate(keys):
+                plan.provider[key] = (destination, chunk_id, row)
+        return plan
+
+    def add(self, source: ActivationStore) -> None:
+        meta = source.meta
+        if meta is None:
+            return  # nothing described can be checked; ``merge_stores`` refuses it if it holds chunks
+        if self.meta is None:
+            self.meta, self.meta_from = meta, source.directory
+        elif differing := [name for name in DESCRIBED if meta.get(name) != self.meta.get(name)]:
+            raise MergeConflict(
+                f"{source.directory} holds namespace {source.namespace} as {describe_meta(meta)}, but "
+                f"{self.meta_from} holds it as {describe_meta(self.meta)} ({', '.join(differing)} differ). "
+                "These are not activations of the same computation: nothing was merged. Merge only caches "
+                "extracted with the same model, dtype and token position."
+            )
+        for chunk_id, keys in source.chunk_keys().items():
+            rows, elsewhere = [], defaultdict(list)  # (store, chunk) -> [(its row, this chunk's row)]
+            for row, key in enumerate(keys):
+                held = self.provider.get(key)
+                if held is None:
+                    self.provider[key] = (source, chunk_id, row)
+                    rows.append(row)
+                elif held[0] is not source:
+                    elsewhere[held[:2]].append((held[2], row))
+            if rows:
+                self.pieces.append(_Piece(source, chunk_id, keys, rows))
+            for (store, held_chunk), pairs in elsewhere.items():
+                own_rows = [row for _, row in pairs]
+                if store is self.destination and held_chunk == _Piece(source, chunk_id, keys, own_rows).copy_id():
+                    self.present += len(pairs)  # copied by an earlier merge: the same bytes
+                else:  # also in the destination or an earlier source: compared
+                    self.overlaps[(store, held_chunk, source, chunk_id)] = ([r for r, _ in pairs], own_rows)
+
+    def compare(self) -> int:
+        """Check that statements stored twice agree (see MERGE_MIN_COSINE); returns how many were compared.
+
+        A chunk that fails its checks is not compared and, from a source, not copied.
+        """
+        if not self.overlaps:
+            return 0
+        layers, width = self.meta["layers"], self.meta["width"]
+        disagree = {pair: np.zeros(len(rows[0]), dtype=bool) for pair, rows in self.overlaps.items()}
+        worst = (1.0, 0)
+        for layer in range(layers):
+            blocks: dict[tuple[int, str], np.ndarray] = {}  # this layer's rows of each chunk, read once
+            for (first_store, first_chunk, second_store, second_chunk), (first_rows, second_rows) in self.overlaps.items():
+                first = self._block(blocks, first_store, first_chunk, layer, width)
+                second = self._block(blocks, second_store, second_chunk, layer, width)
+                if first is None or second is None:
+                    continue
+                cosine, gap = _agreement(first[first_rows], second[second_rows])
+                disagree[(first_store, first_chunk, second_store, second_chunk)] |= (
+                    (cosine < MERGE_MIN_COSINE) | (gap > MERGE_MAX_NORM_GAP))
+                if cosine.min() < worst[0]:
+                    worst = (float(cosine.min()), layer)
+        conflicts = {pair: int(flags.sum()) for pair, flags in disagree.items() if flags.any()}
+        if conflicts:
+            first_store, _, second_store, _ = next(iter(conflicts))
+            raise MergeConflict(
+                f"{sum(conflicts.values())} statement(s) of namespace {self.destination.namespace} "
+                f"({describe_meta(self.meta)}) have different values in {first_store.directory} and "
+                f"{second_store.directory}, beyond what {self.meta.get('dtype', 'the dtype')} explains (cosine "
+                f"< {MERGE_MIN_COSINE} or norms more than {MERGE_MAX_NORM_GAP:.0%} apart at some layer; lowest "
+                f"cosine {worst[0]:.4f}, at layer {worst[1]}). Nothing was merged. They were computed differently "
+                "(other library versions or hardware) or one disk is damaged: extract that folder again."
+            )
+        return sum(len(rows[0]) for rows in self.overlaps.values())
+
+    def _block(self, blocks: dict[tuple[int, str], np.ndarray], store: ActivationStore, chunk_id: str,
+               layer: int, width: int) -> np.ndarray | None:
+        """A chunk's rows at ``layer`` (kept in ``blocks``), or None when it failed its checks."""
+        name = (id(store), chunk_id)
+        if name not in blocks and name not in self.damaged:
+            try:
+                blocks[name] = store._read_chunk(chunk_id, layer, width)
+            except ValueError:
+                self.damaged.add(name)
+        return blocks.get(name)
+
+    def write(self, report: NamespaceMerge, advance: Callable[[int], None]) -> None:
+        if self.pieces and self.destination.meta is None:
+            self.destination.set_meta(self.meta)
+        for piece in self.pieces:
+            if (id(piece.store), piece.chunk_id) in self.damaged:
+                report.damaged += 1
+            else:
+                rows = None if len(piece.rows) == len(piece.keys) else piece.rows
+                try:
+                    payloads = piece.store.chunk_payloads(piece.chunk_id, rows)
+                except ValueError:
+                    report.damaged += 1
+                else:
+                    keys = [piece.keys[row] for row in piece.rows]
+                    if self.destination.add_chunk(piece.copy_id(), keys, payloads):
+                        report.copied += len(keys)
+                        report.chunks += 1
+                    else:  # a merge running beside this one has copied it
+                        report.kept += len(keys)
+            advance(len(piece.rows))
+
+
+def merge_stores(destination: str | Path, sources: Sequence[str | Path],
+                 on_progress: Callable[[int, int], None] | None = None) -> list[NamespaceMerge]:
+    """Copy into the activation store at ``destination`` what the stores at ``sources`` hold.
+
+    Namespaces new to the destination are copied whole. For a namespace both hold, the
+    descriptions (layers, width, model, dtype, position) must match, and statements both hold
+    must have the same values up to the dtype's noise (``MERGE_MIN_COSINE``); the destination's
+    copy is kept. Everything is checked before anything is written: a ``MergeConflict`` leaves
+    the destination as it was. Each copied chunk is one transaction, so an interrupted merge
+    leaves whole chunks, and merging again copies only what is still missing. Source chunks
+    that fail their checks are skipped (counted in ``damaged``). ``on_progress(done, total)``
+    counts statements copied.
+    """
+    destination = Path(destination)
+    for source in sources:
+        if Path(source).resolve() == destination.resolve():
+            raise ValueError(f"{source} is the destination of the merge itself; name other folders to merge")
+        if not (Path(source) / _DATABASE).is_file():
+            raise FileNotFoundError(f"{source} holds no activation store (no {_DATABASE}); pass a cache folder "
+                                    "or an activation-store folder such as cache/nodes/node-1")
+    stores: list[ActivationStore] = []
+
+    def opened(directory: str | Path, namespace: str) -> ActivationStore:
+        stores.append(ActivationStore(directory, namespace))
+        return stores[-1]
+
+    try:
+        plans: dict[str, _NamespacePlan] = {}
+        for source in sources:
+            for namespace in namespaces(source):
+                store = opened(source, namespace)
+                if store.meta is None and store.chunk_keys():
+                    raise MergeConflict(
+                        f"{source} holds chunks of namespace {namespace} without its description (layers, "
+                        "width, model, dtype, position), so they cannot be checked: nothing was merged. Run "
+                        "extract that node again into an empty folder, or leave this folder out of the merge."
+                    )
+                if namespace not in plans:
+                    plans[namespace] = _NamespacePlan.of(opened(destination, namespace))
+                plans[namespace].add(store)
+        plans = {namespace: plan for namespace, plan in plans.items() if plan.meta is not None}
+        reports = {namespace: NamespaceMerge(namespace, plan.meta, plan.new, kept=plan.compare(),
+                                             present=plan.present)
+                   for namespace, plan in plans.items()}
+        total, done = sum(len(piece.rows) for plan in plans.values() for piece in plan.pieces), 0
+        report = on_progress or (lambda done, total: None)
+        report(0, total)
+
+        def advance(rows: int) -> None:
+            nonlocal done
+            done += rows
+            report(done, total)
+
+        for namespace, plan in plans.items():
+            plan.write(reports[namespace], advance)
+        return list(reports.values())
+    finally:
+        for store in stores:
+            store.close()
+
+
+def _agreement(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: cosine of the two vectors, and how far apart their norms are (a fraction of the larger)."""
+    first_norm, second_norm = np.linalg.norm(first, axis=1), np.linalg.norm(second, axis=1)
+    product, larger = first_norm * second_norm, np.maximum(first_norm, second_norm)
+    dot = np.einsum("ij,ij->i", first, second)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = np.where(product > 0, dot / product, np.where(larger > 0, 0.0, 1.0))
+        gap = np.where(larger > 0, np.abs(first_norm - second_norm) / larger, 0.0)
+    return cosine, gap
+
+
+def _readable_keys(directory: Path) -> Iterator[tuple]:
+    """Every key of the database in ``directory`` that can be decoded, in the order first written
+    (a damaged one is skipped, not fatal)."""
+    disk = diskcache.Disk(str(directory))
+    reader = sqlite3.connect(f"file:{directory / _DATABASE}?mode=ro", uri=True)
+    try:
+        for blob, raw in reader.execute("SELECT key, raw FROM Cache ORDER BY rowid").fetchall():
+            try:
+                key = disk.get(blob, raw)
+            except Exception:  # noqa: BLE001 - an undecodable key belongs to no chunk we can use
+                continue
+            if isinstance(key, tuple):
+                yield key
+    finally:
+        reader.close()
 
 
 def _copy_readable_rows(damaged: Path, target: diskcache.Cache) -> tuple[int, int | None]:

@@ -140,7 +140,7 @@ def test_options_are_the_study_configs_fields():
                          if spec.metadata["group"] == group} for group in OPTION_GROUPS}
     assert set(parsed("reproduce")) - {"command", "out"} == set().union(*fields_of.values())
     extract = fields_of["model"] | fields_of["dataset"] | fields_of["extraction"]
-    assert set(parsed("extract")) - {"command", "shard"} == extract
+    assert set(parsed("extract")) - {"command", "shard", "node"} == extract
     assert set(parsed("data", "--out", "x.csv")) - {"command", "out"} == fields_of["dataset"]
     assert study_config(build_parser().parse_args(["reproduce"])) == StudyConfig()
     args = build_parser().parse_args(["reproduce", "--layers=-1,-3", "--probes", "tiny,mass_mean", "--no-controls",

@@ -1,0 +1,93 @@
+"""Two "nodes" (two torchrun groups of one multi-node launch on this machine) each write their own
+cache folder; one is killed midway and the job relaunched; `cache merge` then gives exactly what one
+process computes.
+
+torchrun's agents wait at an exit barrier for every node (300 s, not settable from its command line)
+once their own workers are done. The killed node is therefore node 0, which hosts the rendezvous
+store: with it gone, node 1's barrier fails at once (logged) and node 1 exits with code 0. Its agent
+starts each worker in a session of its own, so killing a node means killing both.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from probing.activations import Activations
+from support import free_port
+from test_sharding import LAYERS, fresh_cache
+
+
+def launch_node(cache, data, node, port):
+    """One node of a two-node torchrun launch, in its own process group (to be killed as a whole)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+               "-m", "probing", "extract", "--dataset", str(data), "--cache", str(cache)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def kill_node(agent):
+    """SIGKILL a node: its workers (each in its own session), then its torchrun agent."""
+    children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
+    for worker in map(int, children):
+        os.killpg(worker, signal.SIGKILL)
+    os.killpg(agent.pid, signal.SIGKILL)
+    agent.communicate()
+
+
+def finish(process, timeout=120):
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise AssertionError(f"still running after {timeout} s:\n{output}") from None
+    assert process.returncode == 0, output
+    return output
+
+
+def test_two_nodes_one_killed_and_relaunched_merge_to_a_single_process_run(tmp_path, saplma, shared_cache, model):
+    subset = saplma.subset(per_topic=80, seed=0)  # 480 statements: 3 batches or more per node
+    data = subset.to_csv(tmp_path / "data.csv")
+    texts = list(dict.fromkeys(subset.statements))
+    single = Activations(model=model, cache_dir=fresh_cache(tmp_path, "single", shared_cache))
+    single.ensure(texts)  # the batches the CLI plans (same model, dtype and token budget)
+    cache = fresh_cache(tmp_path, "cache", shared_cache)
+    node_0, node_1 = (Activations("embedded", cache_dir=cache, store_dir=cache / "nodes" / f"node-{k}")
+                      for k in (0, 1))
+
+    # Node 0 is killed (agent and worker) as soon as it has stored something; node 1 completes its share.
+    port = free_port()
+    victim, survivor = launch_node(cache, data, 0, port), launch_node(cache, data, 1, port)
+    deadline = time.time() + 120
+    while len(node_0.missing(texts)) == len(texts) and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.1)
+    kill_node(victim)
+    output = finish(survivor)
+    assert "node 1, shard 1/2:" in output and "cache merge" in output, output
+    stored_0, stored_1 = (len(texts) - len(store.missing(texts)) for store in (node_0, node_1))
+    assert 0 < stored_0 and 0 < stored_1 and stored_0 + stored_1 < len(texts)
+
+    # The relaunched job completes node 0's share in node 0's folder; node 1 has nothing left to do.
+    port = free_port()
+    relaunched = [launch_node(cache, data, k, port) for k in (0, 1)]
+    outputs = [finish(process) for process in relaunched]
+    assert "node 0, shard 0/2:" in outputs[0] and "node 1, shard 1/2: 0 statement(s) computed" in outputs[1]
+    assert not (cache / "activations").exists()  # nothing was written outside the node folders
+
+    merge = subprocess.run([sys.executable, "-m", "probing", "cache", "merge", str(cache),
+                            str(cache / "nodes" / "node-0"), str(cache / "nodes" / "node-1")],
+                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert merge.returncode == 0, merge.stderr
+    assert f"{len(texts)} statement(s) copied" in merge.stderr
+    merged = Activations("embedded", cache_dir=cache)
+    assert merged.missing(texts) == []
+    for layer in LAYERS:
+        np.testing.assert_array_equal(merged.layer(texts, layer), single.layer(texts, layer))
+    assert not merged.model_loaded
