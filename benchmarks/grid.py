@@ -15,13 +15,18 @@ Measured:
   layers (default: -1, all kinds), extrapolated to all layers and clearly labelled;
 - that both give the same probes: held-out accuracies equal, every weight equal bit
   for bit;
-- peak RSS of the process.
+- peak RSS of the process;
+- the computed bound: the FLOPs of the training (per kind: forward, weight- and input-gradient
+  matmuls per training example and epoch, the held-out forward passes; for L-BFGS the two
+  (8 x rows x width) products of every evaluation round) over the square-matmul rate measured in
+  this run in the dtype each kind trains in, and the share of it reached.
 
 Activations are made sure to be in the disk cache first; extraction time is
 not part of any number here.
 
     python -m benchmarks.grid            # all 6,084 statements, 360 probes
     python -m benchmarks.grid --quick    # 100 statements per topic, 2 layers
+    python -m benchmarks.grid --train-dtype float32   # MLPs in float32 even where bf16 is the default
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ import numpy as np
 import torch
 
 from benchmarks._common import (
-    BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, cached_activations, peak_rss_mb, print_machine, table,
+    BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, cached_activations, matmul_flops, peak_rss_mb, print_machine, table,
 )
+from probing import probes
 from probing.config import StudyConfig
 from probing.experiments import category_splits, run_grid, split_seed
-from probing.probes import Task, fit_many
+from probing.probes import HIDDEN_SIZES, LBFGS_STACK, Task, fit_many, training_dtype
 from probing.datasets import load_dataset
 
 LAYERS = (-1, -5, -9, -13, -17)
@@ -56,6 +62,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--linear-solver", choices=("lbfgs", "adam"), default="lbfgs",
                         help="lbfgs: the engine's default; adam: SAPLMA's settings for the linear probe too")
+    parser.add_argument("--train-dtype", choices=("float32", "bfloat16"), default=None,
+                        help="dtype the MLP stacks compute in (default: the engine's choice for this CPU)")
     parser.add_argument("--quick", action="store_true", help="100 statements per topic, layers -1,-5")
     parser.add_argument("--cache", default=BENCH_CACHE, help=f"activation cache (default {BENCH_CACHE})")
     parser.add_argument("--saplma", default=SAPLMA_DATA, help=SAPLMA_HELP)
@@ -64,6 +72,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.per_topic, args.layers = args.per_topic or 100, "-1,-5"
+    if args.train_dtype:
+        os.environ[probes.TRAIN_DTYPE_VARIABLE] = args.train_dtype
     layers = tuple(int(x) for x in args.layers.split(","))
     loop_layers = tuple(int(x) for x in args.loop_layers.split(","))
     print_machine()
@@ -96,9 +106,16 @@ def main() -> None:
             group_s[key], current[0] = now - mark[0], key
         mark[0] = now
 
+    dtypes = {kind: training_dtype(kind) if config.probe_config(kind).solver == "adam" else torch.float32
+              for kind in KINDS}
+    rates = {dtype: matmul_flops(dtype) for dtype in set(dtypes.values())}
+    print("measured matmul rate (2048-square, this run): " + ", ".join(
+        f"{str(dtype).removeprefix('torch.')} {rate / 1e9:.1f} GFLOP/s" for dtype, rate in rates.items()), flush=True)
+    rounds = count_lbfgs_rounds()
     started = time.perf_counter()
     grid = run_grid(dataset, load_layer, config, on_result=on_result)
     grid_s = time.perf_counter() - started
+    lbfgs_rounds = rounds[0]
     n_probes = len(grid.results)
     print(f"run_grid (stacked): {n_probes} probes in {grid_s:.1f} s", flush=True)
 
@@ -123,6 +140,11 @@ def main() -> None:
                                       zip(single.weights_ + single.biases_, stacked.weights_ + stacked.biases_)))
             print(f"one at a time, layer {layer} {kind}: {loop_s[(layer, kind)]:.1f} s", flush=True)
 
+    width = activations.layer(texts[:1], layers[0]).shape[1]
+    flops = {kind: len(layers) * training_flops(kind, config.probe_config(kind).solver, width, splits, args.seeds,
+                                               config.epochs) for kind in KINDS}
+    if config.linear_solver == "lbfgs":  # every round: logits and gradients, (8, rows, width + 1) each
+        flops["linear"] = lbfgs_rounds * 2 * 2 * LBFGS_STACK * len(dataset) * (width + 1)
     rows = []
     for kind in KINDS:
         stacked = [group_s[(layer, kind)] for layer in layers]
@@ -137,12 +159,18 @@ def main() -> None:
             "acc_mismatch": f"{mismatches[kind]}/{len(diff[kind])}",
             "max_abs_dw": max(diff[kind], default=None),
             "identical": f"{sum(d == 0 for d in diff[kind])}/{len(diff[kind])}",
+            "dtype": str(dtypes[kind]).removeprefix("torch."),
+            "GFLOP": flops[kind] / 1e9,
+            "bound_s": flops[kind] / rates[dtypes[kind]],
+            "share_of_bound": flops[kind] / rates[dtypes[kind]] / sum(stacked),
         })
     load_total = sum(load_s.values())
     loop_total = sum(r["loop_s (all layers, EXTRAPOLATED)"] for r in rows)
     train_total = sum(group_s.values())
+    bound_total = sum(r["bound_s"] for r in rows)
     rows.append({"kind": "all", "probes": n_probes, "stacked_s (all layers, measured)": train_total,
-                 "loop_s (all layers, EXTRAPOLATED)": loop_total, "speedup (same layers)": None})
+                 "loop_s (all layers, EXTRAPOLATED)": loop_total, "speedup (same layers)": None,
+                 "GFLOP": sum(flops.values()) / 1e9, "bound_s": bound_total, "share_of_bound": bound_total / train_total})
 
     print(f"\n## Probe grid (linear solver {args.linear_solver}), {len(dataset)} statements, {len(layers)} layers x {len(KINDS)} kinds x "
           f"{len(splits)} splits x {args.seeds} seeds = {n_probes} probes (torch threads {torch.get_num_threads()})\n")
@@ -153,8 +181,36 @@ def main() -> None:
           f"other {other:.1f} s; one at a time, EXTRAPOLATED: {loop_total + load_total + other:.1f} s")
     print(f"stacked vs one at a time (layers {args.loop_layers}): acc_mismatch = probes whose held-out accuracy "
           f"differs, max_abs_dw = largest |weight difference|, identical = probes equal bit for bit")
+    print("GFLOP: training matmuls (MLPs and Adam-linear: forward, weight and input gradients per training example "
+          "and epoch, plus the held-out forward passes; L-BFGS: its evaluation rounds, padding rows included); "
+          "bound_s = GFLOP / the measured square-matmul rate in the kind's dtype; share_of_bound = bound_s / stacked_s")
     print(f"peak RSS: {peak_rss_mb():.0f} MiB" + (" (includes the model loaded to fill the cache: rerun "
                                                  "for the training-only figure)" if computed else ""))
+
+
+def training_flops(kind: str, solver: str, width: int, splits, seeds: int, epochs: int) -> float:
+    """Matmul FLOPs of one layer's ``kind`` probes trained with Adam (0 for L-BFGS: counted from its rounds)."""
+    if solver != "adam":
+        return 0.0
+    sizes = [width, *HIDDEN_SIZES[kind], 1]
+    products = [fan_in * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
+    forward = 2 * sum(products)
+    per_training_row = forward + forward + 2 * sum(products[1:])  # forward, weight gradients, input gradients
+    rows = sum(len(s.train) * per_training_row + len(s.test) * forward for s in splits)
+    return float(seeds * epochs * rows)
+
+
+def count_lbfgs_rounds() -> list[int]:
+    """A counter of lockstep L-BFGS evaluation rounds (each one logits and one gradient product)."""
+    rounds = [0]
+    evaluate = probes._LinearDesign.evaluate
+
+    def counted(self, objectives, points):
+        rounds[0] += 1
+        return evaluate(self, objectives, points)
+
+    probes._LinearDesign.evaluate = counted
+    return rounds
 
 
 if __name__ == "__main__":

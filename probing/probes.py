@@ -18,13 +18,20 @@ over members, and one fused Adam call updates every member. Each member draws
 its initial weights and batch order from its own seed only, has its own Adam
 step count, and is not updated once its epoch has run out of batches, so a probe
 trained in a stack equals, bit for bit, the same probe trained alone (a lone
-probe trains beside a throwaway twin: see ``fit_many``). L-BFGS starts from
-zero and ignores the seed, so tasks that differ only in seed are fitted once.
+probe trains beside a throwaway twin: see ``fit_many``). On CPUs with bf16 matrix
+units the MLP stacks multiply in bfloat16 (float32 weights and Adam state; see
+``training_dtype``); the bit-for-bit promise then holds within that dtype.
+
+L-BFGS starts from zero and ignores the seed, so tasks that differ only in seed
+are fitted once; up to ``LBFGS_STACK`` distinct problems advance in lockstep, each
+with its own L-BFGS state and stopping, their losses and gradients evaluated by one
+pair of matmuls over a shared standardised copy of X (see ``_LinearDesign``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
@@ -45,6 +52,16 @@ HIDDEN_SIZES: dict[str, tuple[int, ...]] = {
 assert PROBE_KINDS == (*HIDDEN_SIZES, "mass_mean"), "probing.constants.PROBE_KINDS is out of step"
 EpochCallback = Callable[[int, dict], None]
 """Called with (member index, one history record) after every epoch."""
+LBFGS_STACK = 8
+"""Linear L-BFGS problems evaluated together (the matmuls always have this many rows, used or not)."""
+TRAIN_DTYPE_VARIABLE = "PROBING_TRAIN_DTYPE"
+"""Forces the dtype MLP stacks compute in ("float32" or "bfloat16"); see :func:`training_dtype`."""
+BFLOAT16_KINDS = ("tiny", "small", "medium")
+"""Kinds that train in bfloat16 by default where the CPU multiplies bf16 fast (measured faster, same accuracy)."""
+ONEDNN_MIN_PRODUCT = 16**3
+"""Torch's threshold (members x m x k x n) for multiplying bf16 batches with oneDNN: see ``_batched_matmul``."""
+ADAM_BLOCK = 16
+"""Elements per SIMD group of torch's fused Adam (64 bytes of float32): see ``_MemberBlocks``."""
 STANDARDISED_COPIES_MAX_BYTES = 1 << 30
 """Above this, training standardises rows as it gathers them instead of keeping standardised copies."""
 
@@ -214,16 +231,41 @@ def make_probe(kind: str = "linear", **settings) -> Probe:
     return Probe(**asdict(config))
 
 
+def training_dtype(kind: str, device: str | torch.device = "cpu", requested: str | None = None) -> torch.dtype:
+    """The dtype a ``kind`` stack computes its matmuls in (weights and Adam state stay float32).
+
+    ``requested``, else ``$PROBING_TRAIN_DTYPE``, else bfloat16 for the MLP kinds on a CPU with bf16
+    matrix units (AMX or AVX512-BF16), where it is faster; float32 everywhere else (emulated bf16 is slow).
+    L-BFGS and mass-mean always fit in float32.
+    """
+    choice = requested or os.environ.get(TRAIN_DTYPE_VARIABLE) or None
+    if choice is not None and choice not in ("float32", "bfloat16"):
+        source = "train_dtype" if requested else f"${TRAIN_DTYPE_VARIABLE}"
+        raise ValueError(f"{source} is {choice!r}: use 'float32' or 'bfloat16'")
+    if choice is None:
+        from probing.models import cpu_has_fast_bfloat16
+
+        fast = torch.device(device).type == "cpu" and kind in BFLOAT16_KINDS and cpu_has_fast_bfloat16()
+        choice = "bfloat16" if fast else "float32"
+    return getattr(torch, choice)
+
+
 def fit_many(
     X: np.ndarray | torch.Tensor,
     tasks: Sequence[Task],
     config: ProbeConfig,
     on_epoch: EpochCallback | None = None,
     device: str | torch.device = "cpu",
+    train_dtype: str | None = None,
 ) -> list[Probe]:
-    """Train one probe per task on rows of the shared feature matrix ``X``; all in one stack."""
+    """Train one probe per task on rows of the shared feature matrix ``X``; all in one stack.
+
+    ``train_dtype`` ("float32" or "bfloat16") forces the dtype Adam stacks compute in (see
+    :func:`training_dtype`); a probe equals itself trained alone, bit for bit, within one dtype.
+    """
     if not tasks:
         return []
+    dtype = training_dtype(config.kind, device, train_dtype)
     features = torch.as_tensor(np.asarray(X, dtype=np.float32) if not torch.is_tensor(X) else X,
                                dtype=torch.float32, device=device)
     for task in tasks:
@@ -242,7 +284,7 @@ def fit_many(
         padded = [*tasks, tasks[0]] if twin else list(tasks)
         mean_p, scale_p = (torch.cat([t, t]) if twin else t for t in (mean, scale))
         report = (lambda member, record: on_epoch(member, record) if member < len(tasks) else None) if on_epoch else None
-        parts = _fit_adam_stack(features, padded, mean_p, scale_p, config, report)[: len(tasks)]
+        parts = _fit_adam_stack(features, padded, mean_p, scale_p, config, report, dtype)[: len(tasks)]
     probes = []
     for member, (task, (weights, biases, history)) in enumerate(zip(tasks, parts)):
         if not all(torch.isfinite(t).all() for t in (*weights, *biases)):
@@ -314,22 +356,22 @@ class _Standardised:
     are standardised as they are gathered. Both give the same numbers.
     """
 
-    def __init__(self, X: torch.Tensor, tasks: Sequence[Task], mean, scale):
-        self.X, self.mean, self.scale = X, mean.unsqueeze(1), scale.unsqueeze(1)
+    def __init__(self, X: torch.Tensor, tasks: Sequence[Task], mean, scale, dtype: torch.dtype = torch.float32):
+        self.X, self.mean, self.scale, self.dtype = X, mean.unsqueeze(1), scale.unsqueeze(1), dtype
         tables: dict[bytes, int] = {}
         owners = [tables.setdefault(_training_set(t), len(tables)) for t in tasks]
         first = [owners.index(table) for table in range(len(tables))]
         self.copies = None
         if len(tables) * X.numel() * X.element_size() <= STANDARDISED_COPIES_MAX_BYTES:
-            self.copies = torch.cat([(X - mean[j]) / scale[j] for j in first])  # copy t holds rows t*n..
+            self.copies = torch.cat([((X - mean[j]) / scale[j]).to(dtype) for j in first])  # copy t: rows t*n..
             self.offset = torch.as_tensor(owners, device=X.device).unsqueeze(1) * len(X)
 
     def __call__(self, rows: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
-        """rows: (members, n) indices into X -> (members, n, width)."""
+        """rows: (members, n) indices into X -> (members, n, width), in the training dtype."""
         if self.copies is not None:
             flat = (rows + self.offset[members]).reshape(-1)
             return self.copies.index_select(0, flat).view(*rows.shape, -1)
-        return (self.X[rows] - self.mean[members]) / self.scale[members]
+        return ((self.X[rows] - self.mean[members]) / self.scale[members]).to(self.dtype)
 
 
 def _member_generator(seed: int) -> torch.Generator:
@@ -357,7 +399,7 @@ def _stack_forward(h: torch.Tensor, weights, biases) -> list[torch.Tensor]:
     """
     outputs = [h]
     for layer, (W, b) in enumerate(zip(weights, biases)):
-        h = torch.baddbmm(b, h, W.transpose(1, 2))
+        h = _batched_matmul(h, W.transpose(1, 2), b)
         if layer < len(weights) - 1:
             h = F.relu(h)
         outputs.append(h)
@@ -371,42 +413,68 @@ def _masked_sums(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> t
     return loss, hits
 
 
-def _stack_backward(outputs: list[torch.Tensor], weights, grad: torch.Tensor):
-    """Gradients of the weights and biases, given d loss / d logits (members, rows, 1).
+def _stack_backward(outputs: list[torch.Tensor], weights, grad: torch.Tensor, grad_w: list[torch.Tensor],
+                    grad_b: list[torch.Tensor]) -> None:
+    """Gradients of the weights and biases into ``grad_w`` and ``grad_b``, given d loss / d logits (members, rows, 1).
 
     Written out rather than left to autograd: every product is a batched matmul
     over members, so a member's gradient does not depend on who else is stacked.
+    The outputs are preallocated: a fresh 10 MB gradient every step costs page faults.
     """
-    ones = torch.ones(grad.shape[0], 1, grad.shape[1], device=grad.device)
-    grad_w, grad_b = [None] * len(weights), [None] * len(weights)
+    ones = torch.ones(grad.shape[0], 1, grad.shape[1], dtype=grad.dtype, device=grad.device)
     for layer in reversed(range(len(weights))):
-        grad_w[layer] = torch.bmm(grad.transpose(1, 2), outputs[layer])
-        grad_b[layer] = torch.bmm(ones, grad)
+        _batched_matmul(grad.transpose(1, 2), outputs[layer], out=grad_w[layer])
+        _batched_matmul(ones, grad, out=grad_b[layer])
         if layer:
-            grad = torch.bmm(grad, weights[layer]) * (outputs[layer] > 0)
-    return grad_w, grad_b
+            grad = _batched_matmul(grad, weights[layer]) * (outputs[layer] > 0)
+
+
+def _batched_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """``bias + a @ b`` per member (into ``out`` if given), in ``a``'s dtype.
+
+    Torch multiplies bf16 batches with oneDNN only when members x m x k x n exceeds
+    ``ONEDNN_MIN_PRODUCT``, with another kernel below it, and the two round differently; so a
+    product below it even for the smallest stack (2 members: a lone probe has a twin) runs in
+    float32, keeping a member's numbers independent of how many share its stack.
+    """
+    if a.dtype == torch.bfloat16 and 2 * a.shape[1] * a.shape[2] * b.shape[2] <= ONEDNN_MIN_PRODUCT:
+        product = torch.bmm(a.float(), b.float()) if bias is None else torch.baddbmm(bias.float(), a.float(), b.float())
+        product = product.to(a.dtype)
+        return product if out is None else out.copy_(product)
+    if bias is not None:
+        return torch.baddbmm(bias, a, b)
+    return torch.bmm(a, b, out=out)
 
 
 @torch.no_grad()
-def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochCallback | None):
+def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochCallback | None,
+                    dtype: torch.dtype = torch.float32):
     """Mini-batch Adam for a stack of same-shape MLPs, each on its own rows, batches and seed.
 
     The training loss and accuracy of an epoch are means over its mini-batches, taken
     before each update (as Keras reports them); held-out ones are measured after the epoch.
+    Forward and backward matmuls run in ``dtype`` (as under autocast: the float32 weights are
+    cast each step, losses and Adam stay float32).
     """
     device, members, B = X.device, len(tasks), config.batch_size
     generators = [_member_generator(task.seed) for task in tasks]
     inits = [_init_member(X.shape[1], config.hidden_sizes, g) for g in generators]
     depth = len(inits[0][0])
-    weights = [torch.stack([w[k] for w, _ in inits]).contiguous().to(device) for k in range(depth)]
-    biases = [torch.stack([b[k] for _, b in inits]).unsqueeze(1).to(device) for k in range(depth)]
+    stored = [_MemberBlocks(torch.stack([w[k] for w, _ in inits]).to(device)) for k in range(depth)]
+    stored += [_MemberBlocks(torch.stack([b[k] for _, b in inits]).unsqueeze(1).to(device)) for k in range(depth)]
+    weights, biases = [s.view for s in stored[:depth]], [s.view for s in stored[depth:]]
     train_rows = [torch.as_tensor(t.train, device=device) for t in tasks]
     train_y = [torch.as_tensor(t.y_train, dtype=torch.float32, device=device) for t in tasks]
     sizes = [len(rows) for rows in train_rows]
-    adam = _StackedAdam(weights + biases, sizes, config.lr, config.weight_decay)
+    adam = _StackedAdam([s.blocks for s in stored], sizes, config.lr, config.weight_decay)
+    grads = [s.like() for s in stored]  # float32: what Adam reads
+    cast = dtype != torch.float32  # then the step's weights and gradients live in buffers of that dtype
+    step_params = [s.like(dtype) for s in stored] if cast else stored
+    step_grads = [s.like(dtype) for s in stored] if cast else grads
     most_steps = max(math.ceil(n / B) for n in sizes)
     histories: list[list[dict]] = [[] for _ in tasks]
-    standardised = _Standardised(X, tasks, mean, scale)
+    standardised = _Standardised(X, tasks, mean, scale, dtype)
     heldout = _HeldOut(tasks, standardised)
 
     for epoch in range(1, config.epochs + 1):
@@ -423,14 +491,23 @@ def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochC
         loss_sum = torch.zeros(members, dtype=torch.float64, device=device)
         correct = torch.zeros(members, dtype=torch.float64, device=device)
         for step in range(most_steps):
-            outputs = _stack_forward(standardised(index[step]), weights, biases)
-            logits, y = outputs[-1].squeeze(-1), targets[step]
+            if cast:
+                for low, param in zip(step_params, stored):
+                    low.blocks.copy_(param.blocks)
+            step_weights = [s.view for s in step_params]
+            outputs = _stack_forward(standardised(index[step]), step_weights[:depth], step_weights[depth:])
+            logits, y = outputs[-1].squeeze(-1).float(), targets[step]
             loss, hits = _masked_sums(logits, y, valid[step])
             loss_sum += loss
             correct += hits
             grad = ((torch.sigmoid(logits) - y) * weight_per_row[step]).unsqueeze(-1)
-            grad_w, grad_b = _stack_backward(outputs, weights, grad)
-            adam.step(grad_w + grad_b, active[step])
+            step_grad_views = [s.view for s in step_grads]
+            _stack_backward(outputs, step_weights[:depth], grad.to(dtype), step_grad_views[:depth],
+                            step_grad_views[depth:])
+            if cast:
+                for full, low in zip(grads, step_grads):
+                    full.blocks.copy_(low.blocks)
+            adam.step([g.blocks for g in grads], active[step])
         seen = torch.tensor(sizes, dtype=torch.float64, device=device)
         train_loss, train_accuracy = (loss_sum / seen).tolist(), (correct / seen).tolist()
         diverged = [j for j, loss in enumerate(train_loss) if not math.isfinite(loss)]
@@ -448,6 +525,31 @@ def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochC
             if on_epoch:
                 on_epoch(j, record)
     return [([w[j] for w in weights], [b[j] for b in biases], histories[j]) for j in range(members)]
+
+
+class _MemberBlocks:
+    """A stacked parameter (members, ...) kept as one row of ``ADAM_BLOCK``-padded storage per member.
+
+    Torch's fused Adam runs SIMD over whole 64-byte groups and scalar code over the rest, and the
+    two round differently; with every member's block a whole number of groups, each element takes
+    the same path whether its member trains alone or in a stack (a 1-element output bias would not).
+    ``view`` is the parameter as the matmuls use it; ``blocks`` is what Adam updates.
+    """
+
+    def __init__(self, stack: torch.Tensor | None = None, *, like: _MemberBlocks | None = None,
+                 dtype: torch.dtype | None = None):
+        self.shape = stack.shape if stack is not None else like.shape
+        members, size = self.shape[0], math.prod(self.shape[1:])
+        padded = -(-size // ADAM_BLOCK) * ADAM_BLOCK
+        source = stack if stack is not None else like.blocks
+        self.blocks = torch.zeros(members, padded, dtype=dtype or source.dtype, device=source.device)
+        self.view = self.blocks[:, :size].view(self.shape)
+        if stack is not None:
+            self.view.copy_(stack)
+
+    def like(self, dtype: torch.dtype | None = None) -> _MemberBlocks:
+        """Zeros of the same layout (gradient buffers), in ``dtype`` if given."""
+        return _MemberBlocks(like=self, dtype=dtype)
 
 
 class _HeldOut:
@@ -476,7 +578,8 @@ class _HeldOut:
         for start in range(0, len(self.counts), self.members_per_pass):
             part = slice(start, start + self.members_per_pass)
             h = self.standardised(self.rows[part], part)
-            logits = _stack_forward(h, [w[part] for w in weights], [b[part] for b in biases])[-1].squeeze(-1)
+            logits = _stack_forward(h, [w[part].to(h.dtype) for w in weights],
+                                    [b[part].to(h.dtype) for b in biases])[-1].squeeze(-1).float()
             loss, hits = _masked_sums(logits, self.labels[part], self.mask[part])
             losses.append(loss)
             accuracies.append(hits)
@@ -519,55 +622,284 @@ class _StackedAdam:
 
 
 def _fit_lbfgs_each(X, tasks: Sequence[Task], mean, scale, config: ProbeConfig, on_epoch: EpochCallback | None):
-    """L-BFGS per task; tasks that differ only in seed are fitted once (L-BFGS from zero ignores it)."""
+    """L-BFGS per distinct task, ``LBFGS_STACK`` at a time in lockstep; tasks that differ only in seed are
+    fitted once (L-BFGS from zero ignores the seed)."""
+    keys = [tuple(np.asarray(a).tobytes() if a is not None else None
+                  for a in (task.train, task.y_train, task.test, task.y_test)) for task in tasks]
+    first = {key: keys.index(key) for key in dict.fromkeys(keys)}
+    design = _LinearDesign(X)
     fitted: dict[tuple, tuple] = {}
-    parts = []
-    for member, (task, m, s) in enumerate(zip(tasks, mean, scale)):
-        key = tuple(np.asarray(a).tobytes() if a is not None else None
-                    for a in (task.train, task.y_train, task.test, task.y_test))
-        if key in fitted:
-            parts.append(fitted[key])
-            if on_epoch:
+    distinct = list(first)
+    for start in range(0, len(distinct), LBFGS_STACK):
+        members = [first[key] for key in distinct[start: start + LBFGS_STACK]]
+        fitted.update(zip(distinct[start: start + LBFGS_STACK],
+                          _fit_lbfgs_lockstep(design, [tasks[m] for m in members], mean[members], scale[members],
+                                              config, members, on_epoch)))
+    if on_epoch:
+        for member, key in enumerate(keys):
+            if member != first[key]:
                 for record in fitted[key][2]:
                     on_epoch(member, record)
-        else:
-            parts.append(fitted.setdefault(key, _fit_lbfgs(X, task, m, s, config, member, on_epoch)))
-    return parts
+    return [fitted[key] for key in keys]
 
 
-def _fit_lbfgs(X, task: Task, mean, scale, config: ProbeConfig, member: int, on_epoch: EpochCallback | None,
-               iterations_per_record: int = 10, max_records: int = 100):
-    """Full-batch L2-regularised logistic regression (scikit-learn's objective, divided by n).
+class _LinearDesign:
+    """X standardised once over all its rows, with a column of ones, for every linear problem on X.
 
-    History gets one record per ``iterations_per_record`` L-BFGS iterations, until converged.
+    A member's own standardisation folds into its weights: with x_s = (x - centre) / spread,
+    ((x - mean) / scale) . w + b = x_s . (ratio * w) + (b - shift . w), ratio = spread / scale and
+    shift = (mean - centre) / scale. So the logits of ``LBFGS_STACK`` members over all rows are one
+    (members, width + 1) x (width + 1, rows) product and their gradients one (members, rows) x
+    (rows, width + 1) product, always of that shape: a member's numbers do not depend on who else
+    is in the stack, or on the rows other members train on.
     """
-    rows = torch.as_tensor(task.train, device=X.device)
-    Z = (X[rows] - mean) / scale
-    y = torch.as_tensor(task.y_train, dtype=torch.float32, device=X.device)
-    w = torch.zeros(X.shape[1], 1, device=X.device, requires_grad=True)
-    b = torch.zeros(1, device=X.device, requires_grad=True)
-    optimiser = torch.optim.LBFGS([w, b], lr=1, max_iter=iterations_per_record, tolerance_grad=1e-7,
-                                  tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
-    penalty = 1 / (2 * config.C * len(rows))
 
-    def closure():
-        optimiser.zero_grad()
-        loss = F.binary_cross_entropy_with_logits((Z @ w)[:, 0] + b, y) + penalty * (w * w).sum()
-        loss.backward()
-        return loss
+    def __init__(self, X: torch.Tensor):
+        spread, self.centre = torch.std_mean(X.double(), 0, unbiased=False)
+        self.spread = torch.where(spread > 1e-6, spread, torch.ones_like(spread))
+        standardised = ((X.double() - self.centre) / self.spread).float()
+        self.matrix = torch.cat([standardised, torch.ones(len(X), 1, device=X.device)], 1)
+        self.centre, self.spread = self.centre.float(), self.spread.float()
+        self.stacked = torch.zeros(LBFGS_STACK, self.matrix.shape[1], device=X.device)
+        self.residuals = torch.zeros(LBFGS_STACK, len(X), device=X.device)
 
-    weights, biases = [w.detach().T.unsqueeze(0)], [b.detach().view(1, 1, 1)]  # stacked (1, out, in) views
-    history = []
-    for record_number in range(1, max_records + 1):
-        before = optimiser.state[w].get("n_iter", 0) if w in optimiser.state else 0
-        optimiser.step(closure)
-        record = _history_record(X, task, mean, scale, weights, biases, record_number)
-        history.append(record)
+    def evaluate(self, objectives: dict[int, _LinearObjective], points: dict[int, torch.Tensor]):
+        """{member: (loss, gradient)} at each member's point."""
+        for j, point in points.items():
+            self.stacked[j] = objectives[j].stacked_weights(point)  # rows of finished members keep stale values
+        logits = self.stacked @ self.matrix.T
+        losses = {}
+        for j in points:
+            # clone: a fresh, aligned row, whatever the member's place in the stack
+            losses[j], self.residuals[j] = objectives[j].loss_and_residual(points[j], logits[j].clone())
+        gradients = self.residuals @ self.matrix
+        return {j: (losses[j], objectives[j].gradient(points[j], gradients[j].clone())) for j in points}
+
+    def logits(self, objective: _LinearObjective, point: torch.Tensor) -> torch.Tensor:
+        """One member's logits over all rows of X."""
+        return self.matrix @ objective.stacked_weights(point)
+
+
+class _LinearObjective:
+    """scikit-learn's L2-regularised logistic loss of one task, divided by its n: mean log-loss + |w|^2 / (2 C n).
+
+    Points are flat (w, b) in the task's standardised features; rows count as often as the task lists them.
+    """
+
+    def __init__(self, design: _LinearDesign, task: Task, mean: torch.Tensor, scale: torch.Tensor, C: float):
+        device, n = design.matrix.device, len(task.train)
+        rows = torch.as_tensor(task.train, device=device)
+        labels = torch.as_tensor(task.y_train, dtype=torch.float64, device=device)
+        self.row_weight = torch.bincount(rows, minlength=len(design.matrix)).float() / n
+        self.true_weight = torch.bincount(rows, weights=labels, minlength=len(design.matrix)).float() / n
+        self.ratio, self.shift = design.spread / scale, (mean - design.centre) / scale
+        self.penalty = 1 / (2 * C * n)
+        self.test = torch.as_tensor(task.test if task.test is not None else [], dtype=torch.long, device=device)
+        self.test_labels = torch.as_tensor(task.y_test if task.test is not None else [], dtype=torch.float32,
+                                           device=device)
+
+    def stacked_weights(self, point: torch.Tensor) -> torch.Tensor:
+        w, b = point[:-1], point[-1:]
+        return torch.cat([self.ratio * w, b - self.shift.dot(w)])
+
+    def loss_and_residual(self, point: torch.Tensor, logits: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The loss at ``point`` given its logits over all rows, and d loss / d logits."""
+        log_loss = float(self.row_weight.dot(F.softplus(logits)) - self.true_weight.dot(logits))
+        residual = self.row_weight * torch.sigmoid(logits) - self.true_weight
+        return log_loss + self.penalty * float(point[:-1].dot(point[:-1])), residual
+
+    def metrics(self, logits: torch.Tensor) -> dict[str, float]:
+        """The history record's training and held-out loss (unpenalised) and accuracy, from logits over all rows."""
+        said_true = (logits > 0).float()
+        record = {"train_loss": float(self.row_weight.dot(F.softplus(logits)) - self.true_weight.dot(logits)),
+                  "train_accuracy": float(self.true_weight.dot(said_true)
+                                          + (self.row_weight - self.true_weight).dot(1 - said_true))}
+        if len(self.test):
+            heldout = logits[self.test]
+            record["heldout_loss"] = F.binary_cross_entropy_with_logits(heldout, self.test_labels).item()
+            record["heldout_accuracy"] = ((heldout > 0).float() == self.test_labels).float().mean().item()
+        return record
+
+    def gradient(self, point: torch.Tensor, stacked_gradient: torch.Tensor) -> torch.Tensor:
+        w, bias_gradient = point[:-1], stacked_gradient[-1:]
+        weight_gradient = self.ratio * stacked_gradient[:-1] - self.shift * bias_gradient + 2 * self.penalty * w
+        return torch.cat([weight_gradient, bias_gradient])
+
+
+def _fit_lbfgs_lockstep(design: _LinearDesign, tasks: Sequence[Task], mean, scale, config: ProbeConfig,
+                        members: Sequence[int], on_epoch: EpochCallback | None, iterations_per_record: int = 10,
+                        max_records: int = 100):
+    """Full-batch L-BFGS of up to ``LBFGS_STACK`` linear probes at once, each with its own state and stopping.
+
+    Every round evaluates the point each unfinished member asks for, all in one ``design.evaluate``;
+    a member that has stopped asks for nothing more. History gets one record per
+    ``iterations_per_record`` iterations and one at the end.
+    """
+    objectives = {j: _LinearObjective(design, task, mean[j], scale[j], config.C) for j, task in enumerate(tasks)}
+    histories: list[list[dict]] = [[] for _ in tasks]
+
+    def record(j: int, point: torch.Tensor) -> None:
+        logits = design.logits(objectives[j], point)
+        histories[j].append({"epoch": len(histories[j]) + 1, **objectives[j].metrics(logits)})
         if on_epoch:
-            on_epoch(member, record)
-        if optimiser.state[w]["n_iter"] - before < iterations_per_record:
-            break  # converged within this round
-    return [weights[0][0]], [biases[0][0]], history
+            on_epoch(members[j], histories[j][-1])
+
+    def on_iteration(j: int) -> Callable[[int, torch.Tensor], None]:
+        return lambda iteration, point: record(j, point) if iteration % iterations_per_record == 0 else None
+
+    start = torch.zeros(design.matrix.shape[1], device=design.matrix.device)  # (w, b) = 0
+    runs = {j: _lbfgs(start, iterations_per_record * max_records, on_iteration(j)) for j in objectives}
+    points = {j: next(run) for j, run in runs.items()}
+    finished: dict[int, torch.Tensor] = {}
+    while points:
+        evaluated = design.evaluate(objectives, points)
+        for j, loss_and_gradient in evaluated.items():
+            try:
+                points[j] = runs[j].send(loss_and_gradient)
+            except StopIteration as stop:
+                finished[j], iterations = stop.value
+                del points[j]
+                if iterations % iterations_per_record or not iterations:
+                    record(j, finished[j])
+    return [([finished[j][:-1].view(1, -1)], [finished[j][-1:].view(1, 1)], histories[j]) for j in range(len(tasks))]
+
+
+def _lbfgs(point: torch.Tensor, max_iterations: int, on_iteration: Callable[[int, torch.Tensor], None],
+           history_size: int = 20, tolerance_grad: float = 1e-7, tolerance_change: float = 1e-10):
+    """L-BFGS with a strong-Wolfe line search, the algorithm and stopping rules of one
+    ``torch.optim.LBFGS(lr=1, line_search_fn="strong_wolfe").step`` (at most 5/4 evaluations per iteration).
+
+    A generator: it yields each point to evaluate and is sent back (loss, gradient); it returns
+    (final point, iterations). ``on_iteration(iteration, point)`` follows every iteration.
+    """
+    max_evaluations = max_iterations * 5 // 4
+    loss, gradient = yield point
+    evaluations = 1
+    if gradient.abs().max() <= tolerance_grad:
+        return point, 0
+    directions: list[torch.Tensor] = []  # gradient changes
+    steps: list[torch.Tensor] = []
+    inverse_curvatures: list[float] = []
+    diagonal = 1.0
+    iteration = 0
+    while iteration < max_iterations:
+        iteration += 1
+        if iteration == 1:
+            direction = -gradient
+        else:
+            change, step = gradient - previous_gradient, direction * t
+            curvature = float(change.dot(step))
+            if curvature > 1e-10:
+                if len(directions) == history_size:
+                    directions.pop(0), steps.pop(0), inverse_curvatures.pop(0)
+                directions.append(change), steps.append(step), inverse_curvatures.append(1 / curvature)
+                diagonal = curvature / float(change.dot(change))
+            q, alphas = -gradient, []
+            for change, step, rho in zip(reversed(directions), reversed(steps), reversed(inverse_curvatures)):
+                alphas.append(float(step.dot(q)) * rho)
+                q = q - alphas[-1] * change
+            direction = q * diagonal
+            for change, step, rho, alpha in zip(directions, steps, inverse_curvatures, reversed(alphas)):
+                direction = direction + (alpha - float(change.dot(direction)) * rho) * step
+        previous_gradient, previous_loss = gradient, loss
+        t = min(1.0, 1.0 / float(gradient.abs().sum())) if iteration == 1 else 1.0
+        slope = float(gradient.dot(direction))
+        if slope > -tolerance_change:
+            break
+        loss, gradient, t, used = yield from _strong_wolfe(point, t, direction, loss, gradient, slope, tolerance_change,
+                                                           max_evaluations - evaluations)
+        point = point + t * direction
+        evaluations += used
+        on_iteration(iteration, point)
+        if (evaluations >= max_evaluations or gradient.abs().max() <= tolerance_grad
+                or float((direction * t).abs().max()) <= tolerance_change or abs(loss - previous_loss) < tolerance_change):
+            break
+    return point, iteration
+
+
+def _strong_wolfe(point, t: float, direction, loss: float, gradient, slope: float, tolerance_change: float,
+                  max_evaluations: int, c1: float = 1e-4, c2: float = 0.9, max_line_search: int = 25):
+    """A step length along ``direction`` meeting the strong Wolfe conditions (bracketing, then zooming
+    with cubic interpolation, as torch's LBFGS does); a generator like :func:`_lbfgs`.
+
+    Returns (loss, gradient, step length, evaluations used).
+    """
+    max_line_search = min(max_line_search, max_evaluations)
+    direction_size = float(direction.abs().max())
+    new_loss, new_gradient = yield point + t * direction
+    evaluations, new_slope = 1, float(new_gradient.dot(direction))
+    previous = (0.0, loss, gradient, slope)
+    done, rounds = False, 0
+    while rounds < max_line_search:
+        current = (t, new_loss, new_gradient, new_slope)
+        if new_loss > loss + c1 * t * slope or (rounds > 1 and new_loss >= previous[1]):
+            bracket = [previous, current]
+            break
+        if abs(new_slope) <= -c2 * slope:
+            bracket, done = [current], True
+            break
+        if new_slope >= 0:
+            bracket = [previous, current]
+            break
+        t_before, loss_before, _, slope_before = previous
+        t = _cubic_minimum(t_before, loss_before, slope_before, t, new_loss, new_slope,
+                           bounds=(t + 0.01 * (t - t_before), t * 10))
+        previous = current
+        new_loss, new_gradient = yield point + t * direction
+        evaluations, rounds, new_slope = evaluations + 1, rounds + 1, float(new_gradient.dot(direction))
+    else:
+        bracket = [(0.0, loss, gradient, slope), (t, new_loss, new_gradient, new_slope)]
+    low, high = (0, 1) if bracket[0][1] <= bracket[-1][1] else (1, 0)
+    insufficient_progress = False
+    while not done and rounds < max_line_search:
+        (t_a, loss_a, _, slope_a), (t_b, loss_b, _, slope_b) = bracket
+        if abs(t_b - t_a) * direction_size < tolerance_change:
+            break
+        t = _cubic_minimum(t_a, loss_a, slope_a, t_b, loss_b, slope_b)
+        margin, lowest, highest = 0.1 * abs(t_b - t_a), min(t_a, t_b), max(t_a, t_b)
+        if min(highest - t, t - lowest) < margin:  # too close to an end: move inwards
+            if insufficient_progress or t >= highest or t <= lowest:
+                t = highest - margin if abs(t - highest) < abs(t - lowest) else lowest + margin
+                insufficient_progress = False
+            else:
+                insufficient_progress = True
+        else:
+            insufficient_progress = False
+        new_loss, new_gradient = yield point + t * direction
+        evaluations, rounds, new_slope = evaluations + 1, rounds + 1, float(new_gradient.dot(direction))
+        current = (t, new_loss, new_gradient, new_slope)
+        if new_loss > loss + c1 * t * slope or new_loss >= bracket[low][1]:
+            bracket[high] = current
+            low, high = (0, 1) if bracket[0][1] <= bracket[1][1] else (1, 0)
+        else:
+            if abs(new_slope) <= -c2 * slope:
+                done = True
+            elif new_slope * (bracket[high][0] - bracket[low][0]) >= 0:
+                bracket[high] = bracket[low]
+            bracket[low] = current
+    t, loss, gradient, _ = bracket[low]
+    return loss, gradient, t, evaluations
+
+
+def _cubic_minimum(x1: float, f1: float, g1: float, x2: float, f2: float, g2: float,
+                   bounds: tuple[float, float] | None = None) -> float:
+    """The minimiser of the cubic through (x1, f1) and (x2, f2) with slopes g1, g2, kept within bounds
+    (default: between x1 and x2); their midpoint when the cubic has none."""
+    lowest, highest = bounds if bounds is not None else (min(x1, x2), max(x1, x2))
+    if x1 == x2:
+        return min(max(x1, lowest), highest)
+    d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
+    d2_square = d1 * d1 - g1 * g2
+    if d2_square < 0:
+        return (lowest + highest) / 2
+    d2 = math.sqrt(d2_square)
+    if x1 <= x2:
+        end, span, numerator, denominator = x2, x2 - x1, g2 + d2 - d1, g2 - g1 + 2 * d2
+    else:
+        end, span, numerator, denominator = x1, x1 - x2, g1 + d2 - d1, g1 - g2 + 2 * d2
+    if denominator == 0:
+        return (lowest + highest) / 2
+    return min(max(end - span * (numerator / denominator), lowest), highest)
 
 
 def _fit_mass_mean(X, task: Task, mean, scale):

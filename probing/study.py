@@ -22,7 +22,7 @@ from probing.config import StudyConfig
 from probing.directions import DIRECTION_KINDS, compare_directions
 from probing.experiments import CellResult, EpochRecord, GridResult, check_splits, make_splits, run_grid
 from probing.generalization import Generalization, run_generalization
-from probing.probes import Probe, Task, fit_many
+from probing.probes import HIDDEN_SIZES, Probe, Task, fit_many, training_dtype
 from probing.results import StudyResult, command_line, package_versions
 from probing.statements import StatementSet
 
@@ -105,9 +105,13 @@ def finish_study(
             cosine.append(kind_cosine)
             sign.append(kind_sign)
             matrices.append(kind_matrices)
+    meta = study_meta(dataset, activations, extracted=extracted, seconds=seconds, command=command)
+    # bfloat16 MLP training (CPUs with bf16 units) gives other, equally good, probes than float32.
+    meta["probe_training_dtypes"] = {kind: str(training_dtype(kind, config.resolved_device)).removeprefix("torch.")
+                                     for kind in config.probes if HIDDEN_SIZES.get(kind)}
     return StudyResult(
         config=as_run(config, dataset, activations),
-        meta=study_meta(dataset, activations, extracted=extracted, seconds=seconds, command=command),
+        meta=meta,
         results=_concat([grid.results for grid in grids.values()]),
         dynamics=_concat([grid.dynamics for grid in grids.values()]),
         directions_cosine=_concat(cosine), directions_sign=_concat(sign), directions_matrices=_concat(matrices),

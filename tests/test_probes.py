@@ -107,8 +107,9 @@ def test_invalid_settings_and_inputs_are_refused():
         make_probe("linear").predict(np.zeros((2, 3)))
 
 
-def test_stacked_training_is_plain_torch_adam_on_an_mlp():
-    """The hand-written batched backprop and Adam make the updates nn.Linear + torch.optim.Adam would."""
+def test_stacked_training_is_plain_torch_adam_on_an_mlp(monkeypatch):
+    """The hand-written batched backprop and Adam make the updates nn.Linear + torch.optim.Adam would (in float32)."""
+    monkeypatch.setenv(probes.TRAIN_DTYPE_VARIABLE, "float32")
     X, y = separable(n=300, width=16)
     seed, epochs, batch = 11, 2, 32
     probe = make_probe("small", seed=seed, epochs=epochs, batch_size=batch).fit(X, y)
