@@ -1,23 +1,29 @@
-"""Extraction speed on the SAPLMA data: the reference's one-at-a-time ``generate`` loop vs ours.
+"""Extraction speed on the SAPLMA data: the reference's one-at-a-time loop, our compute, and the real job.
 
-What is measured, in one process on the same statements:
+What is measured, on the same (de-duplicated) statements:
 
 - naive: what the SAPLMA reference code does, one statement at a time through
   ``model.generate(max_new_tokens=1, output_hidden_states=True,
   return_dict_in_generate=True)``, reading the last token of every layer;
-- ours: ``plan_batches`` + ``run_batch`` (sorted by length, packed up to a token
-  budget, base model only, no LM head), for float32 and, where the CPU has fast
-  bfloat16 units, bfloat16, at a few token budgets. Tokenisation and planning
-  are inside the timed span; writing to the disk cache is not (see warm_start.py).
+- compute: ``plan_batches`` + ``run_batch`` (sorted by length, packed up to a token
+  budget, base model only, every hidden state copied out as float32), for float32
+  and, where the CPU has fast bfloat16 units, bfloat16, at a few token budgets.
+  Tokenisation and planning are inside the timed span, the cache is not;
+- ensure: ``Activations.ensure`` into an empty cache with the model loaded: the
+  compute plus what ``extract`` adds per batch (claims, every layer stored as
+  float16 with its checks, written on a second thread while the next batch runs);
+- extract: ``python -m probing extract`` in a new process on an empty activation
+  cache, the converted model already on disk: process start, imports, model load,
+  reading the data, and everything ``ensure`` does. With ``--with-conversion`` also
+  the very first run, which converts the GGUF (once per cache folder).
 
-For each: statements/s, speed-up over naive, and the fraction of the compute
-bound reached. The bound is 2 x non-embedding parameters x real tokens (sum of
-the statements' token counts, padding excluded) divided by this machine's best
-measured square-matmul FLOP/s in the dtype used. Agreement: per-statement
-cosine between our vectors and the naive ones (last and a middle layer), and
-between bfloat16 and float32 when bfloat16 runs.
+For each: statements/s, speed-up over naive, share of the compute rate (same dtype
+and budget), and the fraction of the compute bound: 2 x non-embedding parameters x
+real tokens (padding excluded) over this machine's measured square-matmul FLOP/s in
+the dtype used. Agreement: per-statement cosine to the naive vectors (last and a
+middle layer), and of bfloat16 to float32 when bfloat16 runs.
 
-    python -m benchmarks.extraction            # all 6,084 statements
+    python -m benchmarks.extraction            # all 6,050 distinct statements
     python -m benchmarks.extraction --quick    # 200 statements
 """
 
@@ -25,8 +31,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,17 +48,19 @@ import torch
 from benchmarks._common import (
     SAPLMA_DATA, SAPLMA_HELP, matmul_flops, model_cache, peak_rss_mb, print_machine, row_cosines, table,
 )
-from probing.activations import plan_batches, run_batch
-from probing.models import DTYPES, LoadedModel, ModelSpec, cpu_has_fast_bfloat16, load_model
+from probing.activations import Activations, plan_batches, run_batch
 from probing.datasets import load_dataset
+from probing.models import DTYPES, LoadedModel, ModelSpec, cpu_has_fast_bfloat16, load_model
+from probing.statements import StatementSet
 
 POSITION = "last"
 
 
-def sample(texts: Sequence[str], n: int) -> list[str]:
-    """``n`` statements drawn at random (seed 0), so a subset has the full set's length mix."""
-    order = np.random.default_rng(0).permutation(len(texts))[:n]
-    return [texts[i] for i in order]
+def sample(dataset: StatementSet, n: int | None) -> StatementSet:
+    """The distinct statements, ``n`` of them drawn at random (seed 0) so a subset has the full set's length mix."""
+    distinct = dataset.drop_duplicates()
+    order = np.random.default_rng(0).permutation(len(distinct))[: n or len(distinct)]
+    return StatementSet(distinct.frame.iloc[order].reset_index(drop=True), name=dataset.name)
 
 
 @torch.inference_mode()
@@ -90,13 +103,44 @@ def agreement(ref: dict[int, np.ndarray], got: dict[int, np.ndarray], n: int) ->
     return row
 
 
+def ensure_seconds(loaded: LoadedModel, texts: Sequence[str]) -> float:
+    """``Activations.ensure`` into an empty cache, the model loaded: what ``extract`` does once it has started."""
+    with tempfile.TemporaryDirectory() as folder:
+        activations = Activations(model=loaded, cache_dir=folder)
+        started = time.perf_counter()
+        assert activations.ensure(texts) == len(texts)
+        return time.perf_counter() - started
+
+
+def extract_command(data: Path, converted: str | None) -> tuple[float, float]:
+    """Run ``python -m probing extract`` in a new process on an empty activation cache.
+
+    With ``converted`` (a cache folder holding the converted model) its ``models`` folder is
+    linked in; without it the GGUF is converted first, as on a first run. Returns the
+    process's wall seconds and the extraction rate the command itself printed.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        if converted:
+            Path(folder, "models").symlink_to(Path(converted, "models").resolve(), target_is_directory=True)
+        command = [sys.executable, "-m", "probing", "extract", "--dataset", str(data), "--cache", folder]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    rates = re.findall(r"statements \(100 %\), ([0-9.]+)/s", done.stderr)
+    return seconds, float(rates[-1]) if rates else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=None, help="statements (default: all 6,084)")
+    parser.add_argument("--n", type=int, default=None, help="statements (default: all 6,050 distinct)")
     parser.add_argument("--naive-n", type=int, default=None, help="statements for the naive loop (default: --n)")
     parser.add_argument("--budgets", default="256,1024,4096", help="token budgets for ours (1024 = CPU default)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="200 statements, budgets 256,1024")
+    parser.add_argument("--with-conversion", action="store_true",
+                        help="also time a first run of extract that converts the GGUF (about 25 s more)")
     parser.add_argument("--saplma", default=SAPLMA_DATA, help=SAPLMA_HELP)
     args = parser.parse_args()
     if args.threads:
@@ -109,12 +153,15 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     print_machine()
 
-    texts = load_dataset(args.saplma).statements
-    texts = sample(texts, args.n or len(texts))
+    dataset = sample(load_dataset(args.saplma), args.n)
+    texts = dataset.statements
     n_naive = min(args.naive_n or len(texts), len(texts))
-    dtypes = ["float32"] + (["bfloat16"] if cpu_has_fast_bfloat16() else [])
-    print(f"{len(texts)} statements (naive loop on the first {n_naive}); dtypes {dtypes}; "
-          f"fast bf16 on this CPU: {cpu_has_fast_bfloat16()}", flush=True)
+    engine_dtype = ModelSpec("embedded").resolved_dtype
+    dtypes = list(dict.fromkeys(["float32", engine_dtype] + (["bfloat16"] if cpu_has_fast_bfloat16() else [])))
+    engine_budget = Activations("embedded", cache_dir=model_cache()).token_budget
+    print(f"{len(texts)} distinct statements (naive loop on the first {n_naive}); dtypes {dtypes}; "
+          f"fast bf16 on this CPU: {cpu_has_fast_bfloat16()}; the engine runs {engine_dtype}, "
+          f"budget {engine_budget}", flush=True)
 
     models = {d: load_model(ModelSpec("embedded", dtype=d), cache_dir=model_cache()) for d in dtypes}
     fp32 = models["float32"]
@@ -126,8 +173,8 @@ def main() -> None:
           f"{sum(lengths)} real tokens (mean {np.mean(lengths):.1f}, max {max(lengths)}); layers read {layers}; "
           + ", ".join(f"{d} matmul {f / 1e9:.1f} GFLOP/s" for d, f in flops.items()), flush=True)
 
-    def bound(seconds: float, tokens: int, dtype: str) -> float:
-        return 2 * params * tokens / flops[dtype] / seconds
+    def bound(seconds: float, dtype: str) -> float:
+        return 2 * params * sum(lengths) / flops[dtype] / seconds
 
     for loaded in models.values():  # warm-up: first calls allocate and pick kernels
         naive(loaded, texts[:2], layers)
@@ -137,15 +184,17 @@ def main() -> None:
     naive_rate = n_naive / naive_s
     rows = [{"method": "naive generate", "dtype": "float32", "budget": "1 stmt", "seconds": naive_s,
              "stmt_per_s": naive_rate, "speedup": 1.0, "padding": 1.0,
-             "bound_frac": bound(naive_s, sum(lengths[:n_naive]), "float32")}]
+             "bound_frac": 2 * params * sum(lengths[:n_naive]) / flops["float32"] / naive_s}]
     print(f"naive: {n_naive} statements in {naive_s:.1f} s ({naive_rate:.1f}/s)", flush=True)
     fp32_out: dict[int, np.ndarray] | None = None
+    compute_rate: dict[tuple[str, int], float] = {}
     for dtype, loaded in models.items():
         for budget in budgets:
             seconds, got, padded = ours(loaded, texts, budget, layers)
-            row = {"method": "ours", "dtype": dtype, "budget": budget, "seconds": seconds,
+            compute_rate[dtype, budget] = len(texts) / seconds
+            row = {"method": "compute", "dtype": dtype, "budget": budget, "seconds": seconds,
                    "stmt_per_s": len(texts) / seconds, "speedup": len(texts) / seconds / naive_rate,
-                   "padding": padded / sum(lengths), "bound_frac": bound(seconds, sum(lengths), dtype),
+                   "padding": padded / sum(lengths), "bound_frac": bound(seconds, dtype),
                    **agreement(reference, got, n_naive)}
             if dtype == "float32" and budget == budgets[0]:
                 fp32_out = got
@@ -153,12 +202,37 @@ def main() -> None:
                 vs = agreement(fp32_out, got, len(texts))
                 row["1-cos_vs_fp32_max"] = max(vs["1-cos_last_max"], vs["1-cos_mid_max"])
             rows.append(row)
-            print(f"ours {dtype} budget {budget}: {seconds:.1f} s ({row['stmt_per_s']:.1f}/s)", flush=True)
+            print(f"compute {dtype} budget {budget}: {seconds:.1f} s ({row['stmt_per_s']:.1f}/s)", flush=True)
+
+    reference_rate = compute_rate.get((engine_dtype, engine_budget)) or len(texts) / ours(
+        models[engine_dtype], texts, engine_budget, layers)[0]
+
+    def job_row(method: str, seconds: float) -> dict:
+        rate = len(texts) / seconds
+        return {"method": method, "dtype": engine_dtype, "budget": engine_budget, "seconds": seconds,
+                "stmt_per_s": rate, "speedup": rate / naive_rate, "bound_frac": bound(seconds, engine_dtype),
+                "of_compute": rate / reference_rate}
+
+    seconds = ensure_seconds(models[engine_dtype], texts)
+    rows.append(job_row("ensure (model loaded, cache writes)", seconds))
+    print(f"ensure: {seconds:.1f} s", flush=True)
+    del models, fp32, loaded  # the command runs alone, not beside our copies of the model
+    with tempfile.TemporaryDirectory() as folder:
+        data = dataset.to_csv(Path(folder, "statements.csv"))
+        runs = [("extract command (new process: start, imports, load, writes)", model_cache())]
+        if args.with_conversion:
+            runs.append(("extract command, first run (GGUF conversion too)", None))
+        for method, converted in runs:
+            seconds, printed_rate = extract_command(data, converted)
+            rows.append(job_row(method, seconds))
+            rows.append({**job_row(f"  its extraction alone (rate it printed)", len(texts) / printed_rate)})
+            print(f"{method}: {seconds:.1f} s wall; it printed {printed_rate:.1f}/s", flush=True)
 
     print(f"\n## Extraction, {len(texts)} SAPLMA statements, embedded model, position '{POSITION}'\n")
     print(table(rows))
     print("\nspeedup: statements/s over naive; padding: tokens run / real tokens; bound_frac: "
-          "(2 x non-embedding params x real tokens / measured matmul FLOP/s) / seconds; "
+          "(2 x non-embedding params x real tokens / measured matmul FLOP/s) / seconds; of_compute: "
+          f"statements/s over the compute rate in {engine_dtype} at budget {engine_budget}; "
           "1-cos_*: 1 - cosine to the naive vectors (last, middle layer) over the naive statements")
     print(f"peak RSS: {peak_rss_mb():.0f} MiB")
 
