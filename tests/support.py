@@ -81,3 +81,18 @@ def assert_same_study(loaded, original) -> None:
         for a, b in zip([probe.mean_, probe.scale_, *probe.weights_, *probe.biases_],
                         [other.mean_, other.scale_, *other.weights_, *other.biases_], strict=True):
             assert np.array_equal(a, b), key
+
+
+def interrupt_after_first_batch(activations, texts) -> int:
+    """Run ``activations.ensure(texts)`` and press Ctrl-C once a batch is done; returns how many
+    statements were stored (some, not all)."""
+
+    def stop(done, total):
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        activations.ensure(texts, on_progress=stop)
+    kept = len(texts) - len(activations.missing(texts))
+    assert 0 < kept < len(texts)
+    return kept

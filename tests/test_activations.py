@@ -7,7 +7,7 @@ from probing.activations import Activations, StatementTooLong, plan_batches, run
 from probing.models import ModelSpec, cpu_has_fast_bfloat16, load_model
 from probing.probes import make_probe
 from probing.storage import NonFiniteActivations
-from support import TEXTS
+from support import TEXTS, interrupt_after_first_batch
 
 
 
@@ -110,15 +110,7 @@ def test_other_position_or_dtype_is_another_cache_entry(model, tmp_path):
 
 def test_interrupted_extraction_resumes_where_it_stopped(model, tmp_path):
     activations = Activations(model=model, cache_dir=tmp_path, token_budget=40)  # ~3 statements a batch
-
-    def stop_after_first_batch(done, total):
-        if done:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        activations.ensure(TEXTS, on_progress=stop_after_first_batch)
-    kept = len(TEXTS) - len(activations.missing(TEXTS))
-    assert 0 < kept < len(TEXTS)
+    kept = interrupt_after_first_batch(activations, TEXTS)
     assert activations.ensure(TEXTS) == len(TEXTS) - kept
 
 

@@ -7,7 +7,7 @@ import pytest
 from probing.activations import Activations
 from probing.cli import launcher_node, main
 from probing.storage import MergeConflict, describe_store, merge_stores, namespaces
-from support import TEXTS
+from support import TEXTS, interrupt_after_first_batch
 
 LAYERS = (0, 11, 30)
 BUDGET = 300  # tokens per batch: a few dozen statements, so each store holds several chunks
@@ -128,23 +128,19 @@ def test_an_interrupted_extraction_and_an_interrupted_merge_leave_whole_chunks_t
     single = Activations(model=model, cache_dir=tmp_path / "single", token_budget=BUDGET)
     single.ensure(statements)
     source = node(model, tmp_path / "cache", 0)
-
-    def stop_after_first_batch(done, total):
-        if done:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        source.ensure(statements, on_progress=stop_after_first_batch)
-    partial = len(statements) - len(source.missing(statements))
-    assert 0 < partial < len(statements)
+    partial = interrupt_after_first_batch(source, statements)
     [report] = merge_stores(tmp_path / "cache" / "activations", [source.store.directory])
     assert report.copied == partial
 
     source.ensure(statements)  # the node completes its work
     assert chunk_count(source.store) - report.chunks >= 2
 
+    def stop_after_first_chunk(done, total):
+        if done:
+            raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
-        merge_stores(tmp_path / "cache" / "activations", [source.store.directory], stop_after_first_batch)
+        merge_stores(tmp_path / "cache" / "activations", [source.store.directory], stop_after_first_chunk)
     merged = Activations(model=model, cache_dir=tmp_path / "cache", token_budget=BUDGET)
     assert 0 < len(merged.missing(statements)) < len(statements) - partial
     merge_stores(tmp_path / "cache" / "activations", [source.store.directory])
