@@ -1,7 +1,7 @@
 """Category splits, the layer x probe x split x seed grid, and the two controls.
 
 One recipe trains probes: :func:`train_cells` trains the (split, seed) cells of one
-(layer, probe kind) as one stack, with their controls and result rows. :func:`run_grid`
+(layer, probe kind) together (one ``fit_many``), with their controls and result rows. :func:`run_grid`
 calls it per (layer, kind); the dashboard's Train page calls it with one cell.
 
 Every probe result comes with two controls, because accuracy above chance
@@ -258,7 +258,7 @@ def train_cells(
     on_epoch: EpochRecord | None = None,
     text_only: Mapping[tuple[str, str], float] | None = None,
 ) -> list[CellResult]:
-    """Train the ``kind`` probes of ``cells`` on one layer's ``features``, as one stack, with their controls.
+    """Train the ``kind`` probes of ``cells`` on one layer's ``features`` together, with their controls.
 
     The one recipe for a probe of a study: the grid calls it per (layer, kind), the dashboard's
     Train page with one cell; a probe is the same, bit for bit, in a stack or alone. Result rows

@@ -18,9 +18,12 @@ over members, and one fused Adam call updates every member. Each member draws
 its initial weights and batch order from its own seed only, has its own Adam
 step count, and is not updated once its epoch has run out of batches, so a probe
 trained in a stack equals, bit for bit, the same probe trained alone (a lone
-probe trains beside a throwaway twin: see ``fit_many``). On CPUs with bf16 matrix
-units the MLP stacks multiply in bfloat16 (float32 weights and Adam state; see
-``training_dtype``); the bit-for-bit promise then holds within that dtype.
+probe trains beside a throwaway twin: see ``_fit_adam_stack_or_twin``). On CPU the
+members are shared out over torch's threads, each thread training its own stacks on
+one core (``_fit_adam_stacks``), so the numbers do not depend on the thread count
+either. On CPUs with bf16 matrix units the larger MLP stacks multiply in bfloat16
+(float32 weights and Adam state; see ``training_dtype``); the bit-for-bit promise then
+holds within that dtype.
 
 L-BFGS starts from zero and ignores the seed, so tasks that differ only in seed
 are fitted once; up to ``LBFGS_STACK`` distinct problems advance in lockstep, each
@@ -32,7 +35,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -56,12 +61,15 @@ LBFGS_STACK = 8
 """Linear L-BFGS problems evaluated together (the matmuls always have this many rows, used or not)."""
 TRAIN_DTYPE_VARIABLE = "PROBING_TRAIN_DTYPE"
 """Forces the dtype MLP stacks compute in ("float32" or "bfloat16"); see :func:`training_dtype`."""
-BFLOAT16_KINDS = ("tiny", "small", "medium")
-"""Kinds that train in bfloat16 by default where the CPU multiplies bf16 fast (measured faster, same accuracy)."""
+BFLOAT16_KINDS = ("small", "medium")
+"""Kinds that train in bfloat16 by default where the CPU multiplies bf16 fast (measured faster, same accuracy);
+tiny's products are too small to gain (measured no faster), so it stays float32."""
 ONEDNN_MIN_PRODUCT = 16**3
 """Torch's threshold (members x m x k x n) for multiplying bf16 batches with oneDNN: see ``_batched_matmul``."""
 ADAM_BLOCK = 16
 """Elements per SIMD group of torch's fused Adam (64 bytes of float32): see ``_MemberBlocks``."""
+ADAM_STACK_STATE_MAX_BYTES = 12 << 20
+"""float32 stacks on CPU are cut so their parameters, gradients and moments fit in this (cache): see ``_stack_cap``."""
 STANDARDISED_COPIES_MAX_BYTES = 1 << 30
 """Above this, training standardises rows as it gathers them instead of keeping standardised copies."""
 
@@ -258,7 +266,7 @@ def fit_many(
     device: str | torch.device = "cpu",
     train_dtype: str | None = None,
 ) -> list[Probe]:
-    """Train one probe per task on rows of the shared feature matrix ``X``; all in one stack.
+    """Train one probe per task on rows of the shared feature matrix ``X``, stacked (see the module docstring).
 
     ``train_dtype`` ("float32" or "bfloat16") forces the dtype Adam stacks compute in (see
     :func:`training_dtype`); a probe equals itself trained alone, bit for bit, within one dtype.
@@ -277,14 +285,7 @@ def fit_many(
     elif config.solver == "lbfgs":
         parts = _fit_lbfgs_each(features, tasks, mean, scale, config, on_epoch)
     else:
-        # A batched matmul over one member takes another kernel path than over two or more
-        # (results differ in the last bits, and Adam amplifies that). Training a lone probe
-        # beside a throwaway twin keeps it bit-identical to the same probe in any stack.
-        twin = len(tasks) == 1
-        padded = [*tasks, tasks[0]] if twin else list(tasks)
-        mean_p, scale_p = (torch.cat([t, t]) if twin else t for t in (mean, scale))
-        report = (lambda member, record: on_epoch(member, record) if member < len(tasks) else None) if on_epoch else None
-        parts = _fit_adam_stack(features, padded, mean_p, scale_p, config, report, dtype)[: len(tasks)]
+        parts = _fit_adam_stacks(features, tasks, mean, scale, config, on_epoch, dtype)
     probes = []
     for member, (task, (weights, biases, history)) in enumerate(zip(tasks, parts)):
         if not all(torch.isfinite(t).all() for t in (*weights, *biases)):
@@ -445,6 +446,101 @@ def _batched_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None 
     if bias is not None:
         return torch.baddbmm(bias, a, b)
     return torch.bmm(a, b, out=out)
+
+
+class _Stopped(Exception):
+    """Raised in a training worker when another worker failed: its work would be thrown away."""
+
+
+def _fit_adam_stacks(X, tasks: Sequence[Task], mean, scale, config: ProbeConfig, on_epoch: EpochCallback | None,
+                     dtype: torch.dtype):
+    """Adam for same-kind probes: on CPU, stacks trained side by side, one per thread.
+
+    A stack's products have 32 rows per member, too small to split well over threads, so
+    the members are shared out over ``torch.get_num_threads()`` workers instead, each
+    training its share with one thread of its own; float32 shares are cut into sub-stacks
+    whose Adam state fits in cache (``ADAM_STACK_STATE_MAX_BYTES``). Every stack runs on
+    one thread, so a probe's numbers depend neither on its stack nor on the thread count.
+    Epoch records arrive from the workers, one at a time.
+    """
+    if X.device.type != "cpu":
+        return _fit_adam_stack_or_twin(X, tasks, mean, scale, config, on_epoch, dtype)
+    threads = torch.get_num_threads()
+    stacks = _share_out(len(tasks), threads, _stack_cap(X.shape[1], config, dtype))
+    lock, failed = threading.Lock(), threading.Event()
+
+    def report(offset: int) -> EpochCallback:
+        def member_record(member: int, record: dict) -> None:
+            with lock:
+                if failed.is_set():
+                    raise _Stopped
+                if on_epoch:
+                    on_epoch(offset + member, record)
+        return member_record
+
+    def work(share: list[range]) -> list:
+        torch.set_num_threads(1)  # this thread only; new threads still start with ``threads``
+        try:
+            parts = []
+            for stack in share:
+                picked = slice(stack.start, stack.stop)
+                parts += _fit_adam_stack_or_twin(X, tasks[picked], mean[picked], scale[picked], config,
+                                                 report(stack.start), dtype)
+            return parts
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            torch.set_num_threads(threads)
+
+    with ThreadPoolExecutor(len(stacks), thread_name_prefix="probing-train") as pool:
+        futures = [pool.submit(work, share) for share in stacks]
+        try:
+            wait(futures)
+        except BaseException:  # an interrupt in the caller: the workers stop after their current epoch
+            failed.set()
+            raise
+    errors = [error for future in futures if (error := future.exception()) and not isinstance(error, _Stopped)]
+    if errors:
+        raise errors[0]
+    return [part for future in futures for part in future.result()]
+
+
+def _stack_cap(width: int, config: ProbeConfig, dtype: torch.dtype) -> int:
+    """Most members per stack: float32 stacks keep their Adam state (4 floats a parameter) under
+    ``ADAM_STACK_STATE_MAX_BYTES``; bf16 stacks are not cut (measured fastest whole)."""
+    if dtype != torch.float32:
+        return 1 << 30
+    sizes = [width, *config.hidden_sizes, 1]
+    parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    return max(2, ADAM_STACK_STATE_MAX_BYTES // (16 * parameters))
+
+
+def _share_out(members: int, workers: int, cap: int) -> list[list[range]]:
+    """Members 0..members-1 as contiguous stacks shared out over at most ``workers`` workers, about
+    equally; a stack has at most ``cap`` members, or ``cap + 1`` where that spares a lone member
+    (which would train beside a twin)."""
+    workers = max(1, min(workers, members // 2))
+    shares = []
+    for part in np.array_split(np.arange(members), workers):
+        pieces = max(1, min(-(-len(part) // cap), len(part) // 2))
+        shares.append([range(piece[0], piece[-1] + 1) for piece in np.array_split(part, pieces)])
+    return shares
+
+
+def _fit_adam_stack_or_twin(X, tasks: Sequence[Task], mean, scale, config: ProbeConfig,
+                            on_epoch: EpochCallback | None, dtype: torch.dtype):
+    """One stack; a lone probe trains beside a throwaway twin.
+
+    A batched matmul over one member takes another kernel path than over two or more
+    (results differ in the last bits, and Adam amplifies that); the twin keeps a lone
+    probe bit-identical to the same probe in any stack.
+    """
+    if len(tasks) > 1:
+        return _fit_adam_stack(X, tasks, mean, scale, config, on_epoch, dtype)
+    report = (lambda member, record: on_epoch(member, record) if member == 0 else None) if on_epoch else None
+    twin = [tasks[0], tasks[0]]
+    return _fit_adam_stack(X, twin, torch.cat([mean, mean]), torch.cat([scale, scale]), config, report, dtype)[:1]
 
 
 @torch.no_grad()

@@ -1,3 +1,6 @@
+import threading
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -158,6 +161,80 @@ def test_big_stacks_and_the_memory_saving_path_give_the_same_probes(monkeypatch)
         for a, b in zip(together.weights_ + together.biases_, single.weights_ + single.biases_):
             np.testing.assert_array_equal(a, b)
         pd.testing.assert_frame_equal(together.history_, single.history_)
+
+
+@pytest.fixture
+def torch_threads():
+    """``torch.set_num_threads`` for one test; the count before is restored after it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def threads_of_a_new_thread() -> int:
+    counts = []
+    thread = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return counts[0]
+
+
+def test_stacks_share_out_over_threads_with_the_numbers_of_one_thread(torch_threads):
+    """On CPU the members train in stacks spread over torch's threads, one intra-op thread each: the probes
+    are the same bit for bit for any thread count, and the caller's and new threads' counts are unchanged."""
+    X, y = separable(n=800, width=24)
+    tasks = [Task(np.arange(0, 600 - 40 * seed), y[: 600 - 40 * seed], np.arange(600, 800), y[600:], seed=seed)
+             for seed in range(7)]
+    config = ProbeConfig("small", epochs=2)
+    trained = {}
+    for threads in (1, 3):
+        torch_threads(threads)
+        workers = set()
+        trained[threads] = fit_many(X, tasks, config,
+                                    on_epoch=lambda member, record: workers.add(threading.current_thread().name))
+        assert len(workers) == threads
+        assert torch.get_num_threads() == threads_of_a_new_thread() == threads
+    for one, three in zip(trained[1], trained[3]):
+        for a, b in zip(one.weights_ + one.biases_, three.weights_ + three.biases_):
+            np.testing.assert_array_equal(a, b)
+        pd.testing.assert_frame_equal(one.history_, three.history_)
+
+
+@pytest.mark.parametrize(("members", "workers", "cap"), [(1, 2, 4), (2, 8, 4), (5, 1, 2), (7, 3, 2), (18, 2, 4),
+                                                         (18, 2, 1 << 30), (18, 16, 3)])
+def test_members_are_shared_out_in_order_in_stacks_of_two_or_more(members, workers, cap):
+    shares = probes._share_out(members, workers, cap)
+    stacks = [stack for share in shares for stack in share]
+    assert [member for stack in stacks for member in stack] == list(range(members))
+    assert 1 <= len(shares) <= workers
+    assert max(map(len, stacks)) <= max(cap + 1, 2), "a stack may pass the cap by one to keep stacks of two"
+    assert min(map(len, stacks)) >= min(2, members), "a lone member would need a twin"
+    sizes = [sum(map(len, share)) for share in shares]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_float32_stacks_are_cut_to_keep_adam_state_in_cache_and_bf16_stacks_are_not():
+    medium, tiny = ProbeConfig("medium"), ProbeConfig("tiny")
+    assert probes._stack_cap(576, medium, torch.float32) == 4  # 188,929 parameters x 16 bytes = 3.0 MB a member
+    assert probes._stack_cap(576, tiny, torch.float32) > 18
+    assert probes._stack_cap(576, medium, torch.bfloat16) > 18
+
+
+def test_a_failing_worker_stops_the_others_and_its_own_error_is_raised(torch_threads):
+    torch_threads(3)
+    X, y = separable(n=800, width=24)
+    tasks = [Task(np.arange(800), y, seed=seed) for seed in range(6)]
+    records = Counter()
+
+    def on_epoch(member: int, record: dict) -> None:
+        if member == 0:
+            raise ValueError("the callback of member 0 failed")
+        records[member] += 1
+
+    with pytest.raises(ValueError, match="the callback of member 0 failed"):
+        fit_many(X, tasks, ProbeConfig("small", epochs=20), on_epoch=on_epoch)
+    assert max(records.values(), default=0) < 10, f"the other workers went on: {records}"
+    assert threads_of_a_new_thread() == 3
 
 
 @pytest.mark.parametrize("bad", [{"lr": float("inf")}, {"lr": float("nan")}, {"C": float("inf")},
