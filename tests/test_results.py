@@ -2,7 +2,6 @@
 committed format still load; a folder from a GPU machine scores here; no pickle anywhere."""
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +13,8 @@ from probing.activations import Activations
 from probing.cli import main
 from probing.config import StudyConfig
 from probing.experiments import Cell, make_split, train_cells
-from probing.models import cpu_has_fast_bfloat16, default_device
+from probing.models import default_device
+from probing.probes import training_dtype
 from probing.results import ResultsError, StudyResult, read_table
 from probing.scoring import study_activations
 from probing.study import cell_study, run_study
@@ -50,8 +50,8 @@ def test_a_study_round_trips_through_its_folder_exactly(study, tmp_path, small_s
     assert set(study.dynamics["split"]) == {"category", "random"} and set(study.probes) == {
         (layer, kind) for layer in (-1, -5) for kind in ("linear", "tiny", "mass_mean")}
     assert study.config.dataset == small_saplma.source and study.meta["dataset"]["statements"] == 240
-    mlp_dtype = os.environ.get("PROBING_TRAIN_DTYPE") or ("bfloat16" if cpu_has_fast_bfloat16() else "float32")
-    assert study.meta["probe_training_dtypes"] == {"tiny": mlp_dtype}  # linear (L-BFGS), mass-mean: float32
+    tiny_dtype = str(training_dtype("tiny")).removeprefix("torch.")  # the choice itself: test_probe_speed_paths
+    assert study.meta["probe_training_dtypes"] == {"tiny": tiny_dtype}  # linear (L-BFGS), mass-mean: float32
     folder = study.save(tmp_path / "study")
     for name in ["accuracy_mean.csv", "accuracy_max.md", "accuracy_random.csv", "per_topic.csv", "dynamics.csv",
                  "directions_cosine.csv", "directions_sign.md", "directions_matrices.csv", "config.json",
