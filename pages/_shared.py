@@ -25,6 +25,7 @@ from probing.settings import (
     fits_in_memory, model_choices, path_under_roots, results_folders, results_location, statement_sets_under,
 )
 from probing.statements import load_csv_bytes
+from probing.storage import node_stores
 from probing.workflows import extract_work
 
 APP_ROOT = Path(__file__).resolve().parents[1]
@@ -424,6 +425,10 @@ def extraction_controls(ctx: Context, key: str) -> int:
     cached = unique - missing
     st.progress(cached / unique if unique else 1.0,
                 text=f"**{cached:,} of {unique:,}** statements cached for this model and token position")
+    nodes = node_stores(ctx.activations.cache_dir)
+    if nodes and missing:
+        st.caption(f"{len(nodes)} node folder(s) of a multi-node extraction are in `{nodes[0].parent}`: "
+                   "extracting merges them into this cache first and computes only what they lack.")
 
     def launch() -> None:
         """Button callback: the work is built at the click, for the model loaded then."""

@@ -28,8 +28,8 @@ import torch
 
 from probing.constants import MAX_TOKENS, POSITIONS
 from probing.models import LoadedModel, ModelSpec, load_model
-from probing.storage import (ActivationStore, CacheRepaired, CorruptEntry, claim_token, first_words,
-                             statement_key)
+from probing.storage import (STORE_FOLDER, ActivationStore, CacheRepaired, CorruptEntry, NamespaceMerge,
+                             claim_token, first_words, merge_stores, node_stores, statement_key)
 
 Progress = Callable[[int, int], None]
 """Called with (statements done, statements to do)."""
@@ -173,7 +173,7 @@ class Activations:
         namespace = hashlib.sha256(f"{self.fingerprint}|{position}|v1".encode()).hexdigest()[:24]
         # Models (converted GGUF, file digests) always live in cache_dir; the activations may be kept
         # elsewhere, such as one folder per node of a multi-node extraction.
-        self.store = ActivationStore(Path(store_dir) if store_dir else self.cache_dir / "activations", namespace)
+        self.store = ActivationStore(Path(store_dir) if store_dir else self.cache_dir / STORE_FOLDER, namespace)
 
     @property
     def model(self) -> LoadedModel:
@@ -192,6 +192,13 @@ class Activations:
 
     def missing(self, texts: Sequence[str]) -> list[int]:
         return self.store.missing(list(dict.fromkeys(texts)))
+
+    def merge_nodes(self, on_progress: Progress | None = None) -> list[NamespaceMerge]:
+        """Copy into this store what the node folders of a multi-node extraction (``cache/nodes/node-K``)
+        hold and it lacks, checked as ``merge_stores`` checks; [] when there are none. Merging again
+        copies nothing, so every job and every ``reproduce`` starts with it."""
+        nodes = [path for path in node_stores(self.cache_dir) if path.resolve() != self.store.directory.resolve()]
+        return merge_stores(self.store.directory, nodes, on_progress) if nodes else []
 
     def _write_meta(self) -> None:
         """Describe the namespace (from the model) if it is new or its description was damaged."""

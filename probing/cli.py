@@ -87,23 +87,6 @@ def launcher_node() -> int | None:
     return node if world > local_world else None
 
 
-def node_store(cache: str | Path, node: int) -> Path:
-    """The activation store a node of a multi-node extraction writes (models stay in ``cache/models``)."""
-    return Path(cache) / "nodes" / f"node-{node}"
-
-
-def node_stores(cache: str | Path) -> list[Path]:
-    """The node folders of ``cache`` that hold an activation store, by node number."""
-    found = [path for path in (Path(cache) / "nodes").glob("node-*") if (path / "cache.db").is_file()]
-    return sorted(found, key=lambda path: (len(path.name), path.name))
-
-
-def store_folder(path: str | Path) -> Path:
-    """An activation-store folder (one holding cache.db) as it is, or a cache folder's ``activations/``."""
-    path = Path(path)
-    return path if (path / "cache.db").is_file() else path / "activations"
-
-
 def _program() -> str:
     """How we were started: the ``probing`` console script or ``python -m probing``."""
     return "probing" if Path(sys.argv[0]).name == "probing" else "python -m probing"
@@ -392,6 +375,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     dataset = _dataset(config)
     if shard and config.device is None and torch_cuda_count() > 1:  # one GPU per process
         config = replace(config, device=f"cuda:{shard[0] if local_rank is None else local_rank}")
+    from probing.storage import node_store
+
     activations = _activations(config, None if node is None else node_store(config.cache, node))
     label = f"extracting (shard {shard[0] + 1} of {shard[1]})" if shard else "extracting"
     with _progress(label, "statements") as progress:
@@ -427,8 +412,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from probing.results import markdown_table
     from probing.study import reproduce
 
-    merge_nodes(config.cache)
     activations = _activations(config)
+    merge_nodes(activations)
     from probing.settings import RESULTS_ROOT, new_results_folder
 
     out = args.out or new_results_folder(Path(RESULTS_ROOT), config.model, dataset.name, "study")
@@ -452,20 +437,28 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def merge_nodes(cache: str | Path) -> None:
-    """Merge the node folders of a multi-node extraction into ``cache/activations`` (a no-op when merged)."""
-    nodes = node_stores(cache)
+def merge_nodes(activations) -> None:
+    """Merge the node folders of a multi-node extraction into the activations' store (a no-op when merged)."""
+    from probing.storage import node_stores
+
+    nodes = node_stores(activations.cache_dir)
     if nodes:
-        print(f"merging {len(nodes)} node folder(s) of {Path(cache) / 'nodes'} into {Path(cache) / 'activations'} "
+        print(f"merging {len(nodes)} node folder(s) of {nodes[0].parent} into {activations.store.directory} "
               "(what an earlier merge copied is skipped)", file=sys.stderr)
-        _merge(Path(cache) / "activations", nodes)
+        with _progress("merging", "statements") as progress:
+            _print_merge(activations.merge_nodes(progress), activations.store.directory, nodes)
 
 
 def _merge(destination: Path, sources: Sequence[Path]) -> None:
-    from probing.storage import describe_meta, merge_stores
+    from probing.storage import merge_stores
 
     with _progress("merging", "statements") as progress:
-        reports = merge_stores(destination, sources, on_progress=progress)
+        _print_merge(merge_stores(destination, sources, on_progress=progress), destination, sources)
+
+
+def _print_merge(reports, destination: Path, sources: Sequence[Path]) -> None:
+    from probing.storage import describe_meta
+
     for report in reports:
         skipped = f"; {report.damaged} damaged chunk(s) skipped (recomputed when needed)" if report.damaged else ""
         print(f"{report.namespace} ({describe_meta(report.meta)}){' new' if report.new else ''}: "
@@ -477,6 +470,8 @@ def _merge(destination: Path, sources: Sequence[Path]) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from probing.storage import describe_meta, describe_store, node_stores, size_on_disk, store_folder
+
     if args.cache_command == "merge":
         destination = store_folder(args.destination)
         if destination.exists() and not destination.is_dir():
@@ -496,8 +491,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; pass a cache folder such as cache/")
     stores = [store_folder(folder)] + ([] if (folder / "cache.db").is_file() else node_stores(folder))
-    from probing.storage import describe_meta, describe_store, size_on_disk
-
     total = 0
     for store in stores:
         size = size_on_disk(store) if store.is_dir() else 0
@@ -508,8 +501,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
             print(f"  {summary.namespace}  {describe_meta(summary.meta)}: {summary.statements:,} statement(s) "
                   f"in {summary.chunks:,} chunk(s)")
     if len(stores) > 1:
-        print(f"{_size(total)} in all. The node folders are merged into {stores[0]} by the next `{_program()} "
-              f"reproduce --cache {folder}`, or by `{_program()} cache merge {folder} {folder / 'nodes'}/node-*`")
+        print(f"{_size(total)} in all. The node folders are merged into {stores[0]} by the next dashboard job on "
+              f"this cache, the next `{_program()} reproduce --cache {folder}`, or by `{_program()} cache merge "
+              f"{folder} {folder / 'nodes'}/node-*`")
     return 0
 
 

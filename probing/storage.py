@@ -57,6 +57,10 @@ _HEADER = struct.Struct("<4sIIIQ")  # magic, rows, width, crc32, payload bytes
 _MAGIC = b"PRB1"
 _NO_LIMIT = 2**50
 _DATABASE = "cache.db"
+STORE_FOLDER = "activations"
+"""A cache folder's activation store; its ``models/`` holds converted models and file digests."""
+NODES_FOLDER = "nodes"
+"""A cache folder's ``nodes/node-K``: the stores the nodes of a multi-node extraction write, merged later."""
 _DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _ROWID_PROBE = 100_000  # rowids tried when a damaged table cannot say its largest one
@@ -507,6 +511,23 @@ MERGE_MAX_NORM_GAP = 0.05
 """... and their norms differ by at most this fraction of the larger one."""
 DESCRIBED = ("layers", "width", "model", "dtype", "position")
 """The parts of a namespace's description that caches to merge must agree on."""
+
+
+def store_folder(path: str | Path) -> Path:
+    """An activation-store folder (one holding cache.db) as it is, or a cache folder's ``activations/``."""
+    path = Path(path)
+    return path if (path / _DATABASE).is_file() else path / STORE_FOLDER
+
+
+def node_store(cache: str | Path, node: int) -> Path:
+    """The activation store a node of a multi-node extraction writes (models stay in ``cache/models``)."""
+    return Path(cache) / NODES_FOLDER / f"node-{node}"
+
+
+def node_stores(cache: str | Path) -> list[Path]:
+    """The node folders of ``cache`` that hold an activation store, by node number."""
+    found = [path for path in (Path(cache) / NODES_FOLDER).glob("node-*") if (path / _DATABASE).is_file()]
+    return sorted(found, key=lambda path: (len(path.name), path.name))
 
 
 def namespaces(directory: str | Path) -> list[str]:

@@ -24,11 +24,16 @@ from probing.results import StudyResult
 from probing.settings import new_results_folder
 from probing.statements import StatementSet
 from probing.steering import run_steering
+from probing.storage import node_stores
 from probing.study import analysis_home, cell_study, check_study, generalization_study, run_study
 
 
 def extract_missing(job: Job, activations: Activations, texts: list[str]) -> int:
-    """Every job's first phase: compute what the cache lacks, with the count shown from the start."""
+    """Every job's first phase: merge the node folders of a multi-node extraction (as ``reproduce``
+    does), then compute what the cache lacks, with the count shown from the start."""
+    if node_stores(activations.cache_dir):
+        job.set_phase("Merging the node folders of a multi-node extraction", 0)
+        activations.merge_nodes(on_progress=job.progress)
     job.set_phase("Extracting activations", len(activations.missing(texts)))
     return activations.ensure(texts, on_progress=job.progress)
 

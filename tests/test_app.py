@@ -152,6 +152,28 @@ def test_overview_and_extraction(app_cache, dataset, engine):
     assert engine[1].missing(dataset.statements) == []
 
 
+def test_the_extract_button_merges_node_folders_and_computes_only_the_rest(tmp_path, dataset, monkeypatch):
+    """A cache with a node folder of a multi-node extraction: the page says so, and its extraction job
+    copies that node's statements (bit for bit) instead of computing them."""
+    cache = tmp_path / "cache"  # a fresh process-wide model holder on a cache of its own
+    cache.mkdir()
+    (cache / "models").symlink_to((TEST_CACHE / "models").resolve(), target_is_directory=True)
+    monkeypatch.setenv("PROBING_CACHE", str(cache))
+    texts = list(dict.fromkeys(dataset.statements))
+    node = Activations(position="last", cache_dir=cache, store_dir=cache / "nodes" / "node-0")
+    node.ensure(texts[:100])
+
+    at = new_app().run()
+    no_errors(at)
+    assert any("1 node folder(s) of a multi-node extraction" in caption.value for caption in at.caption)
+    at.button(key="extract_overview").click().run()
+    job = wait_job(at, "extract")
+    assert job.result == len(texts) - 100
+    assert not any("node folder" in caption.value for caption in at.caption)
+    merged = at.session_state["ctx"].activations
+    np.testing.assert_array_equal(merged.layer(texts[:100], -1), node.layer(texts[:100], -1))
+
+
 def test_train_page(app_cache, dataset, engine):
     at = new_app().run()
     at.switch_page("pages/train.py").run()

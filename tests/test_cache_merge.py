@@ -6,7 +6,9 @@ import pytest
 
 from probing.activations import Activations
 from probing.cli import launcher_node, main
+from probing.jobs import Job, start_job
 from probing.storage import MergeConflict, describe_store, merge_stores, namespaces
+from probing.workflows import extract_work
 from support import TEXTS, interrupt_after_first_batch
 
 LAYERS = (0, 11, 30)
@@ -169,3 +171,23 @@ def test_bad_node_numbers_and_folders_are_refused_before_anything_loads(tmp_path
     assert "nowhere holds no activation store" in capsys.readouterr().err
     assert not (tmp_path / "dest").exists()
     assert main(["cache", "info", str(tmp_path / "nowhere")]) == 2
+
+
+def test_every_dashboard_job_merges_node_folders_first_and_computes_only_what_they_lack(model, tmp_path, statements):
+    """``extract_missing`` (the first phase of every dashboard job) calls ``Activations.merge_nodes``, as
+    ``reproduce`` does: a node's statements are copied, not recomputed, and a second merge copies nothing."""
+    cache = tmp_path / "cache"
+    activations = Activations(model=model, cache_dir=cache, token_budget=BUDGET)
+    assert activations.merge_nodes() == []  # no node folders
+    from_node = statements[:60]
+    node_0 = node(model, cache, 0)
+    node_0.ensure(from_node)
+
+    job = start_job(Job(kind="extract", label="extract"), extract_work(activations, statements)).wait(120)
+    assert job.ok, job.error
+    assert job.result == len(statements) - len(from_node)
+    assert activations.missing(statements) == []
+    for layer in LAYERS:
+        np.testing.assert_array_equal(activations.layer(from_node, layer), node_0.layer(from_node, layer))
+    again = activations.merge_nodes()
+    assert [(r.copied, r.present) for r in again] == [(0, len(from_node))]

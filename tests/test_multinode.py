@@ -1,6 +1,6 @@
 """Two "nodes" (two torchrun groups of one multi-node launch on this machine) each write their own
 cache folder; one is killed midway and the job relaunched; `cache merge` then gives exactly what one
-process computes. The same for two machines of an accelerate launch.
+process computes. The same for two machines of an accelerate launch, and for shards given by hand.
 
 torchrun's agents wait at an exit barrier for every node (300 s, not settable from its command line)
 once their own workers are done. The killed node is therefore node 0, which hosts the rendezvous
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from probing.activations import Activations
 from support import free_port
@@ -25,17 +26,20 @@ from test_sharding import LAYERS, fresh_cache
 def launch_node(cache, data, node, port, launcher="torchrun"):
     """One node of a two-node launch, in its own process group (to be killed as a whole).
 
-    ``launcher``: torchrun, or accelerate launch as its multi-GPU multi-node mode runs it
-    (it starts torch.distributed.run; without GPUs the processes run on the CPU).
+    ``launcher``: torchrun; accelerate launch as its multi-GPU multi-node mode runs it (it starts
+    torch.distributed.run; without GPUs the processes run on the CPU); or "by hand", a plain process
+    told its shard and node.
     """
+    extract = ["-m", "probing", "extract", "--dataset", str(data), "--cache", str(cache)]
     if launcher == "torchrun":
-        start = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
-                 "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port), *extract]
+    elif launcher == "accelerate":
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+                   "--machine_rank", str(node), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+                   "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", *extract]
     else:
-        start = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
-                 "--machine_rank", str(node), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
-                 "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command = [*start, "-m", "probing", "extract", "--dataset", str(data), "--cache", str(cache)]
+        command = [sys.executable, *extract, "--shard", f"{node}/2", "--node", str(node)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -93,9 +97,10 @@ def test_two_nodes_one_killed_and_relaunched_merge_to_a_single_process_run(tmp_p
     assert_merged_nodes_equal(cache, single, texts)
 
 
-def test_an_accelerate_launch_on_two_machines_writes_node_folders_that_merge_to_one_run(
-        tmp_path, saplma, shared_cache, model):
-    """accelerate launch --multi_gpu --num_machines 2 --machine_rank K: the same node folders as torchrun."""
+@pytest.mark.parametrize("launcher", ["accelerate", "by hand"])
+def test_other_launchers_write_node_folders_that_merge_to_one_run(tmp_path, saplma, shared_cache, model, launcher):
+    """accelerate launch --multi_gpu --num_machines 2 --machine_rank K, or plain processes given --shard K/2
+    --node K (the README's recipe for Ray, or CPU machines without a launcher): the same node folders."""
     subset = saplma.subset(per_topic=30, seed=1)
     data = subset.to_csv(tmp_path / "data.csv")
     texts = list(dict.fromkeys(subset.statements))
@@ -103,27 +108,10 @@ def test_an_accelerate_launch_on_two_machines_writes_node_folders_that_merge_to_
     single.ensure(texts)
     cache = fresh_cache(tmp_path, "cache", shared_cache)
     port = free_port()
-    outputs = [finish(process) for process in [launch_node(cache, data, k, port, "accelerate") for k in (0, 1)]]
+    outputs = [finish(process) for process in [launch_node(cache, data, k, port, launcher) for k in (0, 1)]]
     for node, output in enumerate(outputs):
         assert f"node {node}, shard {node}/2:" in output, output
     assert not (cache / "activations").exists()
-    assert_merged_nodes_equal(cache, single, texts)
-
-
-def test_shards_given_by_hand_as_ray_tasks_would_merge_to_one_run(tmp_path, saplma, shared_cache, model):
-    """Plain processes with --shard K/2 --node K (the README's recipe for Ray, or CPU machines without a launcher)."""
-    subset = saplma.subset(per_topic=30, seed=2)
-    data = subset.to_csv(tmp_path / "data.csv")
-    texts = list(dict.fromkeys(subset.statements))
-    single = Activations(model=model, cache_dir=fresh_cache(tmp_path, "single", shared_cache))
-    single.ensure(texts)
-    cache = fresh_cache(tmp_path, "cache", shared_cache)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    tasks = [subprocess.Popen([sys.executable, "-m", "probing", "extract", "--dataset", str(data), "--cache", str(cache),
-                               "--shard", f"{k}/2", "--node", str(k)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True) for k in (0, 1)]
-    for node, output in enumerate(finish(task) for task in tasks):
-        assert f"node {node}, shard {node}/2:" in output, output
     assert_merged_nodes_equal(cache, single, texts)
 
 
