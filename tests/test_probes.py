@@ -1,5 +1,11 @@
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -273,3 +279,27 @@ def test_which_probes_count_epochs(kind, solver, in_epochs):
     assert ProbeConfig(kind=kind, solver=solver).trains_in_epochs is in_epochs
     history = make_probe(kind, solver=solver, epochs=7).fit(*separable(n=60)).history_
     assert (len(history) == 7) is in_epochs  # L-BFGS reports rounds until converged, mass-mean one fit
+
+
+def test_an_interrupt_stops_every_training_thread_within_an_epoch(tmp_path):
+    """Ctrl-C while stacks train side by side: the caller gets KeyboardInterrupt at once and the workers stop
+    at their next epoch instead of training to the end (1,000 epochs here)."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import numpy as np, torch\n"
+        "from probing.probes import ProbeConfig, Task, fit_many\n"
+        "torch.set_num_threads(2)\n"
+        "X, y = np.random.default_rng(0).normal(size=(800, 24)).astype(np.float32), np.arange(800) % 2\n"
+        "tasks = [Task(np.arange(800), y, seed=s) for s in range(4)]\n"
+        "fit_many(X, tasks, ProbeConfig('small', epochs=1000), on_epoch=lambda j, r: print('epoch', flush=True))\n")
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert process.stdout.readline() == "epoch\n", process.communicate()[1]
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode != 0 and "KeyboardInterrupt" in errors, errors
+    assert time.monotonic() - started < 10
