@@ -23,6 +23,7 @@ from probing.constants import STEER_DIRECTIONS, STEER_POSITIONS
 
 if TYPE_CHECKING:
     from probing.activations import Activations, Progress
+    from probing.storage import NamespaceMerge
     from probing.statements import StatementSet
 
 LAUNCHER_VARIABLES = (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
@@ -437,7 +438,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def merge_nodes(activations) -> None:
+def merge_nodes(activations: Activations) -> None:
     """Merge the node folders of a multi-node extraction into the activations' store (a no-op when merged)."""
     from probing.storage import node_stores
 
@@ -456,7 +457,7 @@ def _merge(destination: Path, sources: Sequence[Path]) -> None:
         _print_merge(merge_stores(destination, sources, on_progress=progress), destination, sources)
 
 
-def _print_merge(reports, destination: Path, sources: Sequence[Path]) -> None:
+def _print_merge(reports: list[NamespaceMerge], destination: Path, sources: Sequence[Path]) -> None:
     from probing.storage import describe_meta
 
     for report in reports:

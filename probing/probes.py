@@ -466,7 +466,7 @@ def _fit_adam_stacks(X, tasks: Sequence[Task], mean, scale, config: ProbeConfig,
     if X.device.type != "cpu":
         return _fit_adam_stack_or_twin(X, tasks, mean, scale, config, on_epoch, dtype)
     threads = torch.get_num_threads()
-    stacks = _share_out(len(tasks), threads, _stack_cap(X.shape[1], config, dtype))
+    shares = _share_out(len(tasks), threads, _stack_cap(X.shape[1], config, dtype))
     lock, failed = threading.Lock(), threading.Event()
 
     def report(offset: int) -> EpochCallback:
@@ -493,8 +493,8 @@ def _fit_adam_stacks(X, tasks: Sequence[Task], mean, scale, config: ProbeConfig,
         finally:
             torch.set_num_threads(threads)
 
-    with ThreadPoolExecutor(len(stacks), thread_name_prefix="probing-train") as pool:
-        futures = [pool.submit(work, share) for share in stacks]
+    with ThreadPoolExecutor(len(shares), thread_name_prefix="probing-train") as pool:
+        futures = [pool.submit(work, share) for share in shares]
         try:
             wait(futures)
         except BaseException:  # an interrupt in the caller: the workers stop after their current epoch
