@@ -477,15 +477,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         destination = store_folder(args.destination)
         if destination.exists() and not destination.is_dir():
             raise ValueError(f"{destination} is a file; DEST is a cache folder or an activation-store folder")
-        sources = []
-        for source in args.sources:
-            if not (store_folder(source) / "cache.db").is_file():
-                raise FileNotFoundError(
-                    f"{source} holds no activation store (neither {Path(source) / 'cache.db'} nor "
-                    f"{Path(source) / 'activations' / 'cache.db'}); pass a cache folder or a node's folder "
-                    "such as cache/nodes/node-1")
-            sources.append(store_folder(source))
-        _merge(destination, sources)
+        _merge(destination, [Path(source) for source in args.sources])
         print(f"merged into {destination}")
         return 0
     folder = Path(args.folder)

@@ -738,7 +738,8 @@ class _NamespacePlan:
 
 def merge_stores(destination: str | Path, sources: Sequence[str | Path],
                  on_progress: Callable[[int, int], None] | None = None) -> list[NamespaceMerge]:
-    """Copy into the activation store at ``destination`` what the stores at ``sources`` hold.
+    """Copy into the activation store at ``destination`` what the stores at ``sources`` hold (each an
+    activation-store folder, or a cache folder whose ``activations/`` is meant).
 
     Namespaces new to the destination are copied whole. For a namespace both hold, the
     descriptions (layers, width, model, dtype, position) must match, and statements both hold
@@ -750,12 +751,17 @@ def merge_stores(destination: str | Path, sources: Sequence[str | Path],
     counts statements copied.
     """
     destination = Path(destination)
+    folders = []
     for source in sources:
-        if Path(source).resolve() == destination.resolve():
+        folders.append(store_folder(source))
+        if not (folders[-1] / _DATABASE).is_file():
+            raise FileNotFoundError(
+                f"{source} holds no activation store (neither {Path(source) / _DATABASE} nor "
+                f"{Path(source) / STORE_FOLDER / _DATABASE}); pass a cache folder or a node's folder such as "
+                "cache/nodes/node-1")
+        if folders[-1].resolve() == destination.resolve():
             raise ValueError(f"{source} is the destination of the merge itself; name other folders to merge")
-        if not (Path(source) / _DATABASE).is_file():
-            raise FileNotFoundError(f"{source} holds no activation store (no {_DATABASE}); pass a cache folder "
-                                    "or an activation-store folder such as cache/nodes/node-1")
+    sources = folders
     stores: list[ActivationStore] = []
 
     def opened(directory: str | Path, namespace: str) -> ActivationStore:
