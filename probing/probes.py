@@ -798,16 +798,19 @@ class _LinearObjective:
         w, b = point[:-1], point[-1:]
         return torch.cat([self.ratio * w, b - self.shift.dot(w)])
 
+    def log_loss(self, logits: torch.Tensor) -> float:
+        """The mean training log-loss (unpenalised), from logits over all rows."""
+        return float(self.row_weight.dot(F.softplus(logits)) - self.true_weight.dot(logits))
+
     def loss_and_residual(self, point: torch.Tensor, logits: torch.Tensor) -> tuple[float, torch.Tensor]:
         """The loss at ``point`` given its logits over all rows, and d loss / d logits."""
-        log_loss = float(self.row_weight.dot(F.softplus(logits)) - self.true_weight.dot(logits))
         residual = self.row_weight * torch.sigmoid(logits) - self.true_weight
-        return log_loss + self.penalty * float(point[:-1].dot(point[:-1])), residual
+        return self.log_loss(logits) + self.penalty * float(point[:-1].dot(point[:-1])), residual
 
     def metrics(self, logits: torch.Tensor) -> dict[str, float]:
         """The history record's training and held-out loss (unpenalised) and accuracy, from logits over all rows."""
         said_true = (logits > 0).float()
-        record = {"train_loss": float(self.row_weight.dot(F.softplus(logits)) - self.true_weight.dot(logits)),
+        record = {"train_loss": self.log_loss(logits),
                   "train_accuracy": float(self.true_weight.dot(said_true)
                                           + (self.row_weight - self.true_weight).dot(1 - said_true))}
         if len(self.test):
