@@ -387,10 +387,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"node {node}, {share}: {computed} statement(s) computed; this node's activations are in "
               f"{activations.store.directory}")
         if not local_rank:  # one hint per node
-            print(f"next, once every node has finished: bring the {Path(config.cache) / 'nodes'}/node-* folders "
-                  f"together under one cache's nodes/ (copy them unless they are there already), then run "
-                  f"`{_program()} reproduce --cache {config.cache} ...` (it merges them first) or "
-                  f"`{_program()} cache merge {config.cache} {Path(config.cache) / 'nodes'}/node-*`")
+            nodes = activations.store.directory.parent
+            print(f"next, once every node has finished: bring the {nodes}/node-* folders together under one "
+                  f"cache's nodes/ (copy them unless they are there already), then run `{_program()} reproduce "
+                  f"--cache {config.cache} ...` (it merges them first) or `{_program()} cache merge "
+                  f"{config.cache} {nodes}/node-*`")
     elif shard:
         left = len(activations.missing(dataset.statements))
         print(f"shard {shard[0]}/{shard[1]}: {computed} statement(s) computed; {left} not cached yet "
@@ -496,7 +497,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if len(stores) > 1:
         print(f"{_size(total)} in all. The node folders are merged into {stores[0]} by the next dashboard job on "
               f"this cache, the next `{_program()} reproduce --cache {folder}`, or by `{_program()} cache merge "
-              f"{folder} {folder / 'nodes'}/node-*`")
+              f"{folder} {stores[1].parent}/node-*`")
     return 0
 
 
