@@ -60,6 +60,10 @@ def path_under_roots(path: str | Path, roots: Sequence[Path], what: str = "state
     saying which folders the dashboard reads ``what`` from and how to allow another."""
     resolved = Path(path).expanduser().resolve()
     if any(resolved.is_relative_to(root) for root in roots):
+        if outside := _leads_outside(resolved, roots):
+            raise DatasetError(
+                f"{outside} inside {path} is a link to {outside.resolve()}, outside the folders this dashboard "
+                f"reads {what} from; it is not read. Replace the link by a copy of the file, or remove it.")
         return resolved
     allowed = ", ".join(map(str, roots)) or "none (no data/ folder and no ../shared/datasets)"
     option = "--data-root DIR` or PROBING_DATA_ROOTS=DIR" if what == "statement sets" else "--results DIR`"
@@ -67,6 +71,18 @@ def path_under_roots(path: str | Path, roots: Sequence[Path], what: str = "state
         f"{path} is outside the folders this dashboard reads {what} from ({allowed}). "
         f"Put it in one of them, or allow another folder when starting the app: `streamlit run app.py -- {option}."
     )
+
+
+def _leads_outside(folder: Path, roots: Sequence[Path]) -> Path | None:
+    """The first file or folder below ``folder`` whose links lead outside every root, or None."""
+    if not folder.is_dir():
+        return None
+    for parent, folders, files in os.walk(folder):
+        for name in [*folders, *files]:
+            entry = Path(parent) / name
+            if not any(entry.resolve().is_relative_to(root) for root in roots):
+                return entry
+    return None
 
 
 def statement_sets_under(roots: Sequence[Path], depth: int = 2) -> list[Path]:

@@ -53,10 +53,11 @@ from pathlib import Path
 import diskcache
 import numpy as np
 
+from probing.store_format import DATABASE as _DATABASE
+from probing.store_format import CacheError, SafeDisk, connect_read_only, open_cache, verify_database
+
 _HEADER = struct.Struct("<4sIIIQ")  # magic, rows, width, crc32, payload bytes
 _MAGIC = b"PRB1"
-_NO_LIMIT = 2**50
-_DATABASE = "cache.db"
 STORE_FOLDER = "activations"
 """A cache folder's activation store; its ``models/`` holds converted models and file digests."""
 NODES_FOLDER = "nodes"
@@ -67,10 +68,6 @@ _ROWID_PROBE = 100_000  # rowids tried when a damaged table cannot say its large
 _HOST = socket.gethostname()
 _LIVE_TOKENS: set[str] = set()  # claim tokens of extractions running in this process
 _DAMAGED = object()  # a row that exists but cannot be decoded or has the wrong type
-
-
-class CacheError(RuntimeError):
-    """The activation cache cannot be used (full disk, unwritable folder, failing disk)."""
 
 
 class CorruptEntry(CacheError):
@@ -90,7 +87,7 @@ class NonFiniteActivations(ValueError):
 
 
 def private_dir(path: str | Path) -> Path:
-    """Create ``path`` readable by its owner only (the cache unpickles what it reads)."""
+    """Create ``path`` readable by its owner only (activations can be as private as the statements)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
@@ -158,15 +155,18 @@ class ActivationStore:
             if not _is_damage(error):
                 raise self._cannot_open(error) from error
             self._repair_database(error)
+        except CacheError:
+            raise
         except Exception as error:  # noqa: BLE001 - an unreadable folder or file
             raise self._cannot_open(error) from error
 
     def _open_cache(self) -> diskcache.Cache:
-        return diskcache.Cache(str(self.directory), size_limit=_NO_LIMIT, eviction_policy="none")
+        return open_cache(self.directory)
 
     def _cannot_open(self, error: Exception) -> CacheError:
-        return CacheError(f"cannot open the activation cache at {self.directory} ({error}). "
-                          "Check the folder's permissions, or pass another --cache.")
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        return CacheError(f"cannot open the activation cache at {self.directory} ({reason}). "
+                          "Check that this user may read and write the folder, or pass another --cache.")
 
     def _replace_cache(self, cache: diskcache.Cache) -> None:
         self._cache = cache
@@ -185,7 +185,7 @@ class ActivationStore:
             value = self._cache.get(key)
         except (sqlite3.Error, diskcache.Timeout):
             raise
-        except Exception:  # noqa: BLE001 - an undecodable pickle or unreadable file: damage, handled by callers
+        except Exception:  # noqa: BLE001 - undecodable JSON, a refused entry or an unreadable file: damage
             return _DAMAGED
         if value is None:
             return None
@@ -556,17 +556,68 @@ class NamespaceSummary:
 
 
 def describe_store(directory: str | Path) -> list[NamespaceSummary]:
-    """What the activation store at ``directory`` holds, per namespace."""
+    """What the activation store at ``directory`` holds, per namespace: read-only, repairing nothing
+    (a damaged, foreign or unreadable store raises ``CacheError`` naming its file)."""
+    directory = Path(directory)
+    if not (directory / _DATABASE).is_file():
+        return []
+    disk = SafeDisk(str(directory))
+    values: dict[tuple, object] = {}
+    with _reading(directory) as reader:
+        for blob, raw, mode, filename, value in reader.execute(
+                "SELECT key, raw, mode, filename, value FROM Cache ORDER BY rowid"):
+            try:
+                key = disk.get(blob, raw)
+                if len(key) == 2 or key[1:2] == ("chunk",) and key[-1] == "texts":
+                    values[key] = disk.fetch(mode, filename, value, False)
+            except Exception:  # noqa: BLE001 - a damaged entry is described as missing
+                continue
     summaries = []
-    for namespace in namespaces(directory):
-        store = ActivationStore(directory, namespace)
-        try:
-            chunks = store.chunk_keys()
-            statements = len({key for keys in chunks.values() for key in keys})
-            summaries.append(NamespaceSummary(namespace, store.meta, statements, len(chunks)))
-        finally:
-            store.close()
+    for namespace in dict.fromkeys(key[0] for key in values if len(key) == 2 and key[1] in ("meta", "chunks")):
+        meta, chunks = values.get((namespace, "meta")), values.get((namespace, "chunks"))
+        chunks = chunks if _is_key_list(chunks) else []
+        texts = [values.get((namespace, "chunk", chunk_id, "texts")) for chunk_id in chunks]
+        held = [keys for keys in texts if _is_key_list(keys)]
+        summaries.append(NamespaceSummary(namespace, meta if _is_meta(meta) else None,
+                                          len({key for keys in held for key in keys}), len(held)))
     return summaries
+
+
+def check_readable(directory: str | Path) -> None:
+    """Raise ``CacheError`` naming the file unless the store at ``directory`` can be read safely
+    (a database this tool wrote, not damaged, readable by this user); changes nothing."""
+    with _reading(Path(directory)) as reader:
+        reader.execute("SELECT count(*) FROM Cache").fetchone()
+
+
+@contextmanager
+def _reading(directory: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to a verified store; SQLite's and the file system's errors become a
+    ``CacheError`` that names the database and what to do."""
+    database = directory / _DATABASE
+    try:
+        verify_database(directory)
+        reader = connect_read_only(directory)
+        try:
+            yield reader
+        finally:
+            reader.close()
+    except (sqlite3.DatabaseError, OSError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise CacheError(
+            f"{database} cannot be read as an activation cache ({reason}); it was left as it is. "
+            + ("Check that this user may read the folder and its files, or copy it to a folder you own."
+               if _is_permission(error) else
+               "If it is damaged, the next extraction into that cache repairs it, keeping what can still be "
+               "read (`probing extract --cache ...`); if it is not a cache, pass another folder.")
+        ) from error
+
+
+def _is_permission(error: Exception) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    code = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF  # the primary code of an extended one
+    return code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM)
 
 
 def describe_meta(meta: dict | None) -> str:
@@ -761,6 +812,11 @@ def merge_stores(destination: str | Path, sources: Sequence[str | Path],
                 "cache/nodes/node-1")
         if folders[-1].resolve() == destination.resolve():
             raise ValueError(f"{source} is the destination of the merge itself; name other folders to merge")
+        check_readable(folders[-1])
+        if not os.access(folders[-1], os.W_OK):
+            raise CacheError(f"{folders[-1]} is read-only to this user, and SQLite writes beside a database it "
+                             "reads while others may write it: copy the folder to one you own (cp -r) and merge "
+                             "the copy")
     sources = folders
     stores: list[ActivationStore] = []
 
@@ -817,7 +873,7 @@ def _agreement(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.nd
 def _readable_keys(directory: Path) -> Iterator[tuple]:
     """Every key of the database in ``directory`` that can be decoded, in the order first written
     (a damaged one is skipped, not fatal)."""
-    disk = diskcache.Disk(str(directory))
+    disk = SafeDisk(str(directory))
     reader = sqlite3.connect(f"file:{directory / _DATABASE}?mode=ro", uri=True)
     try:
         for blob, raw in reader.execute("SELECT key, raw FROM Cache ORDER BY rowid").fetchall():
@@ -838,7 +894,7 @@ def _copy_readable_rows(damaged: Path, target: diskcache.Cache) -> tuple[int, in
     Rows are looked up one rowid at a time, so a damaged page loses only the rows on it.
     A copied row's value file is removed once its copy is written (no doubled disk use).
     """
-    disk = diskcache.Disk(str(damaged.parent))
+    disk = SafeDisk(str(damaged.parent))
     source = sqlite3.connect(damaged)
     try:
         try:
@@ -858,7 +914,7 @@ def _copy_readable_rows(damaged: Path, target: diskcache.Cache) -> tuple[int, in
                     continue
                 blob, raw, mode, filename, value = row
                 key, data = disk.get(blob, raw), disk.fetch(mode, filename, value, False)
-            except Exception:  # noqa: BLE001 - a damaged page, pickle or file: this row is lost
+            except Exception:  # noqa: BLE001 - a damaged page or file, or a refused pickle: this row is lost
                 continue
             if not (isinstance(key, tuple) and len(key) > 1 and key[1] == "claim"):  # claims are not work
                 target.set(key, data)

@@ -41,7 +41,7 @@ def row(store, key):
 
 
 def overwrite_value(store, key, data):
-    """Replace the bytes of a row's value in the database (a damaged pickle, say)."""
+    """Replace the bytes of a row's value in the database (damaged JSON, say)."""
     with sqlite3.connect(store.directory / "cache.db") as connection:
         connection.execute("UPDATE Cache SET value = ? WHERE rowid = ?", (data, row(store, key)[0]))
 
@@ -107,7 +107,7 @@ def test_entries_corrupt_again_after_recomputing_blame_the_disk_and_keep_the_cac
     assert len(activations.missing(statements)) == 85  # only the statements of the bad chunk
 
 
-@pytest.mark.parametrize("damage", ["wrong type", "undecodable pickle"])
+@pytest.mark.parametrize("damage", ["wrong type", "undecodable bytes"])
 def test_a_damaged_statement_list_drops_only_its_chunk(model, tmp_path, filled, statements, damage):
     activations, good = filled
     store = activations.store
@@ -126,13 +126,13 @@ def test_a_damaged_statement_list_drops_only_its_chunk(model, tmp_path, filled, 
     assert model.forward_passes == passes + 1
 
 
-@pytest.mark.parametrize("damage", ["wrong type", "undecodable pickle"])
+@pytest.mark.parametrize("damage", ["wrong type", "undecodable bytes"])
 def test_a_damaged_chunk_list_is_rebuilt_without_recomputing(model, tmp_path, filled, statements, damage):
     activations, good = filled
     store = activations.store
     key = (store.namespace, "chunks")
     if damage == "wrong type":
-        store._cache.set(key, "chunk-1,chunk-2")
+        store._cache.set(key, {"chunk-1": "chunk-2"})
     else:
         overwrite_value(store, key, b"\x80\x05\x95garbage")
 
