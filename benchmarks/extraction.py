@@ -153,7 +153,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     print_machine()
 
-    dataset = sample(load_dataset(args.saplma), args.n)
+    dataset = sample(load_dataset(args.saplma, drop_conflicts=True), args.n)
     texts = dataset.statements
     n_naive = min(args.naive_n or len(texts), len(texts))
     engine_dtype = ModelSpec("embedded").resolved_dtype

@@ -78,7 +78,7 @@ def main() -> None:
     loop_layers = tuple(int(x) for x in args.loop_layers.split(","))
     print_machine()
 
-    dataset = load_dataset(args.saplma)
+    dataset = load_dataset(args.saplma, drop_conflicts=True)
     if args.per_topic:
         dataset = dataset.subset(per_topic=args.per_topic)
     texts, labels = dataset.statements, dataset.labels

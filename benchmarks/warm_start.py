@@ -49,7 +49,7 @@ def child(saplma: str, per_topic: int | None, layer: int, cache: str) -> None:
     from probing.datasets import load_dataset
 
     t1 = time.perf_counter()
-    dataset = load_dataset(saplma)
+    dataset = load_dataset(saplma, drop_conflicts=True)
     if per_topic:
         dataset = dataset.subset(per_topic=per_topic)
     texts = dataset.statements
@@ -142,7 +142,7 @@ def main() -> None:
     from probing.datasets import load_dataset
 
     print_machine()
-    dataset = load_dataset(saplma)
+    dataset = load_dataset(saplma, drop_conflicts=True)
     if args.per_topic:
         dataset = dataset.subset(per_topic=args.per_topic)
     _, computed, _ = cached_activations(dataset.statements, cache)
@@ -165,8 +165,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         source = saplma if not args.per_topic else str(dataset.to_csv(f"{folder}/subset.csv"))
-        command = [sys.executable, "-m", "probing", "reproduce", "--dataset", source, "--layers", "-1",
-                   "--probes", "linear", "--no-controls", "--cache", cache, "--out", f"{folder}/results"]
+        command = [sys.executable, "-m", "probing", "reproduce", "--dataset", source, "--drop-conflicts",
+                   "--layers", "-1", "--probes", "linear", "--no-controls", "--cache", cache, "--out", f"{folder}/results"]
         wall, rss, text = run_child(command)
         extracted = json.loads(open(f"{folder}/results/config.json").read())["statements_extracted_this_run"]
 

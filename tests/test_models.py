@@ -12,7 +12,7 @@ import torch
 
 from probing.models import (
     DTYPES, ModelLoadError, ModelSpec, check_device, cpu_has_fast_bfloat16, default_dtype, embedded_gguf_path,
-    fingerprint_of, load_model, resolve_source,
+    file_sha256, fingerprint_of, load_model, resolve_source,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def _copy(source: Path, target: Path, *, damage: bool = False) -> Path:
     return target
 
 
-def test_fingerprint_hashes_the_whole_file_and_remembers_it_by_size_and_mtime(tmp_path):
+def test_gguf_fingerprint_hashes_the_whole_file(tmp_path):
     embedded = embedded_gguf_path()
     damaged = _copy(embedded, tmp_path / "damaged.gguf", damage=True)
     intact = _copy(embedded, tmp_path / "intact.gguf")
@@ -80,36 +80,47 @@ def test_fingerprint_hashes_the_whole_file_and_remembers_it_by_size_and_mtime(tm
         return ModelSpec(name, device="cpu", dtype="float32").fingerprint(cache)
 
     assert fingerprint(str(intact)) == fingerprint("embedded")  # the bytes count, not the path
-    first = fingerprint(str(damaged))
-    assert first != fingerprint("embedded")
+    assert fingerprint(str(damaged)) != fingerprint("embedded")
+    # A GGUF is hashed in every process (tests/test_hostile_data.py damages one in place): no memo.
+    assert not (cache / "models" / "digests.json").exists()
+    for copy in (damaged, intact):
+        copy.unlink()  # 200 MB that pytest would keep for its last three runs
 
+
+def test_folder_file_digests_are_remembered_by_size_and_mtime(bert_folder, tmp_path):
+    weights = bert_folder / "model.safetensors"
+    hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(weights, ns=(hour_ago, hour_ago))  # settled: a digest is remembered
+    cache = tmp_path / "cache"
+    sha256 = file_sha256(weights, cache)
     memo_file = cache / "models" / "digests.json"
     memo = json.loads(memo_file.read_text())
-    stat = damaged.stat()
-    with damaged.open("rb") as handle:
-        sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
-    entry = memo[str(damaged.resolve())]
+    stat = weights.stat()
+    entry = memo[str(weights.resolve())]
+    with weights.open("rb") as handle:
+        assert sha256 == hashlib.file_digest(handle, "sha256").hexdigest()
     assert entry == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
 
     # A second call reads the remembered digest: a planted one is what it uses.
     entry["sha256"] = "0" * 64
     memo_file.write_text(json.dumps(memo))
-    assert fingerprint(str(damaged)) not in (first, fingerprint("embedded"))
+    assert file_sha256(weights, cache) == "0" * 64
     # A new modification time makes it hash the file again.
-    os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert fingerprint(str(damaged)) == first
-    assert json.loads(memo_file.read_text())[str(damaged.resolve())]["sha256"] == sha256
-    for copy in (damaged, intact):
-        copy.unlink()  # 200 MB that pytest would keep for its last three runs
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert file_sha256(weights, cache) == sha256
+    assert json.loads(memo_file.read_text())[str(weights.resolve())]["sha256"] == sha256
 
 
-def test_corrupt_digest_memo_is_ignored_and_rewritten(tmp_path):
+def test_corrupt_digest_memo_is_ignored_and_rewritten(bert_folder, tmp_path):
     memo_file = tmp_path / "models" / "digests.json"
     memo_file.parent.mkdir()
-    memo_file.write_text('{"/some/model.gguf": {"size": 1, ')
-    spec = ModelSpec("embedded", device="cpu", dtype="float32")
-    assert spec.fingerprint(tmp_path) == spec.fingerprint()
-    assert str(embedded_gguf_path().resolve()) in json.loads(memo_file.read_text())
+    memo_file.write_text('{"/some/model.safetensors": {"size": 1, ')
+    hour_ago = time.time_ns() - 3600 * 10**9
+    for path in bert_folder.iterdir():
+        os.utime(path, ns=(hour_ago, hour_ago))  # settled: digests are remembered
+    source = resolve_source(str(bert_folder))
+    assert source.identity(None, tmp_path) == source.identity(None)
+    assert str((bert_folder / "config.json").resolve()) in json.loads(memo_file.read_text())
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from probing.probes import ProbeConfig, Task, fit_many
 
 @pytest.fixture(scope="module")
 def saplma_layer(saplma, model, shared_cache):
-    """All 6,084 SAPLMA statements at layer -9, and their labels."""
+    """All 6,054 SAPLMA statements (those labelled both ways dropped) at layer -9, and their labels."""
     return Activations(model=model, cache_dir=shared_cache).layer(saplma.statements, -9), saplma.labels
 
 

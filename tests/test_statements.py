@@ -23,17 +23,19 @@ def write(tmp_path, name, text, mode="w"):
 
 
 def test_saplma_folder_loads_six_topics_with_counts(saplma):
-    assert len(saplma) == 6084
+    assert len(saplma) == 6054  # 6,084 rows less the 30 of statements labelled both true and false
     summary = saplma.summary().set_index("topic")
-    assert summary.loc["capitals", "rows"] == 1458
+    assert summary.loc["capitals", "rows"] == 1458 - 28
     assert summary.loc["inventions", "true"] == 464
     assert sorted(saplma.topics) == ["animals", "capitals", "companies", "elements", "facts", "inventions"]
     assert set(saplma.frame["label"]) == {0, 1}
 
 
 def test_duplicates_reported_and_dropped_only_on_request(saplma):
-    assert saplma.duplicates.count >= 32  # 18 in capitals and 14 in facts, per the data's README
-    assert len(saplma) == 6084
+    # 34 repeats in the files (18 in capitals and 14 in facts, per the data's README, and 2 more);
+    # the 15 of statements labelled both true and false are dropped with all their rows.
+    assert saplma.duplicates.count == 34 - 15
+    assert len(saplma) == 6054
     deduplicated = saplma.drop_duplicates()
     assert len(deduplicated) == len(set(saplma.statements))
 
