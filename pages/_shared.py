@@ -19,7 +19,7 @@ from probing.builtin import load_builtin
 from probing.constants import POLARITY_CHOICES
 from probing.jobs import Job, ModelBusy, ModelHolder, same_model, start_job
 from probing.models import ModelSpec
-from probing.results import ResultsError, StudyResult
+from probing.results import ResultsError, StudyResult, config_file, error_text
 from probing.settings import (
     MODEL_CHOICES, RESULTS_ROOT, app_arguments, data_roots, default_cache_dir, default_model_name, default_per_topic,
     fits_in_memory, model_choices, path_under_roots, results_folders, results_location, statement_sets_under,
@@ -52,8 +52,8 @@ def _builtin(per_topic: int | None, polarity: str) -> StatementSet:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _from_path(path: str) -> StatementSet:
-    return load_dataset(path)
+def _from_path(path: str, drop_conflicts: bool) -> StatementSet:
+    return load_dataset(path, drop_conflicts=drop_conflicts)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -64,14 +64,15 @@ def _study(folder: str, written: float) -> StudyResult:
 
 def load_study(folder: str | Path) -> StudyResult:
     """A results folder, read once per version of its config.json."""
-    folder = Path(folder).resolve()
-    return _study(str(folder), (folder / "config.json").stat().st_mtime)
+    path = config_file(Path(folder).resolve())  # a clear error where it is no results folder
+    return _study(str(path.parent), path.stat().st_mtime)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _from_upload(name: str, content: bytes) -> StatementSet:
+def _from_upload(name: str, content: bytes, drop_conflicts: bool) -> StatementSet:
     """Parsed in memory: an upload is never written to disk, so nothing is left behind."""
-    return load_csv_bytes(Path(name).name, content, source=f"upload:{Path(name).name}")
+    return load_csv_bytes(Path(name).name, content, source=f"upload:{Path(name).name}",
+                          drop_conflicts=drop_conflicts)
 
 
 @dataclass
@@ -207,7 +208,7 @@ def _load_dataset_from_sidebar(busy: bool) -> StatementSet | None:
             if upload is None:
                 st.sidebar.info("Upload a CSV with columns statement,label[,topic].")
                 return st.session_state.get("last_dataset")
-            dataset = _from_upload(upload.name, upload.getvalue())
+            dataset = _from_upload(upload.name, upload.getvalue(), _drop_conflicts_choice(busy))
         if source != "Built-in" and len(dataset.polarities) > 1:
             dataset = dataset.with_polarity(_polarity_choice(busy))
     except DatasetError as error:
@@ -217,6 +218,8 @@ def _load_dataset_from_sidebar(busy: bool) -> StatementSet | None:
             st.sidebar.caption(f"Still using the previous set ({previous.name}, {len(previous):,} statements).")
         return previous
     st.session_state["last_dataset"] = dataset
+    if dataset.dropped_conflicts:
+        st.sidebar.warning(f"Dropped: {dataset.dropped_conflicts.describe(shown=2)}.")
     polarity = " and ".join(dataset.polarities)
     st.sidebar.caption(f"{dataset.name}: {len(dataset):,} {polarity} statements, {len(dataset.topics)} topics")
     return dataset
@@ -226,6 +229,13 @@ def _polarity_choice(busy: bool) -> str:
     return st.sidebar.radio("Polarity", POLARITY_CHOICES, horizontal=True, key="polarity", disabled=busy,
                             help="Affirmative: 'Paris is in Japan.'; negated: 'Paris is not in Japan.' "
                                  "(true). Probes that read affirmation rather than truth flip on negated ones.")
+
+
+def _drop_conflicts_choice(busy: bool) -> bool:
+    return st.sidebar.checkbox("Drop conflicting statements", key="drop_conflicts", disabled=busy,
+                               help="Remove every row of a statement that the set labels both true and false. "
+                                    "Without it such a set is refused: it could train on a statement as true "
+                                    "and test on it as false (the command line's --drop-conflicts).")
 
 
 def _dataset_from_folder(busy: bool) -> StatementSet | None:
@@ -243,7 +253,7 @@ def _dataset_from_folder(busy: bool) -> StatementSet | None:
                            + ". Start the app with `-- --data-root DIR` (or PROBING_DATA_ROOTS) to add one.")
         if not path:
             return None
-    return _from_path(str(path_under_roots(path, roots)))
+    return _from_path(str(path_under_roots(path, roots)), _drop_conflicts_choice(busy))
 
 
 def _study_from_sidebar(root: Path, busy: bool) -> StudyResult | None:
@@ -260,25 +270,25 @@ def _study_from_sidebar(root: Path, busy: bool) -> StudyResult | None:
                                        "With one open, the grid, directions and statement pages show it.")
     if choice == NO_RESULTS:
         return None
-    folder = choice
+    folder, roots = choice, results_roots(root)
     if choice == OTHER_PATH:
-        roots = results_roots(root)
         folder = st.sidebar.text_input("Results folder path", key="results_path", disabled=busy).strip()
         st.sidebar.caption("Readable folders: " + ", ".join(f"`{r}`" for r in roots)
                            + ". Start the app with `-- --results DIR` to open a folder elsewhere.")
         if not folder:
             return None
     try:
-        if choice == OTHER_PATH:
-            folder = str(path_under_roots(folder, roots, what="results folders"))
+        folder = str(path_under_roots(folder, roots, what="results folders"))  # links inside it checked too
         study = load_study(folder)
     except (OSError, ResultsError, ValueError) as error:
-        st.sidebar.error(f"Cannot open {folder}: {error}")
+        st.sidebar.error(f"Cannot open {folder}: {error_text(error)}")
         return None
     model, dataset = study.meta.get("model", {}), study.meta.get("dataset", {})
     st.sidebar.caption(f"{model.get('name', '?')} · {dataset.get('name', '?')} "
                        f"({dataset.get('statements', '?')} statements) · {study.config.position} token · "
                        f"{study.meta.get('created', '')}")
+    for note in study.notes:
+        st.sidebar.warning(f"Note: {note}.")
     return study
 
 

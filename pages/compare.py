@@ -9,7 +9,7 @@ from pages._shared import FOLDERS, context, job_panel, job_running, load_study, 
 from probing import charts
 from probing.compare import compare_studies
 from probing.experiments import accuracy_long
-from probing.results import ResultsError, StudyResult
+from probing.results import ResultsError, StudyResult, error_text
 from probing.scoring import score_statements, study_activations
 from probing.config import StudyConfig
 from probing.constants import PROBE_KINDS
@@ -21,9 +21,10 @@ MODELS = "two models on these statements"
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _scorer(folder: str, written: float):
-    """The activations (model loaded on first use) a study's probes read, kept per folder version."""
-    return study_activations(load_study(folder))
+def _scorer(folder: str, written: float, cache: str):
+    """The activations (model loaded on first use, kept in the dashboard's ``cache``) a study's probes read,
+    kept per folder version."""
+    return study_activations(load_study(folder), cache)
 
 
 def score_with(study: StudyResult, text: str):
@@ -35,7 +36,8 @@ def score_with(study: StudyResult, text: str):
     if not study.probes:
         st.info(f"{study.folder.name} has no probes trained on all statements to score with.")
         return None
-    activations, notes = _scorer(str(study.folder), (study.folder / "config.json").stat().st_mtime)
+    activations, notes = _scorer(str(study.folder), (study.folder / "config.json").stat().st_mtime,
+                                 str(ctx.cache_dir))
     for note in notes:
         st.caption(f"Note: {note}.")
     return score_statements(activations, study.probes, [text])
@@ -98,7 +100,7 @@ else:
         a, b = (load_study(folder) for folder in (first, second))
         comparison = compare_studies(a, b, allow_mismatch=anyway)
     except (OSError, ResultsError, ValueError) as error:
-        st.error(f"Cannot compare: {error}")
+        st.error(f"Cannot compare: {error_text(error)}")
         comparison = None
     if comparison is not None:
         for warning in comparison.warnings:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from probing.config import StudyConfig, check_device_name
+from probing.constants import NIE_MIN_Z
 
 if TYPE_CHECKING:
     from probing.probes import Probe
@@ -44,12 +46,27 @@ TEXT_COLUMNS = ("model", "probe", "split", "heldout", "split_a", "split_b", "ana
 GRID_KEYS = ("layers", "probes", "seeds", "split", "epochs", "lr", "batch_size", "weight_decay", "linear_solver",
              "C", "controls")
 """The options config.json has recorded under "grid" since the first version (with "device")."""
-RECORD_KEYS = ("position", "cache", "grid", "seeds", "study")
-"""config.json entries written from the config; the rest of the file is the study's ``meta``."""
+RECORD_KEYS = ("position", "cache", "grid", "seeds", "study", "files")
+"""config.json entries written from the config and the save; the rest of the file is the study's ``meta``."""
+OUTPUT_FILES = frozenset({*TABLE_FILES.values(), *(f"{stem}.csv" for stem in ACCURACY_TABLES), *MARKDOWN_FILES})
+"""Every file a results folder may hold besides config.json and the probes."""
+PROBE_FILE = re.compile(rf"{PROBES_DIR}/[a-z_]+_layer-?\d+\.pt")
+PROBE_READS = ("layer", "kind", "position", "fingerprint", "dtype")
+"""What a probe file records about the activations its probe was trained on (under "reads")."""
 
 
 class ResultsError(ValueError):
     """A results folder that cannot be used, with what to do about it."""
+
+
+def error_text(error: Exception) -> str:
+    """An error's message for the command line and the dashboard; an operating-system error ("[Errno 13]
+    Permission denied: 'x'") as the path and what went wrong, with what to check."""
+    if not isinstance(error, OSError) or error.errno is None:
+        return str(error)
+    where = " and ".join(str(name) for name in (error.filename, error.filename2) if name is not None) or "a file"
+    return (f"{where}: {(error.strerror or 'failed').lower()} (check that the path exists, is the kind of file or "
+            "folder the option takes, and that you may read and write it)")
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -110,8 +127,8 @@ def read_table(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={column: str for column in TEXT_COLUMNS})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
-        raise ResultsError(f"{path} is damaged or not a table written by this tool ({error}). "
-                           f"Rerun `python -m probing reproduce --out {path.parent}` to rewrite it.") from None
+        raise ResultsError(f"{path} is damaged or not a table written by this tool ({error}). Rerun "
+                           f"`python -m probing reproduce --out {path.parent} --overwrite` to rewrite it.") from None
     for column in TEXT_COLUMNS:
         if column in frame:
             frame[column] = frame[column].fillna("")
@@ -122,60 +139,162 @@ def probe_path(out: Path, layer: int, kind: str) -> Path:
     return out / PROBES_DIR / f"{kind}_layer{layer}.pt"
 
 
-def save_probes(probes: dict[tuple[int, str], Probe], out: Path) -> None:
-    """Write each probe as ``probes/<kind>_layer<L>.pt`` and remove probe files of other (layer, kind)s."""
+def save_probes(probes: dict[tuple[int, str], Probe], out: Path, reads: dict[str, Any]) -> set[str]:
+    """Write each probe as ``probes/<kind>_layer<L>.pt`` with what it read (``reads``: token position,
+    model fingerprint and dtype; its layer and kind are added) under "reads"; the files' folder-relative names."""
     import torch
 
-    folder = out / PROBES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    (out / PROBES_DIR).mkdir(parents=True, exist_ok=True)
     for (layer, kind), probe in probes.items():
-        torch.save(probe.to_state(), probe_path(out, layer, kind))
-    keep = {probe_path(out, layer, kind) for layer, kind in probes}
-    for stale in set(folder.glob("*_layer*.pt")) - keep:
-        stale.unlink()
+        torch.save({**probe.to_state(), "reads": {**reads, "layer": layer, "kind": kind}},
+                   probe_path(out, layer, kind))
+    return {probe_path(out, layer, kind).relative_to(out).as_posix() for layer, kind in probes}
+
+
+def is_output_name(name: str) -> bool:
+    """Whether ``name`` (relative to a results folder, with /) is a file a results folder may hold."""
+    return name in OUTPUT_FILES or name == CONFIG_FILE or PROBE_FILE.fullmatch(name) is not None
+
+
+def written_here(folder: Path) -> set[str]:
+    """The files of ``folder`` that this tool wrote, by its config.json (:func:`recorded_files`); nothing
+    without a readable one."""
+    try:
+        return recorded_files(json.loads((folder / CONFIG_FILE).read_text()), folder)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return set()
+
+
+def recorded_files(record: Any, folder: Path) -> set[str]:
+    """The files of ``folder`` its config.json ``record`` says this tool wrote: its "files" (only names a results
+    folder holds, so a copied record cannot name others) or, in a folder written before the record listed them,
+    every file of those names it holds. Nothing for a record of no study."""
+    if not isinstance(record, dict):
+        return set()
+    if isinstance(record.get("files"), list):
+        return {name for name in record["files"] if isinstance(name, str) and is_output_name(name)}
+    if "study" in record or "grid" in record:  # written before "files": its files of these names are its own
+        return set(output_files(folder))
+    return set()
+
+
+def output_files(folder: Path) -> list[str]:
+    """The files in ``folder`` whose names a results folder's files have (config.json aside)."""
+    names = [path.name for path in folder.iterdir() if path.is_file()] if folder.is_dir() else []
+    probes = folder / PROBES_DIR
+    if probes.is_dir():
+        names += [f"{PROBES_DIR}/{path.name}" for path in probes.iterdir() if path.is_file()]
+    return sorted(name for name in names if is_output_name(name) and name != CONFIG_FILE)
+
+
+def check_results_out(out: str | Path, dataset: str | None, *, overwrite: bool = False) -> Path:
+    """``out`` (``~`` expanded) if results may be written there without losing a file: refuses a file, a
+    folder holding the input statements, another study's folder, and files of the results' names that this
+    tool did not write there (all but the first with ``overwrite``); an input file results would write over,
+    always. Checked before anything is extracted or trained."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, but results go into a folder: pass a folder (it is created if "
+                         "missing)")
+    if not out.is_dir():
+        above = next(folder for folder in out.absolute().parents if folder.exists())
+        if not above.is_dir():
+            raise ValueError(f"--out {out} cannot be made: {above} is a file. Pass a folder outside it")
+        return out
+    again = "pass a new folder, or add --overwrite to write there anyway (files this tool did not write are kept)"
+    source = Path(dataset).expanduser() if dataset and dataset != "builtin" else None  # else none on disk
+    if source is not None and source.exists() and (source if source.is_dir() else source.parent).resolve() == \
+            out.resolve():
+        if source.is_file() and source.name in OUTPUT_FILES:
+            raise ValueError(f"--out {out} holds the input statements {source.name}, which the results would write "
+                             "over: pass another folder for --out")
+        if not overwrite:
+            raise ValueError(f"--out {out} is the folder of the input statements ({source}): {again}")
+    if overwrite:
+        return out
+    if (out / CONFIG_FILE).is_file():
+        raise ValueError(f"--out {out} holds another study (its {CONFIG_FILE}): {again}, replacing its results")
+    foreign = sorted(set(output_files(out)) - written_here(out))
+    if foreign:
+        raise ValueError(f"--out {out} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which "
+                         f"this tool did not write and the results would replace: {again}")
+    return out
+
+
+def config_file(folder: str | Path) -> Path:
+    """``folder``'s config.json, or an error saying what ``folder`` is instead of a results folder."""
+    folder = Path(folder).expanduser()
+    written = "pass a folder written by `python -m probing reproduce --out DIR` or the dashboard"
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder} is not a results folder: there is no such folder; {written}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is a file, not a results folder: {written}")
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        data = sorted(file.name for file in folder.glob("*.csv"))
+        if data:
+            raise FileNotFoundError(
+                f"{folder} is not a results folder (no {CONFIG_FILE}) but holds CSV files such as {data[0]}: "
+                f"statements are passed with --dataset; for --results {written}")
+        raise FileNotFoundError(f"{folder} is not a results folder (no {CONFIG_FILE}): {written}, or run "
+                                "`python -m probing reproduce` first")
+    return path
 
 
 def read_config(folder: str | Path) -> dict:
     """A results folder's ``config.json``, with the entries ``score`` needs (no torch needed)."""
-    folder = Path(folder)
-    config_file = folder / CONFIG_FILE
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{folder} is not a results folder (no {CONFIG_FILE}). Run "
-            f"`python -m probing reproduce --out {folder}` first, or pass --results."
-        )
-    rerun = f"Rerun `python -m probing reproduce --out {folder}` to rewrite it."
+    path = config_file(folder)
+    rerun = f"Rerun `python -m probing reproduce --out {path.parent} --overwrite` to rewrite it."
     try:
-        config = json.loads(config_file.read_text())
+        config = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ResultsError(f"{config_file} is not valid JSON ({error}). {rerun}") from None
-    for path in CONFIG_KEYS:
+        raise ResultsError(f"{path} is not valid JSON ({error}). {rerun}") from None
+    for keys in CONFIG_KEYS:
         entry = config
-        for depth, key in enumerate(path):
+        for depth, key in enumerate(keys):
             if not isinstance(entry, dict) or key not in entry:
                 raise ResultsError(
-                    f"{config_file} has no {'.'.join(path[: depth + 1])!r} entry: the folder may have been "
+                    f"{path} has no {'.'.join(keys[: depth + 1])!r} entry: the folder may have been "
                     f"written by another version of this tool, or edited. {rerun}"
                 )
             entry = entry[key]
     return config
 
 
-def _load_probe(path: Path, folder: Path) -> tuple[tuple[int, str], Probe]:
+def _load_probe(path: Path, folder: Path, record: dict[str, Any]) -> tuple[tuple[int, str], Probe, bool]:
+    """The probe of ``path``, its (layer, kind), and whether its file records what it read (older files do
+    not); refused where that, or its kind, disagrees with the file's name or ``record`` (from config.json)."""
     import torch
 
     from probing.probes import Probe
 
+    retrain = (f"Delete it to score with the other probes, or rerun `python -m probing reproduce --out {folder} "
+               "--overwrite` to retrain it.")
     try:
-        kind, layer = path.stem.rsplit("_layer", 1)
-        return (int(layer), kind), Probe.from_state(torch.load(path, weights_only=True))
+        kind, number = path.stem.rsplit("_layer", 1)
+        layer = int(number)
+        state = torch.load(path, weights_only=True)
+        probe = Probe.from_state(state)
+    except torch.serialization.pickle.UnpicklingError:  # torch's advice to load it unsafely is not relayed
+        raise ResultsError(f"{path} is not a probe file this tool wrote (it holds Python objects or other data, "
+                           f"which are never loaded). {retrain}") from None
     except Exception as error:  # noqa: BLE001 - any damage becomes one message naming the file
         detail = str(error).strip().splitlines()
         reason = f"{type(error).__name__}: {detail[0][:200]}" if detail else type(error).__name__
-        raise ResultsError(
-            f"{path} is damaged or not a probe saved by `reproduce` ({reason}). Delete it to score with "
-            f"the other probes, or rerun `python -m probing reproduce --out {folder}` to retrain it."
-        ) from error
+        raise ResultsError(f"{path} is damaged or not a probe saved by `reproduce` ({reason}). {retrain}") from error
+    reads = state.get("reads")
+    expected = {**record, "layer": layer, "kind": kind}
+    if probe.kind != kind:
+        raise ResultsError(f"{path} holds a {probe.kind} probe, not the {kind} probe its name says. {retrain}")
+    if not isinstance(reads, dict):
+        return (layer, kind), probe, False
+    for key in PROBE_READS:
+        if expected.get(key) is not None and reads.get(key) != expected[key]:
+            raise ResultsError(
+                f"{path} was trained on activations of {key} {reads.get(key)!r}, but its name or "
+                f"{folder / CONFIG_FILE} says {expected[key]!r}: the probe is from another study, or the record "
+                f"was edited. {retrain}")
+    return (layer, kind), probe, True
 
 
 def _config_from_record(record: dict, folder: Path) -> StudyConfig:
@@ -217,14 +336,42 @@ def _device_here(device: str) -> bool:
     return True
 
 
+STEERING_COLUMNS = ["direction", "alpha", "shift_true", "shift_false", "flipped", "non_finite", "nie"]
+"""The dose-response columns the command line, steering.md and the Steer page show."""
+
+
+def steering_shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The shown columns of a dose-response table, an undefined NIE as "undefined" (a table of an
+    earlier version, without ``non_finite``, shows what it has)."""
+    shown = table[[column for column in STEERING_COLUMNS if column in table]].copy()
+    shown["nie"] = [f"{value:.3f}" if np.isfinite(value) else "undefined" for value in shown["nie"]]
+    return shown
+
+
+def steering_notes(table: pd.DataFrame) -> list[str]:
+    """Why NIE is undefined, and how many answers were not finite and left out, where either applies."""
+    notes = []
+    if "baseline_gap" in table:  # the same for every row: one un-steered measurement
+        gap, se = table["baseline_gap"].iloc[0], table["baseline_gap_se"].iloc[0]
+        if not gap > NIE_MIN_Z * se:
+            notes.append(f"NIE is undefined: without steering, the model's mean P(True) - P(False) of true "
+                         f"statements minus that of false ones is {gap:+.4f} (standard error {se:.4f}), not above "
+                         f"{NIE_MIN_Z:g} standard errors, so dividing a shift by it would measure noise.")
+    if "non_finite" in table and (count := int(table["non_finite"].sum())):
+        notes.append(f"{count} steered answer(s) were not finite numbers (the alpha overflowed the residual "
+                     "stream): they are left out of every statistic and counted in non_finite.")
+    return notes
+
+
 def steering_markdown(table: pd.DataFrame) -> str:
-    """The dose-response table per direction: shifts, flips and NIE by alpha."""
-    columns = ["direction", "alpha", "shift_true", "shift_false", "flipped", "nie"]
+    """The dose-response table per direction: shifts, flips, non-finite answers and NIE by alpha."""
     parts = [f"# Steering: layers {table['layers'].iloc[0]}, direction from layer {table['layer'].iloc[0]}, "
              f"{table['position'].iloc[0]} tokens, {table['statements'].iloc[0]} held-out statements\n",
              "alpha = 1 moves a statement by the distance between the false and true class means along the "
              "direction. shift: mean change of P(True) - P(False); flipped: share of answers whose sign "
-             "changes; nie: normalised indirect effect (Geometry of Truth).\n", markdown_table(table[columns])]
+             "changes; non_finite: answers that were not finite numbers, left out of the other columns; nie: "
+             "normalised indirect effect (Geometry of Truth).\n", *(f"{note}\n" for note in steering_notes(table)),
+             markdown_table(steering_shown(table))]
     return "\n".join(parts)
 
 
@@ -255,6 +402,8 @@ class StudyResult:
     probes: dict[tuple[int, str], Probe] = field(default_factory=dict, repr=False)
     folder: Path | None = None
     """Where it was saved to or loaded from."""
+    notes: list[str] = field(default_factory=list, repr=False)
+    """What loading it found to say (older probe files), one line each."""
 
     def __post_init__(self) -> None:
         # CSV reads numbers back as float64: hold them so from the start, so a loaded copy is equal.
@@ -333,10 +482,12 @@ class StudyResult:
                 "seeds": list(range(config.seeds)), "study": config.to_dict()}
 
     def save(self, folder: str | Path) -> Path:
-        """Write the results folder; files of this format that this result lacks (a previous run's
-        random-split table, probes of other layers) are removed, so the folder is this result alone."""
-        folder = Path(folder)
+        """Write the results folder, listing its files in config.json ("files"). Files an earlier save wrote
+        there (:func:`written_here`) that this result lacks (a previous run's random-split table, probes of
+        other layers) are removed, so the folder is this result alone; no other file is ever removed."""
+        folder = Path(folder).expanduser()
         folder.mkdir(parents=True, exist_ok=True)
+        earlier = written_here(folder)
         written: set[str] = set()
 
         def write(frame: pd.DataFrame, file: str, markdown: bool = False) -> None:
@@ -361,11 +512,14 @@ class StudyResult:
             write_markdown(generalization_markdown(self.generalization, self.ccs), "generalization")
         if not self.steering.empty:
             write_markdown(steering_markdown(self.steering), "steering")
-        known = {*TABLE_FILES.values(), *(f"{stem}.csv" for stem in ACCURACY_TABLES), *MARKDOWN_FILES}
-        for stale in known - written:
+        model = self.meta.get("model", {})
+        written |= save_probes(self.probes, folder, {"position": self.config.position,
+                                                     "fingerprint": model.get("fingerprint"),
+                                                     "dtype": model.get("dtype")})
+        for stale in earlier - written - {CONFIG_FILE}:
             (folder / stale).unlink(missing_ok=True)
-        save_probes(self.probes, folder)
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config_record(), indent=2, default=str) + "\n")
+        record = {**self.config_record(), "files": sorted(written)}
+        (folder / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         self.folder = folder
         return folder
 
@@ -373,17 +527,29 @@ class StudyResult:
     def load(cls, folder: str | Path) -> StudyResult:
         """Read a results folder, including those written before the "study" entry and the
         ``split`` column existed (their rows get the config's split)."""
-        folder = Path(folder)
+        folder = Path(folder).expanduser()
         record = read_config(folder)
         config = _config_from_record(record, folder)
+        owned = recorded_files(record, folder)
         tables = {}
         for name, file in TABLE_FILES.items():
             path = folder / file
-            frame = read_table(path) if path.is_file() else pd.DataFrame()
+            frame = read_table(path) if file in owned and path.is_file() else pd.DataFrame()
             if name in ("results", "dynamics") and not frame.empty and "split" not in frame:
                 frame.insert(list(frame.columns).index("probe") + 1, "split", config.split)
             tables[name] = frame
-        probes = dict(_load_probe(path, folder) for path in sorted((folder / PROBES_DIR).glob("*_layer*.pt")))
         meta = {key: value for key, value in record.items() if key not in RECORD_KEYS}
-        return cls(config, meta, probes=probes, folder=folder, **tables)
+        model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+        reads = {"position": config.position, "fingerprint": model.get("fingerprint"), "dtype": model.get("dtype")}
+        loaded = [_load_probe(folder / name, folder, reads) for name in sorted(owned)
+                  if PROBE_FILE.fullmatch(name) and (folder / name).is_file()]
+        notes = []
+        if not all(recorded for *_, recorded in loaded):
+            notes.append(f"the probes in {folder / PROBES_DIR} were saved before probe files recorded the token "
+                         f"position and model they read: they are taken to read what {CONFIG_FILE} says")
+        if ignored := sorted(set(output_files(folder)) - owned):
+            notes.append(f"{', '.join(ignored[:3])}{' ...' if len(ignored) > 3 else ''} in {folder} were not written "
+                         f"by this tool (its {CONFIG_FILE} does not list them), so they are not read")
+        return cls(config, meta, probes={key: probe for key, probe, _ in loaded}, folder=folder, notes=notes,
+                   **tables)
 

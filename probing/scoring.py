@@ -10,7 +10,6 @@ import pandas as pd
 import torch
 
 from probing.activations import Activations
-from probing.config import StudyConfig
 from probing.models import LoadedModel, ModelSpec
 from probing.probes import Probe
 from probing.results import StudyResult
@@ -60,17 +59,18 @@ def model_notes(study: StudyResult, fingerprint: str) -> list[str]:
     return notes
 
 
-def study_activations(study: StudyResult) -> tuple[Activations, list[str]]:
-    """Activations of the study's model (:func:`study_model`) and token position on this machine, to
-    score new statements, with :func:`model_notes`. The recorded cache folder is used if it exists here."""
+def study_activations(study: StudyResult, cache: str | Path) -> tuple[Activations, list[str]]:
+    """Activations of the study's model (:func:`study_model`) and token position on this machine, kept in
+    ``cache`` (the user's, never the one a results folder records: a folder is a record, not an instruction),
+    to score new statements, with :func:`model_notes` and a note when the folder recorded another cache."""
     config = study.config
     spec, _ = study_model(study)
-    cache, cache_notes = config.cache, []
-    if not Path(cache).is_dir() and cache != StudyConfig().cache:
-        cache = StudyConfig().cache
-        cache_notes.append(f"the study's activation cache {config.cache} is not on this machine: using {cache}")
     activations = Activations(spec, position=config.position, cache_dir=cache, max_tokens=config.max_tokens)
-    return activations, model_notes(study, activations.fingerprint) + cache_notes
+    notes = model_notes(study, activations.fingerprint)
+    if Path(config.cache).expanduser() != Path(cache).expanduser():
+        notes.append(f"the results folder recorded the activation cache {config.cache}; a results folder's paths "
+                     f"are not used, so activations are read from and written to {cache}")
+    return activations, notes
 
 
 def score_statements(
@@ -86,6 +86,10 @@ def score_statements(
         for (probe_layer, kind), probe in probes.items():
             if probe_layer != layer:
                 continue
+            if len(probe.mean_) != features.shape[1]:
+                raise ValueError(f"the {kind} probe of layer {layer} ({kind}_layer{layer}.pt) reads {len(probe.mean_)} "
+                                 f"numbers per statement, but {activations.spec.name} gives {features.shape[1]}: it "
+                                 "was trained on another model; score with that model's results folder")
             for text, p in zip(texts, probe.predict_proba(features)[:, 1]):
                 rows.append({"statement": text, "layer": layer, "probe": kind, "p_true": float(p)})
     return pd.DataFrame(rows)

@@ -23,7 +23,7 @@ from probing.directions import DIRECTION_KINDS, compare_directions
 from probing.experiments import CellResult, EpochRecord, GridResult, check_splits, make_splits, run_grid
 from probing.generalization import Generalization, run_generalization
 from probing.probes import HIDDEN_SIZES, Probe, Task, fit_many, training_dtype
-from probing.results import StudyResult, command_line, package_versions
+from probing.results import StudyResult, check_results_out, command_line, package_versions
 from probing.statements import StatementSet
 
 
@@ -51,11 +51,13 @@ def train_final_probes(dataset: StatementSet, load_layer: Callable[[int], np.nda
 
 def as_run(config: StudyConfig, dataset: StatementSet, activations: Activations) -> StudyConfig:
     """``config`` with the model, token position, cache and dataset that ``activations`` and
-    ``dataset`` actually are, so the folder records what ran."""
+    ``dataset`` actually are (conflicts dropped, also when the dashboard dropped them), so the folder
+    records what ran."""
     spec = activations.spec
     return replace(config, model=spec.name, dtype=spec.dtype, device=spec.device, position=activations.position,
                    cache=str(activations.cache_dir), max_tokens=activations.max_tokens,
-                   dataset=dataset.source or dataset.name)
+                   dataset=dataset.source or dataset.name,
+                   drop_conflicts=config.drop_conflicts or bool(dataset.dropped_conflicts))
 
 
 def study_meta(dataset: StatementSet, activations: Activations, *, extracted: int = 0, seconds: float = 0.0,
@@ -70,7 +72,8 @@ def study_meta(dataset: StatementSet, activations: Activations, *, extracted: in
                   "device": spec.resolved_device, "hidden_states": activations.n_hidden_states},
         "dataset": {"source": dataset.source, "name": dataset.name, "sha256": dataset.fingerprint(),
                     "statements": len(dataset), "topics": dataset.summary().to_dict("records"),
-                    "duplicate_rows": dataset.duplicates.count},
+                    "duplicate_rows": dataset.duplicates.count,
+                    "conflicting_rows_dropped": dataset.dropped_conflicts.rows},
         "statements_extracted_this_run": extracted,
         "seconds": round(seconds, 1),
         "packages": package_versions(),
@@ -222,11 +225,14 @@ def reproduce(
     on_extract: Progress | None = None,
     on_train: Progress | None = None,
     on_analysis: Progress | None = None,
+    overwrite: bool = False,
 ) -> StudyResult:
-    """:func:`run_study`, saved to ``out``. The folder is made after the checks and before the
-    extraction, so a folder that cannot be made fails first."""
+    """:func:`run_study`, saved to ``out``. The folder is checked (:func:`~probing.results.check_results_out`:
+    ``overwrite`` lets it hold another study or the input statements) and made before the extraction, so a
+    folder that would lose files, or cannot be made, fails first."""
     check_study(dataset, activations, config)
-    Path(out).mkdir(parents=True, exist_ok=True)
+    out = check_results_out(out, dataset.source, overwrite=overwrite)
+    out.mkdir(parents=True, exist_ok=True)
     result = run_study(dataset, activations, config, on_extract=on_extract, on_train=on_train,
                        on_analysis=on_analysis)
     result.save(out)

@@ -286,8 +286,8 @@ def test_grid_page(app_cache, dataset, engine):
     # the dashboard's grid is a results folder like reproduce's: it loads back exactly, and score reads it
     assert_same_study(StudyResult.load(study.folder), study)
     scored = subprocess.run([sys.executable, "-m", "probing", "score", "Paris is in France.", "--results",
-                             str(study.folder)], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                             str(study.folder), "--cache", study.config.cache], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert scored.returncode == 0, scored.stderr
     assert "P(true) for 'Paris is in France.'" in scored.stdout and "| -5 |" in scored.stdout
 
@@ -655,6 +655,12 @@ def test_folder_picker_reads_only_the_allowed_folders(app_cache, saplma):
     assert saplma.source in found  # ../shared/datasets is allowed: its sets are offered
     at.selectbox(key="dataset_found").set_value(saplma.source).run()
     no_errors(at)
+    # Its statements labelled both true and false are refused until the sidebar is told to drop them.
+    errors = " ".join(e.value for e in at.sidebar.error)
+    assert "15 statement(s) labelled both true and false, on 30 rows" in errors and "Drop conflicting" in errors
+    at.checkbox(key="drop_conflicts").check().run()
+    no_errors(at)
+    assert not at.sidebar.error and any("Dropped: 15 statement(s)" in w.value for w in at.sidebar.warning)
     assert at.session_state["ctx"].dataset.fingerprint() == saplma.fingerprint()
 
     at.selectbox(key="dataset_found").set_value("Other path…").run()
@@ -665,6 +671,34 @@ def test_folder_picker_reads_only_the_allowed_folders(app_cache, saplma):
         assert "is outside the folders this dashboard reads" in errors and "--data-root" in errors
         assert "root:" not in errors  # nothing of the file is shown
     assert at.session_state["ctx"].dataset.fingerprint() == saplma.fingerprint()  # the previous set stays
+
+
+def test_a_link_inside_an_allowed_folder_to_a_file_outside_is_refused_not_shown(app_cache, saplma, tmp_path,
+                                                                                 monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(Path(saplma.source) / "animals_true_false.csv", data)
+    (data / "secrets_true_false.csv").symlink_to("/etc/passwd")
+    results = tmp_path / "study"
+    results.mkdir()
+    (results / "config.json").symlink_to("/etc/passwd")
+    monkeypatch.setenv("PROBING_DATA_ROOTS", str(tmp_path))
+    at = new_app().run()
+    before = at.session_state["ctx"].dataset.fingerprint()
+    at.radio(key="dataset_source").set_value("Folder").run()
+    at.selectbox(key="dataset_found").set_value(str(data)).run()
+    no_errors(at)
+    errors = " ".join(e.value for e in at.sidebar.error)
+    assert f"{data / 'secrets_true_false.csv'} inside {data} is a link to /etc/passwd" in errors, errors
+    shown = " ".join(element.value for element in at.sidebar if isinstance(getattr(element, "value", None), str))
+    assert "root:" not in shown and "root:" not in errors  # nothing of the file reaches the browser
+    assert at.session_state["ctx"].dataset.fingerprint() == before
+
+    at.selectbox(key="results_choice").set_value("Other path…").run()
+    at.text_input(key="results_path").input(str(results)).run()
+    no_errors(at)
+    errors = " ".join(e.value for e in at.sidebar.error)
+    assert "is a link to /etc/passwd" in errors and "root:" not in errors, errors
 
 
 def test_the_polarity_filter_picks_the_statements(app_cache, dataset, tmp_path, monkeypatch):

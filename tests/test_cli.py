@@ -88,9 +88,9 @@ def test_extract_then_score_and_data(workspace, capsys, small_saplma, monkeypatc
     out = max(made, key=lambda path: (path / "config.json").stat().st_mtime)
     assert f"results go to {out.relative_to(tmp)}/" in captured.err
     assert pd.read_csv(out / "accuracy_random.csv")["probe"].tolist() == ["linear"]
-    assert main(["score", "Paris is the capital of France."]) == 0
+    assert main(["score", "Paris is the capital of France.", "--cache", str(cache)]) == 0
     assert f"note: probes of {out.relative_to(tmp)} (the newest results folder)" in capsys.readouterr().err
-    assert main(["score", "Paris is the capital of France.", "--results", str(out)]) == 0
+    assert main(["score", "Paris is the capital of France.", "--results", str(out), "--cache", str(cache)]) == 0
     printed = capsys.readouterr().out
     assert "P(true) for 'Paris is the capital of France.'" in printed
     values = [float(line.split("|")[2]) for line in printed.splitlines() if line.startswith("| -")]
@@ -98,16 +98,17 @@ def test_extract_then_score_and_data(workspace, capsys, small_saplma, monkeypatc
 
     probe = out / "probes" / "linear_layer-9.pt"
     probe.write_bytes(probe.read_bytes()[: probe.stat().st_size // 2])  # a truncated copy, as after a full disk
-    assert main(["score", "Paris is the capital of France.", "--results", str(out)]) == 2
+    assert main(["score", "Paris is the capital of France.", "--results", str(out), "--cache", str(cache)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {probe} is damaged or not a probe saved by `reproduce`") and "Delete it" in err
     probe.unlink()
-    assert main(["score", "Paris is the capital of France.", "--results", str(out)]) == 0  # the other probe
+    # the other probe
+    assert main(["score", "Paris is the capital of France.", "--results", str(out), "--cache", str(cache)]) == 0
     assert "| -1 |" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     del config["model"]["dtype"]
     (out / "config.json").write_text(json.dumps(config))
-    assert main(["score", "Paris is the capital of France.", "--results", str(out)]) == 2
+    assert main(["score", "Paris is the capital of France.", "--results", str(out), "--cache", str(cache)]) == 2
     assert ("has no 'model.dtype' entry: the folder may have been written by another version of this tool"
             in capsys.readouterr().err)
 
@@ -138,7 +139,7 @@ def test_options_are_the_study_configs_fields():
 
     fields_of = {group: {name for name, spec in StudyConfig.__dataclass_fields__.items()
                          if spec.metadata["group"] == group} for group in OPTION_GROUPS}
-    assert set(parsed("reproduce")) - {"command", "out"} == set().union(*fields_of.values())
+    assert set(parsed("reproduce")) - {"command", "out", "overwrite"} == set().union(*fields_of.values())
     extract = fields_of["model"] | fields_of["dataset"] | fields_of["extraction"]
     assert set(parsed("extract")) - {"command", "shard", "node"} == extract
     assert set(parsed("data", "--out", "x.csv")) - {"command", "out"} == fields_of["dataset"]
@@ -312,7 +313,7 @@ def test_a_repaired_cache_is_one_warning_line(workspace, capsys, small_saplma):
     assert main(["extract", "--dataset", str(data), "--cache", str(cache)]) == 0
     capsys.readouterr()
     store = Activations("embedded", cache_dir=cache).store
-    store._cache.set((store.namespace, "chunks"), "not a list")  # damage the chunk list
+    store._cache.set((store.namespace, "chunks"), {"not": "a list"})  # damage the chunk list
     store.close()
     assert main(["extract", "--dataset", str(data), "--cache", str(cache)]) == 0
     captured = capsys.readouterr()

@@ -133,11 +133,12 @@ def test_a_folder_from_a_gpu_machine_scores_on_this_one(study, tmp_path, capsys)
     (folder / "config.json").write_text(json.dumps(record))
     loaded = StudyResult.load(folder)
     assert loaded.config.device is None and loaded.meta["model"]["device"] == "cuda:99"
-    _, notes = study_activations(loaded)
+    _, notes = study_activations(loaded, loaded.config.cache)
     assert len(notes) == 1 and notes[0].startswith(
         f"this study ran on cuda:99 ({record['model']['dtype']}), which this machine lacks: the model runs on "
         f"{default_device()} (")
-    assert main(["score", "Paris is the capital of France.", "--results", str(folder)]) == 0
+    assert main(["score", "Paris is the capital of France.", "--results", str(folder),
+                 "--cache", loaded.config.cache]) == 0
     captured = capsys.readouterr()
     assert captured.err.startswith("note: this study ran on cuda:99") and "| -5 |" in captured.out
 
@@ -153,7 +154,8 @@ def test_one_trained_probe_is_a_study_that_score_reads(small_saplma, activations
         cell.row["accuracy"]
     folder = single.save(tmp_path / "one")
     assert_same_study(StudyResult.load(folder), single)
-    assert main(["score", "Water boils at 100 degrees Celsius at sea level.", "--results", str(folder)]) == 0
+    assert main(["score", "Water boils at 100 degrees Celsius at sea level.", "--results", str(folder),
+                 "--cache", config.cache]) == 0
     assert "| -5 |" in capsys.readouterr().out
 
 
@@ -164,4 +166,8 @@ def test_no_pickle_in_the_package_or_the_pages():
     sources = [path for folder in ("probing", "pages") for path in sorted((ROOT / folder).rglob("*.py"))]
     found = [str(path.relative_to(ROOT)) for path in sources
              if imports.search(text := path.read_text()) or unsafe_load.search(text) or "pickle.load" in text]
-    assert found == []
+    # The one exception: `cache migrate` reads old caches with an unpickler that refuses every lookup.
+    assert found == ["probing/cache_migration.py"]
+    migration = (ROOT / found[0]).read_text()
+    assert "Unpickler.load" not in migration and migration.count(".load()") == 1
+    assert "def find_class(self, module, name):\n        raise pickle.UnpicklingError" in migration

@@ -44,18 +44,19 @@ def test_scoring_a_study_keeps_its_dtype_on_its_device_and_says_what_differs(tmp
     here = default_device()
     same = StudyResult(StudyConfig(cache=str(tmp_path), position="mean"),
                        {"model": {"device": here, "dtype": "float16"}}, pd.DataFrame())
-    activations, notes = study_activations(same)
+    activations, notes = study_activations(same, tmp_path)
     assert notes == [] and activations.spec.resolved_dtype == "float16" and activations.spec.resolved_device == here
     assert activations.position == "mean" and activations.cache_dir == tmp_path
 
     monkeypatch.chdir(tmp_path)  # the default cache, ./cache, lands here
     elsewhere = StudyResult(StudyConfig(cache="/nonexistent/scratch/cache"),
                             {"model": {"device": "mps:7", "dtype": "float16"}}, pd.DataFrame())
-    activations, notes = study_activations(elsewhere)
+    activations, notes = study_activations(elsewhere, "cache")
     assert activations.spec.resolved_device == here and activations.spec.dtype is None
     assert notes == [f"this study ran on mps:7 (float16), which this machine lacks: the model runs on {here} "
                      f"({activations.spec.resolved_dtype})",
-                     "the study's activation cache /nonexistent/scratch/cache is not on this machine: using cache"]
+                     "the results folder recorded the activation cache /nonexistent/scratch/cache; a results "
+                     "folder's paths are not used, so activations are read from and written to cache"]
 
 
 def test_a_model_with_other_weights_than_the_studys_gets_a_note(model):
