@@ -8,6 +8,7 @@ from probing import charts
 from probing.config import SteeringConfig
 from probing.constants import STEER_DIRECTIONS, STEER_POSITIONS
 from probing.generalization import centring_groups
+from probing.results import steering_notes, steering_shown
 from probing.settings import EXAMPLES, layer_options
 from probing.steering import continuation, fit_directions, true_false_margins
 from probing.workflows import steering_work
@@ -116,12 +117,13 @@ if require_ready(ctx):
         if study is not None and not study.steering.empty and not busy:
             table = study.steering
             show_chart(charts.dose_response_chart(table), key="steer_dose")
-            best = table[~table.direction.isin(["random", "shuffled"])]
-            slope = best.groupby("direction").apply(
-                lambda rows: np.polyfit(rows.alpha, (rows.margin_true + rows.margin_false) / 2, 1)[0],
-                include_groups=False)
+            best = table[~table.direction.isin(["random", "shuffled"])].assign(
+                mean=lambda t: (t.margin_true + t.margin_false) / 2).dropna(subset=["mean"])  # finite answers
+            slope = best.groupby("direction").apply(lambda rows: np.polyfit(rows.alpha, rows["mean"], 1)[0],
+                                                    include_groups=False)
             st.caption(f"From `{study.folder.name}`: layers {table['layers'].iloc[0]}, direction from layer "
                        f"{table['layer'].iloc[0]}, {table['statements'].iloc[0]} statements. Shift of the mean "
                        "answer per unit alpha: " + ", ".join(f"{k} {v:+.4f}" for k, v in slope.items()) + ".")
-            st.dataframe(table[["direction", "alpha", "shift_true", "shift_false", "flipped", "nie"]].round(4),
-                         hide_index=True)
+            st.dataframe(steering_shown(table).round(4), hide_index=True)
+            for note in steering_notes(table):
+                st.info(note)

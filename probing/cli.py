@@ -23,6 +23,7 @@ from probing.constants import STEER_DIRECTIONS, STEER_POSITIONS
 
 if TYPE_CHECKING:
     from probing.activations import Activations, Progress
+    from probing.results import StudyResult
     from probing.storage import NamespaceMerge
     from probing.statements import StatementSet
 
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_options(reproduce, "model", "dataset", "extraction", "grid", "analysis")
     reproduce.add_argument("--out", default=None,
                            help="results folder (default: a new one, results/<model>-<dataset>-study-<time>)")
+    reproduce.add_argument("--overwrite", action="store_true",
+                           help="write into an --out that holds another study, the input statements or files of "
+                                "the results' names (files this tool did not write are never deleted)")
 
     data = commands.add_parser("data", help="write a statement set to CSV (statement,label,topic,...)")
     add_study_options(data, "dataset")
@@ -165,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = SteeringConfig()
     steer.add_argument("--results", default=None, help="results folder whose model, statements and token "
                                                         "position are used (default: the newest in results/)")
+    steer.add_argument("--dataset", default=None,
+                       help="the statements (needed when the results folder records a file or folder: a results "
+                            "folder's paths are never opened)")
+    steer.add_argument("--cache", default=StudyConfig().cache, help=CACHE_HELP)
     steer.add_argument("--probe-layer", type=int, default=defaults.probe_layer,
                        help=f"layer the directions are fitted at (default: {defaults.probe_layer})")
     steer.add_argument("--layers", type=_steer_value(read_ints), default=None,
@@ -203,12 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     info = cache_commands.add_parser("info", help="models, positions, statements and size of a cache")
     info.add_argument("folder", nargs="?", default=StudyConfig().cache, metavar="CACHE",
                       help=f"a cache folder or an activation-store folder (default: {StudyConfig().cache})")
+    migrate = cache_commands.add_parser(
+        "migrate", help="rewrite a cache written by an earlier version (pickled entries) as JSON text, once; "
+                        "the pickles are read with an unpickler that builds only plain data, so nothing runs")
+    migrate.add_argument("folder", metavar="CACHE", help="a cache folder (its activations/ and node folders) "
+                                                         "or an activation-store folder")
 
     score = commands.add_parser("score", help="P(true) per layer from the probes of a results folder")
     score.add_argument("statement", nargs="+", help="one or more statements")
     score.add_argument("--results", default=None,
                        help="results folder written by `reproduce` or the dashboard (default: the newest in results/)")
+    score.add_argument("--cache", default=StudyConfig().cache, help=CACHE_HELP)
     return parser
+
+
+CACHE_HELP = (f"activation cache (default: {StudyConfig().cache}); the one a results folder records is never used, "
+              "as a folder is a record, not an instruction")
 
 
 NEGATIVE_VALUED = ("--layers", "--alphas", "--probe-layer")
@@ -237,14 +255,16 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """Refuse output and cache paths of the wrong kind before anything is loaded or computed."""
+    """Refuse output and cache paths of the wrong kind, and a ``reproduce --out`` that would lose files
+    (:func:`~probing.results.check_results_out`, which expands its ``~``), before anything is loaded or computed."""
     cache = getattr(args, "cache", None)
     if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
         raise ValueError(f"--cache {cache} is a file, but the activation cache is a folder: "
                          "pass a folder (it is created if missing)")
-    if args.command == "reproduce" and args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a file, but results go into a folder: "
-                         "pass a folder (it is created if missing)")
+    if args.command == "reproduce" and args.out:
+        from probing.results import check_results_out
+
+        args.out = str(check_results_out(args.out, args.dataset, overwrite=args.overwrite))
     if args.command == "data" and args.out != "-" and Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a folder; pass the CSV file to write, "
                          f"such as {Path(args.out) / 'statements.csv'}")
@@ -253,8 +273,8 @@ def check_paths(args: argparse.Namespace) -> None:
 def _message_errors() -> tuple[type[Exception], ...]:
     """Errors whose text is meant for the user. The engine's own error types are looked up only
     in modules already imported: an error cannot come from a module that never loaded."""
-    errors: list[type[Exception]] = [ValueError, OSError, IndexError]  # DatasetError is a ValueError
-    for module, name in (("probing.models", "ModelLoadError"), ("probing.storage", "CacheError")):
+    errors: list[type[Exception]] = [ValueError, OSError, IndexError, MemoryError]  # DatasetError: a ValueError
+    for module, name in (("probing.models", "ModelLoadError"), ("probing.store_format", "CacheError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
@@ -271,7 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_paths(args)
         return COMMANDS[args.command](args)
     except _message_errors() as error:
-        print(f"error: {error}", file=sys.stderr)
+        from probing.results import error_text
+
+        print(f"error: {error_text(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: everything finished so far is cached; run the same command to resume",
@@ -360,7 +382,8 @@ def _activations(config: StudyConfig, store_dir: Path | None = None) -> Activati
 def _dataset(config: StudyConfig) -> StatementSet:
     from probing.datasets import load_dataset
 
-    dataset = load_dataset(config.dataset, drop_duplicates=config.drop_duplicates, polarity=config.polarity)
+    dataset = load_dataset(config.dataset, drop_duplicates=config.drop_duplicates, polarity=config.polarity,
+                           drop_conflicts=config.drop_conflicts)
     if dataset.duplicates.count and not config.drop_duplicates:
         example, lines = next(iter(dataset.duplicates.where.items()))
         print(f"note: {dataset.duplicates.count} repeated statement(s) kept, e.g. {example!r} on lines "
@@ -421,9 +444,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = args.out or new_results_folder(Path(RESULTS_ROOT), config.model, dataset.name, "study")
     print(f"results go to {out}/", file=sys.stderr)
     with (_progress("extracting", "statements") as on_extract, _progress("training", "probes") as on_train,
-          _progress("generalization", "layers") if config.generalization else nullcontext() as on_analysis):
+          _progress("generalization", "layers") if config.generalization else nullcontext() as on_analysis,
+          out_of_memory_is_an_error(config)):
         result = reproduce(dataset, activations, config, out, on_extract=on_extract, on_train=on_train,
-                           on_analysis=on_analysis)
+                           on_analysis=on_analysis, overwrite=args.overwrite)
     print(f"\n{dataset.name}: {len(dataset)} statements, {len(dataset.topics)} topics; "
           f"model {config.model}; {result.meta['statements_extracted_this_run']} statements extracted this run\n")
     print(f"Mean accuracy over the {config.split} splits\n\n{markdown_table(result.accuracy_table('mean'))}")
@@ -437,6 +461,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         _print_generalization(result)
     print(f"results written to {out}/")
     return 0
+
+
+@contextmanager
+def out_of_memory_is_an_error(config: StudyConfig) -> Iterator[None]:
+    """A failed allocation (CPU or GPU) as one error saying what to lower; what was extracted before it
+    is cached, so the rerun resumes."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        text = str(error) or type(error).__name__
+        if not isinstance(error, MemoryError) and "out of memory" not in text and "allocate memory" not in text:
+            raise
+        raise MemoryError(
+            f"out of memory ({text.splitlines()[0][:200]}): lower --batch-size (now {config.batch_size}) or train "
+            "fewer --layers, --probes or --seeds at once, or use a machine with more memory; the activations "
+            "extracted so far are cached, so the same command resumes") from None
 
 
 def merge_nodes(activations: Activations) -> None:
@@ -474,6 +514,8 @@ def _print_merge(reports: list[NamespaceMerge], destination: Path, sources: Sequ
 def cmd_cache(args: argparse.Namespace) -> int:
     from probing.storage import describe_meta, describe_store, node_stores, size_on_disk, store_folder
 
+    if args.cache_command == "migrate":
+        return _migrate(Path(args.folder))
     if args.cache_command == "merge":
         destination = store_folder(args.destination)
         if destination.exists() and not destination.is_dir():
@@ -498,6 +540,26 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"{_size(total)} in all. The node folders are merged into {stores[0]} by the next dashboard job on "
               f"this cache, the next `{_program()} reproduce --cache {folder}`, or by `{_program()} cache merge "
               f"{folder} {stores[1].parent}/node-*`")
+    return 0
+
+
+def _migrate(folder: Path) -> int:
+    from probing.storage import node_stores, store_folder
+    from probing.cache_migration import migrate
+    from probing.store_format import DATABASE
+
+    stores = [store for store in [store_folder(folder), *node_stores(folder)] if (store / DATABASE).is_file()]
+    if not stores:
+        raise FileNotFoundError(f"{folder} holds no activation cache ({folder / DATABASE} nor "
+                                f"{store_folder(folder) / DATABASE}); pass a cache folder such as cache/")
+    for store in stores:
+        done = migrate(store)
+        refused = (f"; {done.refused} entr{'y' if done.refused == 1 else 'ies'} that were not plain data removed "
+                   "unread (their statements are recomputed when needed)") if done.refused else ""
+        print(f"{done.database}: {done.keys:,} key(s) and {done.values:,} value(s) rewritten from pickle to JSON "
+              f"text, {done.claims} claim(s) of old runs dropped{refused}"
+              if done.keys or done.values or done.claims or done.refused else
+              f"{done.database}: already in the current format, nothing to do")
     return 0
 
 
@@ -537,56 +599,84 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    from probing.results import PROBES_DIR, markdown_table, read_config
+def _open_results(args: argparse.Namespace, used: str) -> StudyResult:
+    """The StudyResult of ``--results`` (default: the newest results folder, whose ``used`` part is named in
+    a note), its load notes printed."""
+    from probing.results import read_config
     from probing.settings import latest_results_folder
 
-    folder = args.results or latest_results_folder()
-    read_config(folder)  # a missing or outdated folder fails here, before torch loads
+    folder = Path(args.results).expanduser() if args.results else latest_results_folder()
+    read_config(folder)  # a missing, outdated or foreign folder fails here, before torch loads
     from probing.results import StudyResult
-    from probing.scoring import score_statements, study_activations
 
     study = StudyResult.load(folder)
-    if not study.probes:
-        raise FileNotFoundError(f"{Path(folder) / PROBES_DIR} holds no trained probes; rerun `reproduce`")
     if not args.results:
-        print(f"note: probes of {folder} (the newest results folder)", file=sys.stderr)
-    activations, notes = study_activations(study)
+        print(f"note: {used} of {folder} (the newest results folder)", file=sys.stderr)
+    for note in study.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return study
+
+
+def _study_activations(study: StudyResult, cache: str) -> Activations:
+    """:func:`~probing.scoring.study_activations` in ``cache`` (``--cache``), its notes printed."""
+    from probing.scoring import study_activations
+
+    activations, notes = study_activations(study, cache)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    scores = score_statements(activations, study.probes, args.statement)
+    return activations
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    study = _open_results(args, "probes")
+    from probing.results import PROBES_DIR, markdown_table
+    from probing.scoring import score_statements
+
+    if not study.probes:
+        raise FileNotFoundError(f"{study.folder / PROBES_DIR} holds no trained probes; rerun `reproduce`")
+    scores = score_statements(_study_activations(study, args.cache), study.probes, args.statement)
     for statement, rows in scores.groupby("statement", sort=False):
         table = rows.pivot(index="layer", columns="probe", values="p_true").sort_index(ascending=False)
         print(f"P(true) for {statement!r}\n\n{markdown_table(table.reset_index())}")
     return 0
 
 
-def cmd_steer(args: argparse.Namespace) -> int:
-    from probing.results import read_config
-    from probing.settings import latest_results_folder
+LARGE_ALPHA = 100.0
+"""``steer --alphas`` beyond this many class-mean distances get a warning (the paper's doses are a few)."""
 
+
+def cmd_steer(args: argparse.Namespace) -> int:
     config = SteeringConfig(probe_layer=args.probe_layer, layers=args.layers, alphas=args.alphas,
                             directions=args.directions, statements=args.statements, position=args.position)
-    folder = args.results or latest_results_folder()
-    read_config(folder)  # a missing or outdated folder fails here, before torch loads
-    from probing.results import StudyResult, markdown_table
-    from probing.scoring import study_activations
+    if extreme := [alpha for alpha in config.alphas if abs(alpha) > LARGE_ALPHA]:
+        print(f"warning: --alphas {','.join(f'{a:g}' for a in extreme)}: beyond +-{LARGE_ALPHA:g} class-mean "
+              "distances the steered residual stream may overflow; answers that are not finite are left out of "
+              "the statistics and counted in non_finite", file=sys.stderr)
+    study = _open_results(args, "model, token position and study")
+    folder, recorded = study.folder, study.config.dataset
+    if args.dataset is None and recorded != "builtin":
+        raise ValueError(f"{folder / 'config.json'} records the statements {recorded}, and a results folder's paths "
+                         f"are never opened: pass them with --dataset (the study read {recorded})")
+    from probing.results import markdown_table, steering_notes, steering_shown
     from probing.steering import run_steering
 
-    study = StudyResult.load(folder)
-    dataset = _dataset(study.config)
-    activations, notes = study_activations(study)
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+    dataset = _dataset(replace(study.config, dataset=args.dataset or recorded))
+    read = study.meta.get("dataset")
+    if not isinstance(read, dict) or dataset.fingerprint() != read.get("sha256"):
+        print(f"note: {dataset.name} is not the set of statements this study read (another SHA-256); its steering "
+              f"table is saved beside the study's results all the same", file=sys.stderr)
+    activations = _study_activations(study, args.cache)
     with _progress("extracting", "statements") as on_extract:
         activations.ensure(dataset.statements, on_progress=on_extract)
     table = run_steering(dataset, activations, config)
     study.steering = table
     study.meta["steering"] = config.to_dict()
     study.save(folder)
-    columns = ["direction", "alpha", "shift_true", "shift_false", "flipped", "nie"]
     print(f"Steering {dataset.name} with {study.config.model}: layers {','.join(map(str, config.steered_layers))}, "
-          f"directions from layer {config.probe_layer}, {config.position} tokens\n\n{markdown_table(table[columns])}")
+          f"directions from layer {config.probe_layer}, {config.position} tokens\n\n"
+          f"{markdown_table(steering_shown(table))}")
+    for note in steering_notes(table):
+        print(f"note: {note}", file=sys.stderr)
     print(f"written to {Path(folder) / 'steering.csv'} and steering.md")
     return 0
 
@@ -604,7 +694,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.models:
         config = study_config(args)
-        with _progress("computing what is missing", "items") as progress:
+        with _progress("computing what is missing", "items") as progress, out_of_memory_is_an_error(config):
             studies = studies_for_models(_dataset(config), args.models, config, RESULTS_ROOT,
                                          lambda _model, done, total: progress(done, total))
         for study in studies:

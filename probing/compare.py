@@ -195,18 +195,22 @@ def studies_for_models(dataset, models, config, root, on_progress=None) -> list[
     """One study per model name on ``dataset`` with ``config``'s settings, the first model at
     ``config.layers`` and the others at the layers of matched relative depth: an existing folder under
     ``root`` where there is one (see :func:`find_study`), else computed (activations, grid, final
-    probes) and saved there. ``on_progress(model, done, total)`` counts each model's work."""
+    probes) and saved there. ``on_progress(model, done, total)`` counts each model's work. Every model
+    is checked first (:func:`~probing.models.check_loadable`), so a typo in the second name fails
+    before the first model's study runs."""
     from dataclasses import replace
 
     from probing.activations import Activations
-    from probing.models import ModelSpec
+    from probing.models import ModelSpec, check_loadable
     from probing.settings import new_results_folder
     from probing.study import run_study
 
+    specs = [ModelSpec(name, device=config.device, dtype=config.dtype) for name in models]
+    for spec in specs:
+        check_loadable(spec)
     studies, first_depth = [], None
-    for name in models:
-        activations = Activations(ModelSpec(name, device=config.device, dtype=config.dtype),
-                                  position=config.position, cache_dir=config.cache, max_tokens=config.max_tokens)
+    for name, spec in zip(models, specs):
+        activations = Activations(spec, position=config.position, cache_dir=config.cache, max_tokens=config.max_tokens)
         n = activations.n_hidden_states
         layers = config.layers if first_depth is None else matched_layers(config.layers, first_depth, n)
         first_depth = first_depth or n

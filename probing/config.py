@@ -29,7 +29,7 @@ OPTION_GROUPS = ("model", "dataset", "extraction", "grid", "analysis")
 """``model``: which model reads the statements and how; ``dataset``: which statements;
 ``extraction``: limits of the forward pass; ``grid``: what is trained and how; ``analysis``: the
 generalization and polarity analyses."""
-ADDED_LATER = ("polarity", "generalization", "matrix_probes", "ccs_seeds")
+ADDED_LATER = ("polarity", "generalization", "matrix_probes", "ccs_seeds", "drop_conflicts")
 """Options newer than the first recorded configs: a config.json without them gets their defaults."""
 _DEVICE = re.compile(rf"({'|'.join(DEVICE_KINDS)})(:\d+)?")
 
@@ -94,6 +94,18 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
         return value
 
     return check
+
+
+def _within(check: Callable[[Any], Any], low: float, high: float, why: str) -> Callable[[Any], Any]:
+    """``check``, then refuse a value outside ``low``..``high``; ``why`` says what lies beyond."""
+    def bounded(value: Any) -> Any:
+        value = check(value)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}, got {value:g}: {why}" if isinstance(value, float)
+                             else f"must be between {low} and {high}, got {value}: {why}")
+        return value
+
+    return bounded
 
 
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -201,6 +213,8 @@ class StudyConfig:
     dataset: str = option("builtin", "'builtin', a folder of <topic>_true_false.csv files, or one CSV",
                           "dataset", _text)
     drop_duplicates: bool = option(False, "drop repeated statements", "dataset", _flag)
+    drop_conflicts: bool = option(False, "remove every row of a statement that rows label both true and false "
+                                         "(without it such a statement is an error)", "dataset", _flag)
     polarity: str = option("all", "which statements: all, affirmative or negated ('Paris is not in Japan.'); a "
                                   "CSV says so in a polarity column, a SAPLMA folder with neg_<topic> files",
                            "dataset", _one_of(POLARITY_CHOICES), choices=POLARITY_CHOICES)
@@ -211,20 +225,30 @@ class StudyConfig:
     probes: tuple[str, ...] = option(("linear", "tiny", "small", "medium"),
                                      f"probe kinds, comma-separated, from {','.join(PROBE_KINDS)}", "grid",
                                      _kinds, read_names)
-    seeds: int = option(1, "seeds per probe and split", "grid", _count, _read_int)
+    seeds: int = option(1, "seeds per probe and split", "grid",
+                        _within(_count, 1, 100, "each seed trains the whole grid again"), _read_int)
     split: str = option("category", "category: hold one topic out; random: one stratified 80/20 split; "
                                     "within: per topic, train and test inside the topic", "grid",
                         _one_of(SPLIT_KINDS), choices=SPLIT_KINDS)
     with_random: bool = option(False, "also train the grid on the random split, beside the category splits",
                                "grid", _flag)
-    epochs: int = option(5, "training epochs of the Adam-trained probes", "grid", _count, _read_int)
-    lr: float = option(1e-3, "learning rate of the Adam-trained probes", "grid", _positive, _read_float)
-    batch_size: int = option(32, "mini-batch size of the Adam-trained probes", "grid", _count, _read_int)
-    weight_decay: float = option(0.0, "Adam's weight decay", "grid", _non_negative, _read_float)
+    epochs: int = option(5, "training epochs of the Adam-trained probes", "grid",
+                         _within(_count, 1, 1000, "the probes converge within tens of epochs"), _read_int)
+    lr: float = option(1e-3, "learning rate of the Adam-trained probes", "grid",
+                       _within(_positive, 1e-6, 1.0, "Adam's steps diverge above 1 and barely move below 1e-06"),
+                       _read_float)
+    batch_size: int = option(32, "mini-batch size of the Adam-trained probes", "grid",
+                             _within(_count, 1, 65536, "a batch as large as the training statements already "
+                                                       "trains on all of them at once"), _read_int)
+    weight_decay: float = option(0.0, "Adam's weight decay", "grid",
+                                 _within(_non_negative, 0.0, 1.0, "above 1 the penalty pins the weights at zero"),
+                                 _read_float)
     linear_solver: str = option("lbfgs", "lbfgs: L2-regularised logistic regression fitted to convergence, as "
                                          "scikit-learn does (see C); adam: the SAPLMA training loop", "grid",
                                 _one_of(LINEAR_SOLVERS), choices=LINEAR_SOLVERS)
-    C: float = option(0.1, "inverse L2 strength of the lbfgs solver", "grid", _positive, _read_float)
+    C: float = option(0.1, "inverse L2 strength of the lbfgs solver", "grid",
+                      _within(_positive, 1e-6, 1e6, "beyond these the fit is all penalty, or unregularised"),
+                      _read_float)
     controls: bool = option(True, "the text-only and shuffled-label controls beside every probe", "grid",
                             _flag)
     generalization: bool = option(False, "also the generalization analyses: train-on-one-topic, test-on-another "
@@ -233,7 +257,8 @@ class StudyConfig:
                                                            f"transfer, from {','.join(MATRIX_PROBES)}", "analysis",
                                             _matrix_probes, read_names)
     ccs_seeds: int = option(5, "CCS probes (seeds) per layer, trained without labels on pairs of a statement and "
-                               "its negation; 0: none", "analysis", _count_or_zero, _read_int)
+                               "its negation; 0: none", "analysis",
+                            _within(_count_or_zero, 0, 100, "each seed trains CCS at every layer again"), _read_int)
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -29,3 +29,7 @@ STEER_POSITIONS = ("statement", "last", "all")
 every position (generated tokens too)."""
 STEER_DIRECTIONS = ("mass_mean", "linear", "ttpd", "random", "shuffled")
 """Directions to steer along; ``random`` and ``shuffled`` (mass-mean of shuffled labels) are controls."""
+NIE_MIN_Z = 3.0
+"""Steering reports the normalised indirect effect only where the model's own un-steered answers
+separate the classes: the gap between the mean answer of true and of false statements must exceed
+this many of its standard errors (else the NIE divides by noise and is reported as undefined)."""

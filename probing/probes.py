@@ -226,11 +226,29 @@ class Probe(LogitClassifier):
 
     @classmethod
     def from_state(cls, state: dict) -> Probe:
+        """The probe of a :meth:`to_state` dict; a ValueError where its arrays do not make one probe."""
         probe = cls(**state["config"])
         probe.mean_, probe.scale_ = state["mean"].numpy(), state["scale"].numpy()
         probe.weights_ = [w.numpy() for w in state["weights"]]
         probe.biases_ = [b.numpy() for b in state["biases"]]
+        probe._check_shapes()
         return probe
+
+    def _check_shapes(self) -> None:
+        """Mean and scale: one vector of the input width; then weight matrices and biases that chain to one logit."""
+        if self.mean_.ndim != 1 or self.scale_.shape != self.mean_.shape:
+            raise ValueError(f"mean and scale have shapes {tuple(self.mean_.shape)} and {tuple(self.scale_.shape)}, "
+                             "not one vector each of the input width")
+        if not self.weights_ or len(self.weights_) != len(self.biases_):
+            raise ValueError(f"{len(self.weights_)} weight matrices and {len(self.biases_)} bias vectors")
+        width = len(self.mean_)
+        for number, (W, b) in enumerate(zip(self.weights_, self.biases_), 1):
+            if W.ndim != 2 or W.shape[0] != width or b.shape != W.shape[1:]:
+                raise ValueError(f"layer {number}'s weights {tuple(W.shape)} and bias {tuple(b.shape)} do not "
+                                 f"follow its {width} inputs")
+            width = W.shape[1]
+        if width != 1:
+            raise ValueError(f"the last layer gives {width} outputs, not the one logit of P(true)")
 
 
 def make_probe(kind: str = "linear", **settings) -> Probe:
@@ -553,7 +571,8 @@ def _fit_adam_stack(X, tasks, mean, scale, config: ProbeConfig, on_epoch: EpochC
     Forward and backward matmuls run in ``dtype`` (as under autocast: the float32 weights are
     cast each step, losses and Adam stay float32).
     """
-    device, members, B = X.device, len(tasks), config.batch_size
+    # A batch beyond X's rows trains as one of them all: no memory for padding that holds nothing.
+    device, members, B = X.device, len(tasks), min(config.batch_size, len(X))
     generators = [_member_generator(task.seed) for task in tasks]
     inits = [_init_member(X.shape[1], config.hidden_sizes, g) for g in generators]
     depth = len(inits[0][0])

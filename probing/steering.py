@@ -12,11 +12,14 @@ model and layer: from the false mean to the true mean, on average.
 
 The measurement (:func:`dose_response`) asks the model the statement page's question about
 held-out statements and reads P(" True") - P(" False") with and without steering, for many
-statements and alphas in batched forward passes.
+statements and alphas in batched forward passes. Answers an absurd alpha makes non-finite are
+left out and counted; NIE is reported only where the model's own true/false gap is above its
+noise (``NIE_MIN_Z`` standard errors).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ import torch
 
 from probing.config import SteeringConfig
 from probing.generalization import centring_groups
+from probing.constants import NIE_MIN_Z
 from probing.constants import STEER_DIRECTIONS as DIRECTION_KINDS
 from probing.constants import STEER_POSITIONS as POSITIONS
 from probing.models import LoadedModel
@@ -234,36 +238,61 @@ def continuation(model: LoadedModel, prompt: str, *, layers: Sequence[int] = (),
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def baseline_gap(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The gap between the mean answer of true and of false statements, and its standard error
+    (Welch's: sqrt(var_true / n_true + var_false / n_false)); NaN where a class has under two."""
+    true, false = margins[labels == 1], margins[labels == 0]
+    if len(true) < 2 or len(false) < 2:
+        return math.nan, math.nan
+    return float(true.mean() - false.mean()), math.sqrt(true.var(ddof=1) / len(true) + false.var(ddof=1) / len(false))
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else math.nan
+
+
 def dose_response(model: LoadedModel, statements: Sequence[str], labels: np.ndarray,
                   directions: dict[str, SteeringDirection], layers: Sequence[int], alphas: Sequence[float],
                   position: str = "statement", batch_size: int = 64) -> pd.DataFrame:
     """For each direction and alpha: the mean shift of P(" True") - P(" False") for true and for false
     statements, the share of answers whose sign flips, and Geometry of Truth's normalised indirect
     effect (NIE: for alpha > 0 on false statements, (steered - false baseline) / (true baseline - false
-    baseline); for alpha < 0 on true statements, the mirror image; 1 = as far as the other class)."""
+    baseline); for alpha < 0 on true statements, the mirror image; 1 = as far as the other class).
+
+    Answers that are not finite (an absurd alpha overflows the residual stream) are left out of every
+    statistic and counted in ``non_finite``. NIE is NaN (undefined) unless the un-steered gap
+    ``baseline_gap`` exceeds ``NIE_MIN_Z`` times its standard error ``baseline_gap_se``: a gap within
+    its noise would turn any shift, a random direction's too, into an arbitrarily large NIE."""
     labels = np.asarray(labels)
     base = true_false_margins(model, statements, position=position, batch_size=batch_size)[:, 0]
-    true_base, false_base = base[labels == 1].mean(), base[labels == 0].mean()
+    usable = np.isfinite(base)
+    gap, gap_se = baseline_gap(base[usable], labels[usable])
+    nie_defined = gap > NIE_MIN_Z * gap_se
+    true_base, false_base = _mean(base[usable & (labels == 1)]), _mean(base[usable & (labels == 0)])
     rows = []
     for kind, direction in directions.items():
         steered = true_false_margins(model, statements, layers=layers, vector=direction.vector, alphas=alphas,
                                      position=position, batch_size=batch_size)
         for j, alpha in enumerate(alphas):
+            finite = usable & np.isfinite(steered[:, j])
+            true, false = finite & (labels == 1), finite & (labels == 0)
             shift = steered[:, j] - base
-            flipped = np.sign(steered[:, j]) != np.sign(base)
-            if alpha > 0:
-                nie = (steered[labels == 0, j].mean() - false_base) / (true_base - false_base)
+            if not nie_defined:
+                nie = math.nan
+            elif alpha > 0:
+                nie = (_mean(steered[false, j]) - false_base) / gap
             elif alpha < 0:
-                nie = (steered[labels == 1, j].mean() - true_base) / (false_base - true_base)
+                nie = (_mean(steered[true, j]) - true_base) / -gap
             else:
                 nie = 0.0
             rows.append({
                 "direction": kind, "layer": direction.layer, "layers": ",".join(map(str, layers)),
                 "position": position, "alpha": float(alpha),
-                "margin_true": float(steered[labels == 1, j].mean()), "margin_false": float(steered[labels == 0, j].mean()),
-                "shift_true": float(shift[labels == 1].mean()), "shift_false": float(shift[labels == 0].mean()),
-                "flipped": float(flipped.mean()), "nie": float(nie), "statements": len(statements),
-                "scale": direction.scale,
+                "margin_true": _mean(steered[true, j]), "margin_false": _mean(steered[false, j]),
+                "shift_true": _mean(shift[true]), "shift_false": _mean(shift[false]),
+                "flipped": _mean(np.sign(steered[finite, j]) != np.sign(base[finite])),
+                "non_finite": int((~finite).sum()), "nie": float(nie), "statements": len(statements),
+                "scale": direction.scale, "baseline_gap": gap, "baseline_gap_se": gap_se,
             })
     return pd.DataFrame(rows)
 

@@ -12,29 +12,24 @@ Before diskcache opens a folder (it applies the ``sqlite_*`` settings it finds t
 PRAGMAs), :func:`verify_database` checks, read-only, that the database holds only the
 tables, indexes and triggers diskcache itself creates, only its settings, no pickled entry
 and no value file outside the folder. Caches written before this format held pickles:
-:func:`migrate` rewrites them once, on request, reading the pickles with an unpickler that
-builds only plain tuples, lists, dicts, text and numbers (nothing in them can run).
+``probing cache migrate`` (:mod:`probing.cache_migration`) rewrites them once, on request.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
-import pickle
 import re
 import sqlite3
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import diskcache
 from diskcache.core import MODE_PICKLE, UNKNOWN
 
 DATABASE = "cache.db"
-_VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
-_PLAIN = (str, int, float, bool, bytes, type(None))
+VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
 MIGRATE_HINT = ("If you made this cache yourself with an earlier version of this tool, convert it once with "
                 "`probing cache migrate {folder}` (it reads the old entries without running anything); "
                 "otherwise pass another --cache.")
@@ -78,13 +73,13 @@ class SafeDisk(diskcache.Disk):
     def fetch(self, mode, filename, value, read):
         if mode == MODE_PICKLE:
             raise UnsafeEntry("a pickled value")
-        if filename is not None and not _VALUE_FILE.fullmatch(filename):
+        if filename is not None and not VALUE_FILE.fullmatch(filename):
             raise UnsafeEntry(f"a value file outside the cache ({filename!r})")
         data = super().fetch(mode, filename, value, False)
         return json.loads(data) if isinstance(data, str) else data
 
     def remove(self, file_path):
-        if _VALUE_FILE.fullmatch(str(file_path)):  # a forged path is never deleted
+        if VALUE_FILE.fullmatch(str(file_path)):  # a forged path is never deleted
             super().remove(file_path)
 
 
@@ -110,7 +105,7 @@ def _expected_schema() -> tuple[frozenset, dict]:
 
 def verify_database(directory: Path, pickles: bool = False) -> None:
     """Refuse (``UnsafeCache``) a database this store did not write: foreign tables, triggers or
-    settings, pickled entries (unless ``pickles``, for :func:`migrate`), value files outside the
+    settings, pickled entries (unless ``pickles``, for ``cache_migration.migrate``), value files outside the
     folder. Absent databases pass; a damaged one raises ``sqlite3.DatabaseError`` for the caller's repair."""
     database = Path(directory) / DATABASE
     if not database.exists():
@@ -137,7 +132,7 @@ def verify_database(directory: Path, pickles: bool = False) -> None:
                               "reading a pickle can run code, so this cache is not read. "
                               + MIGRATE_HINT.format(folder=Path(directory)))
         for (filename,) in reader.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL"):
-            if not _VALUE_FILE.fullmatch(filename):
+            if not VALUE_FILE.fullmatch(filename):
                 raise UnsafeCache(f"{database} points at a value file outside its folder ({filename!r}), so it "
                                   "is not opened: this tool never writes such an entry. Pass another --cache.")
     finally:
@@ -149,114 +144,3 @@ def connect_read_only(directory: Path) -> sqlite3.Connection:
     user's, a read-only share) is read as it lies, without the locks SQLite would write beside it."""
     unchanging = "" if os.access(directory, os.W_OK) else "&immutable=1"
     return sqlite3.connect(f"file:{directory / DATABASE}?mode=ro{unchanging}", uri=True)
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Builds tuples, lists, dicts, text and numbers only: every class or function lookup is refused."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"refused to look up {module}.{name}")
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("refused a persistent reference")
-
-
-def _plain(value: object) -> bool:
-    if isinstance(value, (list, tuple)):
-        return all(_plain(item) for item in value)
-    if isinstance(value, dict):
-        return all(_plain(key) and _plain(item) for key, item in value.items())
-    return isinstance(value, _PLAIN)
-
-
-def _unpickle_plain(data: bytes) -> object:
-    value = _PlainUnpickler(io.BytesIO(data)).load()
-    if not _plain(value):
-        raise pickle.UnpicklingError(f"not plain data ({type(value).__name__})")
-    return value
-
-
-@dataclass
-class Migration:
-    """What :func:`migrate` did to one database."""
-
-    database: Path
-    keys: int = 0
-    """Keys rewritten from pickle to JSON text."""
-    values: int = 0
-    """Values rewritten from pickle to JSON text."""
-    claims: int = 0
-    """Claims of running extractions dropped (they are not work)."""
-    refused: int = 0
-    """Entries that were not plain data (a class, a function): removed unread; their statements are recomputed."""
-
-
-def migrate(directory: str | Path) -> Migration:
-    """Rewrite an older cache's pickled keys and values as JSON text, in one transaction.
-
-    Pickles are read with :class:`_PlainUnpickler`, so nothing they contain can run; an entry
-    that is not plain data is removed. A cache already in this format is left as it is.
-    """
-    directory = Path(directory)
-    database = directory / DATABASE
-    if not database.is_file():
-        raise FileNotFoundError(f"{database} does not exist; pass a cache folder's activations/ or a node folder")
-    disk = SafeDisk(str(directory))
-    report = Migration(database)
-    new_files: list[str] = []
-    old_files: list[str] = []
-    try:
-        verify_database(directory, pickles=True)
-        connection = sqlite3.connect(database, isolation_level=None)
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            for row in connection.execute("SELECT rowid, key, raw, mode, filename, value FROM Cache "
-                                          "WHERE raw = 0 OR mode = ?", (MODE_PICKLE,)).fetchall():
-                _migrate_row(connection, disk, directory, row, report, new_files, old_files)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            for name in new_files:
-                disk.remove(name)
-            raise
-        finally:
-            connection.close()
-    except sqlite3.DatabaseError as error:
-        raise CacheError(f"{database} cannot be migrated ({error}); it was left as it is. If it is damaged, the "
-                         "next extraction into that cache repairs it; if it is not a cache, leave it out.") from error
-    for name in old_files:
-        disk.remove(name)
-    return report
-
-
-def _migrate_row(connection: sqlite3.Connection, disk: SafeDisk, directory: Path, row: tuple, report: Migration,
-                 new_files: list[str], old_files: list[str]) -> None:
-    """Rewrite one pickled row as JSON text (or drop it: a claim, or anything but plain data)."""
-    rowid, key, raw, mode, filename, value = row
-    try:
-        if not raw:
-            key = _unpickle_plain(bytes(key))
-            if not (isinstance(key, tuple) and all(type(part) in (str, int) for part in key)):
-                raise pickle.UnpicklingError("a key that is not a tuple of text and numbers")
-            if len(key) > 1 and key[1] == "claim":
-                connection.execute("DELETE FROM Cache WHERE rowid = ?", (rowid,))
-                report.claims += 1
-                old_files += [filename] if filename else []
-                return
-            connection.execute("UPDATE Cache SET key = ?, raw = 1 WHERE rowid = ?", (disk.put(key)[0], rowid))
-            report.keys += 1
-        if mode == MODE_PICKLE:
-            if filename is not None and not _VALUE_FILE.fullmatch(filename):
-                raise pickle.UnpicklingError(f"a value file outside the cache ({filename!r})")
-            data = (directory / filename).read_bytes() if filename else bytes(value)
-            size, new_mode, new_file, new_value = disk.store(_unpickle_plain(data), False)
-            new_files += [new_file] if new_file else []
-            old_files += [filename] if filename else []
-            connection.execute("UPDATE Cache SET size = ?, mode = ?, filename = ?, value = ? WHERE rowid = ?",
-                               (size, new_mode, new_file, new_value, rowid))
-            report.values += 1
-    except (pickle.UnpicklingError, TypeError, ValueError, EOFError, OSError, AttributeError, IndexError,
-            KeyError):
-        connection.execute("DELETE FROM Cache WHERE rowid = ?", (rowid,))
-        report.refused += 1

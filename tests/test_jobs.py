@@ -29,7 +29,7 @@ def test_a_repaired_cache_is_reported_by_the_job(model, tmp_path):
     activations = Activations(model=model, cache_dir=tmp_path)
     activations.ensure(TEXTS)
     store = activations.store
-    store._cache.set((store.namespace, "chunks"), "not a list")  # damage the chunk list
+    store._cache.set((store.namespace, "chunks"), {"not": "a list"})  # damage the chunk list
     job = start_job(Job(kind="extract", label="extract"), extract_work(activations, TEXTS)).wait(120)
     assert job.ok, job.error
     assert job.result == 0  # the chunks were found again: nothing recomputed

@@ -181,7 +181,7 @@ def test_a_damaged_page_loses_only_the_rows_on_it(model, tmp_path, filled, state
     activations, good = filled
     store = activations.store
     first = chunk_ids(activations, statements)[0]
-    db_key, _ = store._cache.disk.put((store.namespace, "chunk", first, 7))
+    db_key = store._cache.disk.put((store.namespace, "chunk", first, 7))[0].encode()  # JSON text, as stored
     store.close()
     database = store.directory / "cache.db"
     content = bytearray(database.read_bytes())
@@ -195,9 +195,9 @@ def test_a_damaged_page_loses_only_the_rows_on_it(model, tmp_path, filled, state
     content[start : start + page_size] = b"\xff" * page_size
     database.write_bytes(bytes(content))
 
-    reopened = Activations(model=model, cache_dir=tmp_path)
     passes = model.forward_passes
-    with pytest.warns(CacheRepaired) as reports:
+    with pytest.warns(CacheRepaired) as reports:  # found when the store is opened (and verified) or read
+        reopened = Activations(model=model, cache_dir=tmp_path)
         values = reopened.layer(statements, 7)
     messages = [str(report.message) for report in reports]
     assert any("database disk image is malformed" in m and "copied into a fresh database" in m for m in messages)
