@@ -23,8 +23,6 @@ SAPLMA_DATA = os.environ.get("PROBING_SAPLMA") or str(REPOSITORY.parent / "share
 SAPLMA_HELP = "SAPLMA True-False folder (default: $PROBING_SAPLMA, else ../shared/datasets/azaria-mitchell)"
 BENCH_CACHE = "cache/bench"
 """Benchmark activations live here (``cache/`` is git-ignored)."""
-CONVERTED_MODEL_CACHES = ("cache/bench", "cache/tests", "cache")
-"""Where a converted copy of the embedded GGUF may already be (saves ~40 s of conversion)."""
 
 
 def cpu_model() -> str:
@@ -120,20 +118,11 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def model_cache() -> str:
-    """A cache folder that already holds the converted embedded model, else the benchmark cache."""
-    for folder in CONVERTED_MODEL_CACHES:
-        if any(Path(folder, "models").glob("gguf-*/config.json")):
-            return folder
-    return BENCH_CACHE
-
-
 def cached_activations(texts: Sequence[str], cache_dir: str = BENCH_CACHE):
     """An ``Activations`` (embedded model, default dtype, 'last') with ``texts`` all cached.
 
     Returns (activations, statements computed now, seconds spent computing them).
-    The model is loaded only if something is missing, from a folder that already
-    holds the converted GGUF when there is one.
+    The model is loaded only if something is missing.
     """
     from probing.activations import Activations
     from probing.models import load_model
@@ -144,7 +133,7 @@ def cached_activations(texts: Sequence[str], cache_dir: str = BENCH_CACHE):
         return activations, 0, 0.0
     print(f"caching activations of {len(missing)} statement(s) in {cache_dir} first "
           "(not part of the timed numbers)...", flush=True)
-    model = load_model(activations.spec, cache_dir=model_cache())
+    model = load_model(activations.spec)
     activations = Activations(model=model, cache_dir=cache_dir)
     seconds, computed = timed(lambda: activations.ensure(texts))
     return activations, int(computed), seconds  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ What is measured, on the same (de-duplicated) statements:
 - extract: ``python -m probing extract`` in a new process on an empty activation
   cache, the converted model already on disk: process start, imports, model load,
   reading the data, and everything ``ensure`` does. With ``--with-conversion`` also
-  the very first run, which converts the GGUF (once per cache folder).
+  a machine's very first run, which converts the GGUF (once per model cache).
 
 For each: statements/s, speed-up over naive, share of the compute rate (same dtype
 and budget), and the fraction of the compute bound: 2 x non-embedding parameters x
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from benchmarks._common import (
-    SAPLMA_DATA, SAPLMA_HELP, matmul_flops, model_cache, peak_rss_mb, print_machine, row_cosines, table,
+    BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, matmul_flops, peak_rss_mb, print_machine, row_cosines, table,
 )
 from probing.activations import Activations, plan_batches, run_batch
 from probing.datasets import load_dataset
@@ -112,19 +112,18 @@ def ensure_seconds(loaded: LoadedModel, texts: Sequence[str]) -> float:
         return time.perf_counter() - started
 
 
-def extract_command(data: Path, converted: str | None) -> tuple[float, float]:
+def extract_command(data: Path, convert: bool) -> tuple[float, float]:
     """Run ``python -m probing extract`` in a new process on an empty activation cache.
 
-    With ``converted`` (a cache folder holding the converted model) its ``models`` folder is
-    linked in; without it the GGUF is converted first, as on a first run. Returns the
+    It loads the model already converted in the model cache; with ``convert`` its model cache is
+    an empty folder, so the GGUF is converted first, as on a machine's first run. Returns the
     process's wall seconds and the extraction rate the command itself printed.
     """
     with tempfile.TemporaryDirectory() as folder:
-        if converted:
-            Path(folder, "models").symlink_to(Path(converted, "models").resolve(), target_is_directory=True)
+        env = {**os.environ, **({"PROBING_MODELS": str(Path(folder, "models"))} if convert else {})}
         command = [sys.executable, "-m", "probing", "extract", "--dataset", str(data), "--cache", folder]
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - started
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
@@ -158,12 +157,12 @@ def main() -> None:
     n_naive = min(args.naive_n or len(texts), len(texts))
     engine_dtype = ModelSpec("embedded").resolved_dtype
     dtypes = list(dict.fromkeys(["float32", engine_dtype] + (["bfloat16"] if cpu_has_fast_bfloat16() else [])))
-    engine_budget = Activations("embedded", cache_dir=model_cache()).token_budget
+    engine_budget = Activations("embedded", cache_dir=BENCH_CACHE).token_budget
     print(f"{len(texts)} distinct statements (naive loop on the first {n_naive}); dtypes {dtypes}; "
           f"fast bf16 on this CPU: {cpu_has_fast_bfloat16()}; the engine runs {engine_dtype}, "
           f"budget {engine_budget}", flush=True)
 
-    models = {d: load_model(ModelSpec("embedded", dtype=d), cache_dir=model_cache()) for d in dtypes}
+    models = {d: load_model(ModelSpec("embedded", dtype=d)) for d in dtypes}
     fp32 = models["float32"]
     layers = [-1, -(fp32.n_hidden_states // 2)]  # last, and the middle hidden state
     lengths = [len(ids) for ids in fp32.tokenizer(texts)["input_ids"]]
@@ -219,11 +218,11 @@ def main() -> None:
     del models, fp32, loaded  # the command runs alone, not beside our copies of the model
     with tempfile.TemporaryDirectory() as folder:
         data = dataset.to_csv(Path(folder, "statements.csv"))
-        runs = [("extract command (new process: start, imports, load, writes)", model_cache())]
+        runs = [("extract command (new process: start, imports, load, writes)", False)]
         if args.with_conversion:
-            runs.append(("extract command, first run (GGUF conversion too)", None))
-        for method, converted in runs:
-            seconds, printed_rate = extract_command(data, converted)
+            runs.append(("extract command, first run (GGUF conversion too)", True))
+        for method, convert in runs:
+            seconds, printed_rate = extract_command(data, convert)
             rows.append(job_row(method, seconds))
             rows.append({**job_row(f"  its extraction alone (rate it printed)", len(texts) / printed_rate)})
             print(f"{method}: {seconds:.1f} s wall; it printed {printed_rate:.1f}/s", flush=True)

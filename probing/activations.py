@@ -169,16 +169,16 @@ class Activations:
         self._model = model
         self.token_budget = token_budget or (16384 if self.spec.resolved_device.startswith("cuda") else 1024)
         self.max_tokens = max_tokens
-        self.fingerprint = model.fingerprint if model is not None else self.spec.fingerprint(self.cache_dir)
+        self.fingerprint = model.fingerprint if model is not None else self.spec.fingerprint()
         namespace = hashlib.sha256(f"{self.fingerprint}|{position}|v1".encode()).hexdigest()[:24]
-        # Models (converted GGUF, file digests) always live in cache_dir; the activations may be kept
-        # elsewhere, such as one folder per node of a multi-node extraction.
+        # The activations may be kept outside cache_dir, such as one folder per node of a multi-node
+        # extraction; models live in the per-user model cache (probing.models.models_dir).
         self.store = ActivationStore(Path(store_dir) if store_dir else self.cache_dir / STORE_FOLDER, namespace)
 
     @property
     def model(self) -> LoadedModel:
         if self._model is None:
-            self._model = load_model(self.spec, cache_dir=self.cache_dir)
+            self._model = load_model(self.spec)
         return self._model
 
     @property

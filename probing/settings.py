@@ -38,7 +38,7 @@ MODEL_CHOICES = {
 
 
 def default_cache_dir() -> Path:
-    """``$PROBING_CACHE`` or ``./cache``: activations, converted models and dashboard results."""
+    """``$PROBING_CACHE`` or ``./cache``: activations and dashboard results (models: ``probing.models.models_dir``)."""
     return Path(os.environ.get("PROBING_CACHE", "cache"))
 
 

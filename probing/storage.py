@@ -59,7 +59,7 @@ from probing.store_format import CacheError, SafeDisk, connect_read_only, open_c
 _HEADER = struct.Struct("<4sIIIQ")  # magic, rows, width, crc32, payload bytes
 _MAGIC = b"PRB1"
 STORE_FOLDER = "activations"
-"""A cache folder's activation store; its ``models/`` holds converted models and file digests."""
+"""A cache folder's activation store (models live in the per-user model cache, not in a cache folder)."""
 NODES_FOLDER = "nodes"
 """A cache folder's ``nodes/node-K``: the stores the nodes of a multi-node extraction write, merged later."""
 _DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
@@ -520,7 +520,7 @@ def store_folder(path: str | Path) -> Path:
 
 
 def node_store(cache: str | Path, node: int) -> Path:
-    """The activation store a node of a multi-node extraction writes (models stay in ``cache/models``)."""
+    """The activation store a node of a multi-node extraction writes."""
     return Path(cache) / NODES_FOLDER / f"node-{node}"
 
 

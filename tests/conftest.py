@@ -21,6 +21,9 @@ SAPLMA = Path(os.environ.get("PROBING_SAPLMA", ROOT.parent / "shared" / "dataset
 # second test run (and the reference check) reuses them; tests that exercise
 # caching itself use their own temporary folders.
 SHARED_CACHE = Path(os.environ.get("PROBING_TEST_CACHE", ROOT / "cache" / "tests"))
+# Models are converted once into the test cache, never into the user's model cache; every process
+# the tests start inherits this.
+os.environ["PROBING_MODELS"] = str(SHARED_CACHE / "models")
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +33,7 @@ def shared_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def model():
-    return load_model("embedded", cache_dir=SHARED_CACHE)
+    return load_model("embedded")
 
 
 def require_saplma() -> Path:

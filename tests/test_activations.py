@@ -18,17 +18,17 @@ BATCHING_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4e-2, torch.float16: 
 
 
 @pytest.fixture(scope="session")
-def float32_model(model, shared_cache):
+def float32_model(model):
     """The embedded model in float32 whatever the engine's default for this CPU (bf16 where it is fast)."""
     if model.dtype == torch.float32:
         return model
-    return load_model(ModelSpec("embedded", dtype="float32"), cache_dir=shared_cache)
+    return load_model(ModelSpec("embedded", dtype="float32"))
 
 
 @pytest.fixture
-def damageable_model(shared_cache):
+def damageable_model():
     """A float32 model of its own, for tests that damage its weights."""
-    return load_model(ModelSpec("embedded", dtype="float32"), cache_dir=shared_cache)
+    return load_model(ModelSpec("embedded", dtype="float32"))
 
 
 def one_at_a_time(model, texts, position):
@@ -206,7 +206,7 @@ def test_values_beyond_float16_are_refused_not_stored_as_inf(damageable_model, t
                     reason="bfloat16 is emulated on this CPU (no AMX / AVX512-BF16): ~70x slower than float32")
 def test_bfloat16_vectors_agree_with_float32_and_probes_score_the_same(float32_model, shared_cache, small_saplma):
     """bf16 is the default where hardware runs it fast (GPUs, AMX CPUs); it must not change the results."""
-    fast_model = load_model(ModelSpec("embedded", dtype="bfloat16"), cache_dir=shared_cache)
+    fast_model = load_model(ModelSpec("embedded", dtype="bfloat16"))
     assert fast_model.dtype == torch.bfloat16 and float32_model.dtype == torch.float32
     texts, labels = small_saplma.statements, small_saplma.labels
     exact, fast = (Activations(model=m, cache_dir=shared_cache) for m in (float32_model, fast_model))

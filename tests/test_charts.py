@@ -28,7 +28,7 @@ PER_TOPIC = 30
 
 @pytest.fixture(scope="module")
 def engine():
-    model = load_model(ModelSpec("embedded"), cache_dir=TEST_CACHE)
+    model = load_model(ModelSpec("embedded"))
     dataset = load_builtin(per_topic=PER_TOPIC)
     activations = Activations(position="last", cache_dir=TEST_CACHE, model=model)
     activations.ensure(dataset.statements)

@@ -19,11 +19,10 @@ ARGS = ["--layers", "-1,-5", "--probes", "linear,tiny,mass_mean", "--epochs", "2
 
 
 @pytest.fixture
-def workspace(tmp_path, small_saplma, shared_cache):
-    """A small SAPLMA CSV, and a fresh activation cache that reuses the converted model."""
+def workspace(tmp_path, small_saplma):
+    """A small SAPLMA CSV, and a fresh activation cache."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "models").symlink_to(shared_cache / "models", target_is_directory=True)
     return small_saplma.to_csv(tmp_path / "small.csv"), cache, tmp_path
 
 

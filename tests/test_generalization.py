@@ -140,11 +140,10 @@ def test_the_analyses_join_a_study_of_the_same_data_and_round_trip(builtin, acti
     assert not same_data(study, other, activations)
 
 
-def test_reproduce_with_generalization_prints_and_writes_them(tmp_path, capsys, shared_cache, builtin):
+def test_reproduce_with_generalization_prints_and_writes_them(tmp_path, capsys, builtin):
     data = builtin.to_csv(tmp_path / "both.csv")
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "models").symlink_to(shared_cache / "models", target_is_directory=True)
     out = tmp_path / "out"
     assert main(["reproduce", "--dataset", str(data), "--cache", str(cache), "--out", str(out), "--layers", "-1",
                  "--probes", "linear", "--generalization", "--matrix-probes", "linear,ttpd", "--ccs-seeds", "1"]) == 0

@@ -26,7 +26,7 @@ from probing.builtin import load_builtin
 from probing.config import StudyConfig
 from probing.datasets import load_dataset
 from probing.models import (
-    CONVERTED_DIGESTS, ModelSpec, embedded_gguf_path, fingerprint_of, load_model, resolve_source,
+    CONVERTED_DIGESTS, ModelSpec, embedded_gguf_path, fingerprint_of, load_model, models_dir, resolve_source,
 )
 from probing.statements import ConflictsDropped, DatasetError, load_csv_bytes
 from probing.storage import CacheRepaired
@@ -60,12 +60,13 @@ def flip_sign(weights: Path, tensor: str) -> None:
 # ----------------------------------------------------------------------------- models
 
 
-def test_a_damaged_converted_model_is_converted_again(model, shared_cache, tmp_path):
+def test_a_damaged_converted_model_is_converted_again(model, tmp_path, monkeypatch):
     name = resolve_source("embedded").identity(None).replace(":", "-")
-    genuine = shared_cache / "models" / name
+    genuine = models_dir() / name
     assert (genuine / CONVERTED_DIGESTS).is_file()  # the model fixture loaded it: its digests are recorded
-    copy = tmp_path / "cache" / "models" / name
-    shutil.copytree(genuine, copy)  # a cache of our own, without converting the GGUF first
+    copy = tmp_path / "models" / name
+    shutil.copytree(genuine, copy)  # a model cache of our own, without converting the GGUF first
+    monkeypatch.setenv("PROBING_MODELS", str(copy.parent))
     flip_sign(copy / "model.safetensors", "model.layers.3.mlp.down_proj.weight")
 
     from transformers import AutoModelForCausalLM
@@ -78,7 +79,7 @@ def test_a_damaged_converted_model_is_converted_again(model, shared_cache, tmp_p
     with pytest.warns(CacheRepaired, match=rf"the converted model in {re.escape(str(copy))} cannot be trusted "
                                            r"\(model\.safetensors differ from the files recorded at its conversion\)"
                                            r": converting SmolLM2-135M-Instruct\.Q4_1\.gguf again"):
-        repaired = load_model("embedded", cache_dir=tmp_path / "cache")
+        repaired = load_model("embedded")
     assert repaired.fingerprint == model.fingerprint
     torch.testing.assert_close(hidden_states(repaired.model, repaired.tokenizer, TEXTS), expected)
     assert json.loads((copy / CONVERTED_DIGESTS).read_text()) == json.loads((genuine / CONVERTED_DIGESTS).read_text())
@@ -91,10 +92,9 @@ def test_a_gguf_damaged_in_place_with_its_size_and_mtime_kept_is_detected(tmp_pa
     shutil.copyfile(embedded_gguf_path(), gguf)
     hour_ago = time.time_ns() - 3600 * 10**9
     os.utime(gguf, ns=(hour_ago, hour_ago))
-    cache = tmp_path / "cache"
     spec = ModelSpec(str(gguf), device="cpu", dtype="float32")
-    genuine = ModelSpec("embedded", device="cpu", dtype="float32").fingerprint(cache)
-    assert spec.fingerprint(cache) == genuine
+    genuine = ModelSpec("embedded", device="cpu", dtype="float32").fingerprint()
+    assert spec.fingerprint() == genuine
 
     before = gguf.stat()
     with gguf.open("r+b") as handle:  # one byte, a third of the way in
@@ -107,8 +107,8 @@ def test_a_gguf_damaged_in_place_with_its_size_and_mtime_kept_is_detected(tmp_pa
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
 
     code = ("import sys; from probing.models import ModelSpec; "
-            "print(ModelSpec(sys.argv[1], device='cpu', dtype='float32').fingerprint(sys.argv[2]))")
-    run = subprocess.run([sys.executable, "-c", code, str(gguf), str(cache)], cwd=ROOT, env=ENV,
+            "print(ModelSpec(sys.argv[1], device='cpu', dtype='float32').fingerprint())")
+    run = subprocess.run([sys.executable, "-c", code, str(gguf)], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     with gguf.open("rb") as handle:

@@ -25,11 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def workspace(tmp_path, shared_cache):
-    """24 built-in statements per topic as a CSV, and a fresh activation cache that reuses the converted model."""
+def workspace(tmp_path):
+    """24 built-in statements per topic as a CSV, and a fresh activation cache."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "models").symlink_to(shared_cache / "models", target_is_directory=True)
     return load_builtin(per_topic=24).to_csv(tmp_path / "small.csv"), cache, tmp_path
 
 

@@ -20,20 +20,19 @@ LEGACY = ROOT / "tests" / "data" / "results-1b0dd61"
 SCORE = ["score", "Paris is the capital of France."]
 
 
-def fresh_cache(folder: Path, shared_cache: Path) -> Path:
-    """An empty activation cache that reuses the converted model."""
+def fresh_cache(folder: Path) -> Path:
+    """An empty activation cache."""
     folder.mkdir(parents=True)
-    (folder / "models").symlink_to(shared_cache / "models", target_is_directory=True)
     return folder
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory, shared_cache):
+def made(tmp_path_factory):
     """A results folder written by `reproduce` (24 built-in statements a topic, linear probes at -1 and -9),
     its statements and its cache; tests copy it."""
     tmp = tmp_path_factory.mktemp("made")
     data = load_builtin(per_topic=24).to_csv(tmp / "small.csv")
-    cache = fresh_cache(tmp / "cache", shared_cache)
+    cache = fresh_cache(tmp / "cache")
     out = tmp / "study"
     assert main(["reproduce", "--dataset", str(data), "--cache", str(cache), "--out", str(out), "--layers", "-1,-9",
                  "--probes", "linear", "--no-controls"]) == 0
@@ -233,10 +232,10 @@ def test_an_operating_system_error_names_the_path_not_just_an_errno(study, made,
     assert "[Errno" not in line and line.startswith(f"error: {blocker / 'cache'}") and "not a directory" in line
 
 
-def test_the_dashboard_names_a_data_folder_given_as_results(made, shared_cache, tmp_path, monkeypatch):
+def test_the_dashboard_names_a_data_folder_given_as_results(made, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    cache = fresh_cache(tmp_path / "app-cache", shared_cache)
+    cache = fresh_cache(tmp_path / "app-cache")
     for name, value in (("PROBING_CACHE", cache), ("PROBING_RESULTS", cache / "results"),
                         ("PROBING_MODEL", "embedded"), ("PROBING_PER_TOPIC", 4)):
         monkeypatch.setenv(name, str(value))

@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 
 from probing.models import (
     DTYPES, ModelLoadError, ModelSpec, check_device, cpu_has_fast_bfloat16, default_dtype, embedded_gguf_path,
-    file_sha256, fingerprint_of, load_model, resolve_source,
+    file_sha256, fingerprint_of, load_model, models_dir, resolve_source,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,31 +70,31 @@ def _copy(source: Path, target: Path, *, damage: bool = False) -> Path:
     return target
 
 
-def test_gguf_fingerprint_hashes_the_whole_file(tmp_path):
+def test_gguf_fingerprint_hashes_the_whole_file(tmp_path, monkeypatch):
     embedded = embedded_gguf_path()
     damaged = _copy(embedded, tmp_path / "damaged.gguf", damage=True)
     intact = _copy(embedded, tmp_path / "intact.gguf")
     assert damaged.stat().st_size == embedded.stat().st_size
-    cache = tmp_path / "cache"
+    monkeypatch.setenv("PROBING_MODELS", str(tmp_path / "models"))
 
     def fingerprint(name: str) -> str:
-        return ModelSpec(name, device="cpu", dtype="float32").fingerprint(cache)
+        return ModelSpec(name, device="cpu", dtype="float32").fingerprint()
 
     assert fingerprint(str(intact)) == fingerprint("embedded")  # the bytes count, not the path
     assert fingerprint(str(damaged)) != fingerprint("embedded")
     # A GGUF is hashed in every process (tests/test_hostile_data.py damages one in place): no memo.
-    assert not (cache / "models" / "digests.json").exists()
+    assert not (tmp_path / "models" / "digests.json").exists()
     for copy in (damaged, intact):
         copy.unlink()  # 200 MB that pytest would keep for its last three runs
 
 
-def test_folder_file_digests_are_remembered_by_size_and_mtime(bert_folder, tmp_path):
+def test_folder_file_digests_are_remembered_by_size_and_mtime(bert_folder, tmp_path, monkeypatch):
     weights = bert_folder / "model.safetensors"
     hour_ago = time.time_ns() - 3600 * 10**9
     os.utime(weights, ns=(hour_ago, hour_ago))  # settled: a digest is remembered
-    cache = tmp_path / "cache"
-    sha256 = file_sha256(weights, cache)
-    memo_file = cache / "models" / "digests.json"
+    monkeypatch.setenv("PROBING_MODELS", str(tmp_path / "models"))
+    sha256 = file_sha256(weights)
+    memo_file = tmp_path / "models" / "digests.json"
     memo = json.loads(memo_file.read_text())
     stat = weights.stat()
     entry = memo[str(weights.resolve())]
@@ -104,22 +105,25 @@ def test_folder_file_digests_are_remembered_by_size_and_mtime(bert_folder, tmp_p
     # A second call reads the remembered digest: a planted one is what it uses.
     entry["sha256"] = "0" * 64
     memo_file.write_text(json.dumps(memo))
-    assert file_sha256(weights, cache) == "0" * 64
+    assert file_sha256(weights) == "0" * 64
     # A new modification time makes it hash the file again.
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert file_sha256(weights, cache) == sha256
+    assert file_sha256(weights) == sha256
     assert json.loads(memo_file.read_text())[str(weights.resolve())]["sha256"] == sha256
 
 
-def test_corrupt_digest_memo_is_ignored_and_rewritten(bert_folder, tmp_path):
-    memo_file = tmp_path / "models" / "digests.json"
-    memo_file.parent.mkdir()
-    memo_file.write_text('{"/some/model.safetensors": {"size": 1, ')
+def test_corrupt_digest_memo_is_ignored_and_rewritten(bert_folder, tmp_path, monkeypatch):
     hour_ago = time.time_ns() - 3600 * 10**9
     for path in bert_folder.iterdir():
         os.utime(path, ns=(hour_ago, hour_ago))  # settled: digests are remembered
     source = resolve_source(str(bert_folder))
-    assert source.identity(None, tmp_path) == source.identity(None)
+    monkeypatch.setenv("PROBING_MODELS", str(tmp_path / "fresh"))
+    expected = source.identity(None)
+    memo_file = tmp_path / "models" / "digests.json"
+    memo_file.parent.mkdir()
+    memo_file.write_text('{"/some/model.safetensors": {"size": 1, ')
+    monkeypatch.setenv("PROBING_MODELS", str(memo_file.parent))
+    assert source.identity(None) == expected
     assert str((bert_folder / "config.json").resolve()) in json.loads(memo_file.read_text())
 
 
@@ -140,12 +144,14 @@ def bert_folder(tmp_path) -> Path:
 
 def test_models_without_a_causal_lm_head_are_refused(bert_folder):
     with pytest.raises(ModelLoadError, match=r"is a BertForMaskedLM \(model_type 'bert'\), not a causal"):
-        load_model(str(bert_folder), cache_dir=None)
+        load_model(str(bert_folder))
 
 
-def test_folder_fingerprint_covers_whole_weight_files_and_the_tokenizer(bert_folder, tmp_path):
+def test_folder_fingerprint_covers_whole_weight_files_and_the_tokenizer(bert_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROBING_MODELS", str(tmp_path / "models"))
+
     def identity() -> str:
-        return resolve_source(str(bert_folder)).identity(None, tmp_path / "cache")
+        return resolve_source(str(bert_folder)).identity(None)
 
     before = identity()
     weights = bert_folder / "model.safetensors"
@@ -180,8 +186,46 @@ def test_devices_are_checked_when_a_model_is_named():
             check_device("mps")
 
 
-def test_concurrent_conversions_share_one_folder_and_clear_stale_partials(tmp_path):
-    models = tmp_path / "cache" / "models"
+def test_probing_models_moves_the_model_cache_from_its_per_user_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("PROBING_MODELS")
+    assert models_dir() == tmp_path / ".cache" / "probing" / "models"
+    monkeypatch.setenv("PROBING_MODELS", "~/elsewhere")
+    assert models_dir() == tmp_path / "elsewhere"
+
+
+def test_an_unwritable_model_cache_is_one_error_naming_probing_models(tmp_path, monkeypatch):
+    models = tmp_path / "a-file" / "models"
+    models.parent.write_text("not a folder")
+    monkeypatch.setenv("PROBING_MODELS", str(models))
+    with pytest.raises(ModelLoadError, match=rf"^The model cache {re.escape(str(models))} is not writable "
+                                             r"\(Not a directory\): set PROBING_MODELS to a writable folder\.$"):
+        load_model("embedded")
+
+
+def test_every_activation_cache_loads_the_one_converted_model(model, tmp_path):
+    """Two activation caches load the model converted once into the model cache; neither converts it again
+    (a conversion would replace its files) nor keeps a model of its own."""
+    from probing.activations import Activations
+
+    converted = models_dir() / resolve_source("embedded").identity(None).replace(":", "-")
+
+    def files() -> list[tuple[str, int, int]]:
+        return sorted((path.name, path.stat().st_ino, path.stat().st_mtime_ns) for path in converted.iterdir())
+
+    before = files()
+    for name in ("first", "second"):
+        activations = Activations("embedded", cache_dir=tmp_path / name)
+        assert activations.model.fingerprint == model.fingerprint
+        activations.model.unload()
+        assert not (tmp_path / name / "models").exists()
+    assert files() == before
+
+
+def test_concurrent_first_uses_from_two_activation_caches_convert_once_and_clear_stale_partials(tmp_path):
+    """Two processes, each with its own activation cache, load the embedded model at once into an empty
+    $PROBING_MODELS: one converts, the other waits and loads the very same files."""
+    models = tmp_path / "moved" / "models"
     target = resolve_source("embedded").identity(None).replace(":", "-")
     hour_ago = time.time() - 3700
     planted = {
@@ -196,17 +240,24 @@ def test_concurrent_conversions_share_one_folder_and_clear_stale_partials(tmp_pa
         os.utime(path, (hour_ago, hour_ago))
     os.utime(models / f"gguf-old.partial-{os.getpid()}", (hour_ago, hour_ago))
 
-    code = f"from probing.models import load_model; load_model('embedded', cache_dir={str(tmp_path / 'cache')!r})"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    weights = models / target / "model.safetensors"
+    code = ("import os, sys; from probing.activations import Activations; "
+            "Activations('embedded', cache_dir=sys.argv[1]).model; print('inode', os.stat(sys.argv[2]).st_ino)")
+    env = {**os.environ, "PROBING_MODELS": str(models), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
     logs = [tmp_path / f"run{i}.log" for i in range(2)]
-    runs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log.open("w"),
-                             stderr=subprocess.STDOUT) for log in logs]
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"cache{i}"), str(weights)], cwd=ROOT,
+                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT) for i, log in enumerate(logs)]
     codes = [run.wait(timeout=600) for run in runs]
-    assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
-    assert sum("waiting for another process converting" in log.read_text() for log in logs) == 1
+    outputs = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n".join(output[-2000:] for output in outputs)
+    assert sum("waiting for another process converting" in output for output in outputs) == 1
+    # Both loaded the files of the one conversion: a second one would have replaced them.
+    inodes = [re.findall(r"^inode (\d+)$", output, re.MULTILINE) for output in outputs]
+    assert inodes == [[str(weights.stat().st_ino)]] * 2
     folders = sorted(path.name for path in models.iterdir() if path.is_dir())
     assert folders == sorted([target, f"gguf-other.partial-{os.getpid()}"])
-    assert (models / target / "config.json").is_file()
+    assert not any((tmp_path / f"cache{i}" / "models").exists() for i in range(2))
     shutil.rmtree(models)  # 517 MB that pytest would keep for its last three runs
 
 
@@ -227,7 +278,7 @@ def test_gemma_loads_and_its_hidden_states_have_its_config_shape(shared_cache):
     require_gemma()
     from probing.activations import Activations
 
-    gemma = load_model("gemma-3-270m", cache_dir=shared_cache)
+    gemma = load_model("gemma-3-270m")
     info = gemma.describe()
     config = gemma.config
     assert info["architecture"] == "Gemma3ForCausalLM" and 260e6 < info["parameters"] < 280e6

@@ -36,8 +36,8 @@ FLOAT32 = ModelSpec("embedded", dtype="float32")
 
 
 @pytest.fixture(scope="module")
-def float32_model(shared_cache):
-    return load_model(FLOAT32, cache_dir=shared_cache)
+def float32_model():
+    return load_model(FLOAT32)
 
 
 def single_run(model, cache, texts):
@@ -95,13 +95,12 @@ def finish(process, timeout=120):
     return output
 
 
-def test_two_nodes_one_killed_and_relaunched_merge_to_a_single_process_run(tmp_path, saplma, shared_cache,
-                                                                            float32_model):
+def test_two_nodes_one_killed_and_relaunched_merge_to_a_single_process_run(tmp_path, saplma, float32_model):
     subset = saplma.subset(per_topic=80, seed=0)  # 480 statements: 3 batches or more per node
     data = subset.to_csv(tmp_path / "data.csv")
     texts = list(dict.fromkeys(subset.statements))
-    single = single_run(float32_model, fresh_cache(tmp_path, "single", shared_cache), texts)
-    cache = fresh_cache(tmp_path, "cache", shared_cache)
+    single = single_run(float32_model, fresh_cache(tmp_path, "single"), texts)
+    cache = fresh_cache(tmp_path, "cache")
     node_0, node_1 = (Activations(FLOAT32, cache_dir=cache, store_dir=cache / "nodes" / f"node-{k}")
                       for k in (0, 1))
 
@@ -128,7 +127,7 @@ def test_two_nodes_one_killed_and_relaunched_merge_to_a_single_process_run(tmp_p
 
 
 @pytest.mark.parametrize("launcher, dtype", [("accelerate", "float32"), ("by hand", None)])
-def test_other_launchers_write_node_folders_that_merge_to_one_run(tmp_path, saplma, shared_cache, model,
+def test_other_launchers_write_node_folders_that_merge_to_one_run(tmp_path, saplma, model,
                                                                   float32_model, launcher, dtype):
     """accelerate launch --multi_gpu --num_machines 2 --machine_rank K, or plain processes given --shard K/2
     --node K (the README's recipe for Ray, or CPU machines without a launcher): the same node folders.
@@ -136,8 +135,8 @@ def test_other_launchers_write_node_folders_that_merge_to_one_run(tmp_path, sapl
     subset = saplma.subset(per_topic=30, seed=1)
     data = subset.to_csv(tmp_path / "data.csv")
     texts = list(dict.fromkeys(subset.statements))
-    single = single_run(float32_model if dtype else model, fresh_cache(tmp_path, "single", shared_cache), texts)
-    cache = fresh_cache(tmp_path, "cache", shared_cache)
+    single = single_run(float32_model if dtype else model, fresh_cache(tmp_path, "single"), texts)
+    cache = fresh_cache(tmp_path, "cache")
     port = free_port()
     outputs = [finish(process) for process in
                [launch_node(cache, data, k, port, launcher, dtype) for k in (0, 1)]]

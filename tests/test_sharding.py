@@ -30,17 +30,16 @@ def finish(process):
     return output
 
 
-def fresh_cache(tmp_path, name, shared_cache):
+def fresh_cache(tmp_path, name):
     cache = tmp_path / name
     cache.mkdir()
-    (cache / "models").symlink_to(shared_cache / "models", target_is_directory=True)
     return cache
 
 
-def test_two_processes_equal_one_bit_for_bit_and_a_killed_one_is_completed(tmp_path, small_saplma, shared_cache):
+def test_two_processes_equal_one_bit_for_bit_and_a_killed_one_is_completed(tmp_path, small_saplma):
     data = small_saplma.subset(per_topic=20).to_csv(tmp_path / "data.csv")
     texts = list(dict.fromkeys(small_saplma.subset(per_topic=20).statements))
-    single, sharded = (fresh_cache(tmp_path, name, shared_cache) for name in ("single", "sharded"))
+    single, sharded = (fresh_cache(tmp_path, name) for name in ("single", "sharded"))
     finish(extract(single, data))
 
     # Shard 1 of 2 is killed as soon as it has stored something ...
@@ -73,11 +72,11 @@ def stored_rows(activations):
                for chunk in store._cache.get((store.namespace, "chunks")) or [])
 
 
-def test_two_extracts_into_one_cache_compute_each_statement_once(tmp_path, small_saplma, shared_cache):
+def test_two_extracts_into_one_cache_compute_each_statement_once(tmp_path, small_saplma):
     subset = small_saplma.subset(per_topic=20)
     data = subset.to_csv(tmp_path / "data.csv")
     texts = list(dict.fromkeys(subset.statements))
-    single, shared = (fresh_cache(tmp_path, name, shared_cache) for name in ("single", "shared"))
+    single, shared = (fresh_cache(tmp_path, name) for name in ("single", "shared"))
     reference, first, second = extract(single, data), extract(shared, data), extract(shared, data)
     finish(reference)
     outputs = [finish(first), finish(second)]

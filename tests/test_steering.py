@@ -125,11 +125,10 @@ def test_a_steered_continuation_differs_and_the_plain_one_is_greedy(model):
     assert "true" in pushed.lower() and "true" not in plain.lower()  # every position, generated ones too
 
 
-def test_the_steer_command_writes_its_table_into_the_results_folder(tmp_path, shared_cache, capsys):
+def test_the_steer_command_writes_its_table_into_the_results_folder(tmp_path, capsys):
     data = load_builtin(per_topic=24).to_csv(tmp_path / "small.csv")
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "models").symlink_to(shared_cache / "models", target_is_directory=True)
     out = tmp_path / "study"
     assert main(["reproduce", "--dataset", str(data), "--cache", str(cache), "--out", str(out), "--layers", "-9",
                  "--probes", "linear", "--no-controls"]) == 0
