@@ -1,8 +1,9 @@
 """Truth-probe dashboard: `streamlit run app.py`.
 
 The entry point draws the sidebar every page shares (the navigation, model,
-statements, token position) and runs the page chosen in it. The model is loaded
-once per process and shared by all pages and browser sessions.
+statements, token position) and runs the page chosen in it. Nothing before the
+page's title imports torch or loads a model: the pages that need the model load it
+after their title (once per process, shared by all pages and browser sessions).
 """
 
 import os
@@ -42,8 +43,8 @@ PAGES = [
 # Streamlit run pages/<name>.py without this entry point when /<name> is opened first.
 # Until st.navigation first runs in a process, Streamlit also shows a menu of pages/'s file
 # names (_shared.py included); .streamlit/config.toml hides it (client.showSidebarNavigation),
-# which hides st.navigation's menu too, so the menu is drawn here as links, before the slow
-# imports below: it is the first thing the sidebar shows.
+# which hides st.navigation's menu too, so the menu is drawn here as links: it is the first
+# thing the sidebar shows, before the shared sidebar's imports (pandas: a fraction of a second).
 page = st.navigation(PAGES, position="hidden")
 with st.sidebar:
     for entry in PAGES:

@@ -2,7 +2,8 @@
 
 Computation lives in ``probing/``; this module only wires widgets to it. What the session
 shows lives in ``st.session_state``: the open study (a results folder), the probes trained
-on the Train page, and the job.
+on the Train page, and the job. Nothing here imports torch: the navigation, sidebar and page
+title are drawn first, and the model is loaded after them, by the pages that need it.
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from probing import POSITIONS, DatasetError, LoadedModel, StatementSet, load_dataset
-from probing.activations import Activations
+from probing import POSITIONS, DatasetError, StatementSet, load_dataset
 from probing.builtin import load_builtin
 from probing.constants import POLARITY_CHOICES
 from probing.jobs import Job, ModelBusy, ModelHolder, same_model, start_job
-from probing.models import ModelSpec
 from probing.results import ResultsError, StudyResult, config_file, error_text
 from probing.settings import (
     MODEL_CHOICES, RESULTS_ROOT, app_arguments, data_roots, default_cache_dir, default_model_name, default_per_topic,
@@ -26,7 +26,10 @@ from probing.settings import (
 )
 from probing.statements import load_csv_bytes
 from probing.storage import node_stores
-from probing.workflows import extract_work
+
+if TYPE_CHECKING:
+    from probing.activations import Activations
+    from probing.models import LoadedModel, ModelSpec
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 OTHER_PATH = "Other path…"
@@ -86,6 +89,7 @@ class Context:
     cache_dir: Path
     results_root: Path  # where finished grids and trainings are saved, and listed from
     study: StudyResult | None  # the open results folder
+    autoload: bool  # a page that needs a model loads the default one (not when a folder was opened at start)
 
     @property
     def ready(self) -> bool:
@@ -302,16 +306,10 @@ def results_roots(root: Path) -> list[Path]:
 
 
 def _model_from_sidebar(holder: ModelHolder, busy: bool, autoload: bool) -> LoadedModel | None:
+    """The model picker; loads nothing unless its button is clicked (pages load the default one)."""
     st.sidebar.subheader("Model")
     default = default_model_name()
     labels = model_choices(default)
-    if autoload and holder.current is None and not st.session_state.get("model_first_try"):
-        st.session_state["model_first_try"] = True
-        with st.spinner(f"Loading {default}… (the first start converts the embedded model once, ~40 s)"):
-            try:
-                holder.ensure(default)
-            except ModelBusy:
-                pass
     choice = st.sidebar.selectbox("Model", labels, key="model_choice", disabled=busy,
                                   help="Presets need the weights in the local Hugging Face cache "
                                        "(or network access); a folder or .gguf file works offline.")
@@ -343,6 +341,9 @@ def _model_from_sidebar(holder: ModelHolder, busy: bool, autoload: bool) -> Load
     if loaded is None:
         if holder.error:
             st.sidebar.error(holder.error)
+        elif autoload and not st.session_state.get("model_first_try"):
+            st.sidebar.info(f"**{default}** loads when a page needs it: tables and charts of a results "
+                            "folder need no model.")
         else:
             st.sidebar.info("No model is loaded: tables and charts of a results folder need none.")
         return None
@@ -361,8 +362,9 @@ def sidebar() -> Context:
     if opened_at_start is not None and "results_choice" not in st.session_state:
         st.session_state["results_choice"] = str(opened_at_start)
     study = _study_from_sidebar(root, busy)
-    # A folder given at start is for looking at: no model is loaded until a page needs one.
-    model = _model_from_sidebar(holder, busy, autoload=opened_at_start is None)
+    # A folder given at start is for looking at: no model is loaded until a page asks for it.
+    autoload = opened_at_start is None
+    model = _model_from_sidebar(holder, busy, autoload)
     dataset = _load_dataset_from_sidebar(busy)
     st.sidebar.subheader("Token position")
     position = st.sidebar.selectbox("Read the hidden state at", POSITIONS, key="position", disabled=busy,
@@ -371,7 +373,7 @@ def sidebar() -> Context:
     if job is not None and job.running:
         st.sidebar.info(f"⏳ {job.label}: {job.status_line()}")
     ctx = Context(holder=holder, model=model, dataset=dataset, position=position, cache_dir=cache_dir,
-                  results_root=root, study=study)
+                  results_root=root, study=study, autoload=autoload)
     st.session_state["ctx"] = ctx
     return ctx
 
@@ -384,8 +386,26 @@ def context() -> Context:
     return st.session_state["ctx"]
 
 
+def need_model(ctx: Context) -> None:
+    """Load the default model the first time a page of this session needs one, below the page's
+    title (already drawn, like the sidebar), then run the page again with it."""
+    if ctx.model is not None or not ctx.autoload or st.session_state.get("model_first_try"):
+        return
+    st.session_state["model_first_try"] = True
+    default = default_model_name()
+    with st.spinner(f"Loading {default}… (the first start converts the embedded model once, ~40 s)",
+                    show_time=True):
+        try:
+            ctx.holder.ensure(default)
+        except ModelBusy:
+            pass
+    st.rerun()  # the sidebar shows the model (or why it failed) and the page uses it
+
+
 def require_ready(ctx: Context) -> bool:
-    """Say what is missing instead of failing; True when model and statements are there."""
+    """Load the default model if needed; say what is missing instead of failing; True when model
+    and statements are there."""
+    need_model(ctx)
     if ctx.model is None:
         st.error("No model is loaded. Choose one in the sidebar.")
         return False
@@ -399,6 +419,7 @@ def model_for(ctx: Context, spec: ModelSpec | None, study: StudyResult | None) -
     """The model of ``spec`` when it is loaded; else say which model the page needs (from the open
     results folder) and offer to load it where it fits in memory."""
     if spec is None:
+        need_model(ctx)
         st.error("No model is loaded. Choose one in the sidebar.")
         return None
     if ctx.model is not None and same_model(ctx.model.spec, spec):
@@ -429,6 +450,8 @@ def model_for(ctx: Context, spec: ModelSpec | None, study: StudyResult | None) -
 
 def extraction_controls(ctx: Context, key: str) -> int:
     """Cached-count line and an *Extract activations* button; returns how many are missing."""
+    from probing.workflows import extract_work  # imports torch: not at the top, which runs before the first paint
+
     texts = ctx.dataset.statements
     unique = len(dict.fromkeys(texts))
     missing = len(ctx.activations.missing(texts))

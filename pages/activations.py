@@ -4,9 +4,6 @@ picture) or the truth subspace (t_G, t_P) of TTPD."""
 import streamlit as st
 
 from pages._shared import context, extraction_controls, require_ready, show_chart
-from probing import charts
-from probing.directions import pca_points
-from probing.generalization import truth_subspace
 from probing.settings import layer_options
 
 ctx = context()
@@ -15,6 +12,11 @@ st.caption("Each point is one statement's hidden state at one layer, projected o
            "two principal components (found without labels: if true, green, and false, orange, separate, a "
            "truth direction is visible without training anything; shapes show topics, click the legend to "
            "highlight one), or TTPD's truth subspace.")
+
+# Imported once the title is drawn: torch (which these import) takes seconds to import.
+from probing import charts  # noqa: E402
+from probing.directions import pca_points  # noqa: E402
+from probing.generalization import truth_subspace  # noqa: E402
 
 if require_ready(ctx):
     missing = extraction_controls(ctx, key="extract_pca")

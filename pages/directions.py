@@ -5,11 +5,9 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
-from pages._shared import context, job_panel, job_running, start, show_chart
-from probing import charts
+from pages._shared import context, job_panel, job_running, need_model, start, show_chart
 from probing.config import StudyConfig
 from probing.settings import layer_options, study_layers
-from probing.workflows import grid_work
 
 DIRECTION_KINDS = {"linear": "linear probe weights", "mass_mean": "mass-mean (true mean - false mean)"}
 
@@ -20,6 +18,10 @@ st.caption("Each category split (one topic held out) gives a linear probe, i.e. 
            "agree: cosine similarity near 1 and most coordinates with the same sign. Random directions "
            "give about 0 and 0.5.")
 
+# Imported once the title is drawn: torch (which these import) takes seconds to import.
+from probing import charts  # noqa: E402
+from probing.workflows import grid_work  # noqa: E402
+
 busy = job_running()
 study = ctx.study
 has_directions = study is not None and not study.directions_matrices.empty
@@ -28,6 +30,8 @@ with st.expander("Train direction probes" if has_directions else "Train directio
     st.caption("Trains a linear and a mass-mean probe per layer on every category split, plus the "
                "shuffled-label controls, and opens them as a results folder. A grid with linear probes "
                "has directions too.")
+    if not has_directions:  # nothing to show without a model
+        need_model(ctx)
     if not ctx.ready:
         st.info("Training needs a model and a statement set: choose them in the sidebar.")
     else:

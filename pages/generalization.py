@@ -3,13 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from pages._shared import context, job_panel, job_running, show_chart, start
-from probing import charts
+from pages._shared import context, job_panel, job_running, need_model, show_chart, start
 from probing.config import StudyConfig
 from probing.constants import MATRIX_PROBES
-from probing.generalization import ALL_OTHERS, ccs_summary, matrix_summary, polarity_table
 from probing.settings import layer_options, study_layers
-from probing.workflows import generalization_work
 
 VALUES = {"accuracy": "Accuracy", "auroc": "AUROC"}
 
@@ -21,6 +18,11 @@ st.caption("Does a probe trained on one topic work on another? Rows: what the pr
            "topics that share surface features light up in pairs. The text-only control's matrix beside it "
            "shows what the words alone explain.")
 
+# Imported once the title is drawn: torch (which these import) takes seconds to import.
+from probing import charts  # noqa: E402
+from probing.generalization import ALL_OTHERS, ccs_summary, matrix_summary, polarity_table  # noqa: E402
+from probing.workflows import generalization_work  # noqa: E402
+
 busy = job_running()
 study = ctx.study
 has_results = study is not None and not (study.generalization.empty and study.ccs.empty)
@@ -29,6 +31,8 @@ with st.expander("Run the generalization analyses", expanded=not has_results):
                "statements have both polarities, and CCS when they come in pairs of a statement and its "
                "negation (the built-in set does). Saved into the open results folder when it holds the same "
                "statements, model and token position, else as a new one.")
+    if not has_results:  # nothing to show without a model
+        need_model(ctx)
     if not ctx.ready:
         st.info("Running the analyses needs a model and a statement set: choose them in the sidebar. "
                 "A results folder opened in the sidebar shows its analyses without either.")

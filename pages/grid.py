@@ -4,12 +4,9 @@ from dataclasses import replace
 
 import streamlit as st
 
-from pages._shared import context, job_panel, job_running, start, show_chart
-from probing import PROBE_KINDS, charts
+from pages._shared import context, job_panel, job_running, need_model, start, show_chart
 from probing.config import StudyConfig
-from probing.experiments import accuracy_long
 from probing.settings import layer_options, study_layers
-from probing.workflows import grid_work, partial_results
 
 ctx = context()
 st.title("Accuracy grid")
@@ -18,8 +15,15 @@ st.caption("Every layer x probe kind, trained on all topics but one and tested o
            "laid out as in the study; 0.5 is chance. The random-split grid beside it tests on statements "
            "of topics the probe has seen.")
 
+# Imported once the title is drawn: torch (which these import) takes seconds to import.
+from probing import PROBE_KINDS, charts  # noqa: E402
+from probing.experiments import accuracy_long  # noqa: E402
+from probing.workflows import grid_work, partial_results  # noqa: E402
+
 busy = job_running()
 with st.expander("Run a new grid", expanded=ctx.study is None):
+    if ctx.study is None:  # nothing to show without a model
+        need_model(ctx)
     if not ctx.ready:
         st.info("Running a grid needs a model and a statement set: choose them in the sidebar. "
                 "A results folder opened in the sidebar shows its grid without either.")

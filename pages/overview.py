@@ -3,8 +3,6 @@
 import streamlit as st
 
 from pages._shared import context, extraction_controls, model_for, require_ready, show_chart
-from probing import charts
-from probing.scoring import study_model
 
 ctx = context()
 st.title("Does the model know what is true?")
@@ -13,6 +11,10 @@ st.markdown(
     "ones (SAPLMA / *Geometry of Truth*). Pick a model, a statement set and a token position in the "
     "sidebar; extract activations once (they are cached on disk), then train probes, run the study's "
     "accuracy grid, compare truth directions and score your own statements.")
+
+# Imported once the title is drawn: torch (which these import) takes seconds to import.
+from probing import charts  # noqa: E402
+from probing.scoring import study_model  # noqa: E402
 
 if ctx.model is None and ctx.study is not None:
     st.info(f"Results folder open: `{ctx.study.folder}`. Its accuracy grid and truth directions need no "

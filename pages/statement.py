@@ -3,8 +3,6 @@
 import streamlit as st
 
 from pages._shared import context, model_for, show_chart, trained_probes
-from probing import charts, model_says_true, score_statements
-from probing.scoring import check_statement, model_notes, study_model
 from probing.settings import EXAMPLES
 
 ctx = context()
@@ -12,6 +10,10 @@ st.title("Probe a statement")
 st.caption("Type any sentence. Left: the probability of *true* that each trained probe reads from the "
            "hidden state at its layer. Right: what the model says when asked whether the statement is "
            "true (its next-token probabilities for ' True' and ' False').")
+
+# Imported once the title is drawn: torch (which these import) takes seconds to import.
+from probing import charts, model_says_true, score_statements  # noqa: E402
+from probing.scoring import check_statement, model_notes, study_model  # noqa: E402
 
 
 def use_example(text: str) -> None:

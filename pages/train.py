@@ -6,17 +6,19 @@ import pandas as pd
 import streamlit as st
 
 from pages._shared import context, job_panel, job_running, require_ready, start, show_chart, trained_probes
-from probing import PROBE_KINDS, charts
 from probing.config import StudyConfig
-from probing.experiments import RANDOM_SPLIT
 from probing.settings import layer_options
-from probing.workflows import train_work
 
 ctx = context()
 st.title("Train a probe")
 st.caption("A probe reads one layer's hidden state and predicts whether the statement is true. "
            "Hold one topic out to test whether what it learned transfers to a topic it never saw "
            "(the study's category split), or use a random 80/20 split.")
+
+# Imported once the title is drawn: torch (which these import) takes seconds to import.
+from probing import PROBE_KINDS, charts  # noqa: E402
+from probing.experiments import RANDOM_SPLIT  # noqa: E402
+from probing.workflows import train_work  # noqa: E402
 
 if require_ready(ctx):
     busy = job_running()

@@ -2,7 +2,8 @@
 
 The app keeps one :class:`ModelHolder` per process (``st.cache_resource``) and one
 :class:`Job` at a time per browser session; a page polls its job for progress. Nothing
-here imports streamlit.
+here imports streamlit, nor torch until a model is loaded: the dashboard draws its first page
+before that.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from probing.activations import Activations
-from probing.models import LoadedModel, ModelLoadError, ModelSpec, load_model
+if TYPE_CHECKING:
+    from probing.activations import Activations
+    from probing.models import LoadedModel, ModelSpec
 
 
 class ModelBusy(RuntimeError):
@@ -57,6 +60,8 @@ class ModelHolder:
     def ensure(self, model: str | ModelSpec, device: str | None = None, dtype: str | None = None) -> LoadedModel | None:
         """Load ``model`` (a name with ``device`` and ``dtype``, or a whole spec) unless it is what is
         loaded; returns the model now loaded (maybe the old one)."""
+        from probing.models import ModelLoadError, ModelSpec, load_model
+
         with self._lock:
             try:
                 spec = model if isinstance(model, ModelSpec) else ModelSpec(model.strip(), device or None, dtype or None)
@@ -68,7 +73,7 @@ class ModelHolder:
             if self.busy:
                 raise ModelBusy("a job is using the current model; switch when it has finished")
             try:
-                loaded = load_model(spec, cache_dir=self.cache_dir)
+                loaded = load_model(spec)
             except (ModelLoadError, ValueError) as error:
                 self.error = str(error)
                 return self.current
@@ -80,6 +85,9 @@ class ModelHolder:
 
     def activations(self, position: str) -> Activations:
         """The cached activations of the current model at ``position`` (one object per position)."""
+        from probing.activations import Activations
+        from probing.models import ModelLoadError
+
         with self._lock:
             if self.current is None:
                 raise ModelLoadError("no model is loaded")

@@ -44,10 +44,9 @@ TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def app_cache(tmp_path_factory):
-    """A fresh activation cache whose models/ folder is the shared converted model."""
-    load_model("embedded", cache_dir=TEST_CACHE)  # converts the GGUF once per machine
+    """A fresh activation cache (the converted model is shared by all of them)."""
+    load_model("embedded")  # converts the GGUF once per machine
     cache = tmp_path_factory.mktemp("app-cache")
-    (cache / "models").symlink_to((TEST_CACHE / "models").resolve(), target_is_directory=True)
     saved = {k: os.environ.get(k) for k in ("PROBING_CACHE", "PROBING_PER_TOPIC", "PROBING_MODEL", "PROBING_RESULTS")}
     os.environ.update(PROBING_CACHE=str(cache), PROBING_PER_TOPIC=str(PER_TOPIC), PROBING_MODEL="embedded",
                       PROBING_RESULTS=str(cache / "results"))
@@ -67,7 +66,7 @@ def dataset():
 @pytest.fixture(scope="module")
 def engine(app_cache, dataset):
     """The engine on the same cache, to recompute what the pages show."""
-    model = load_model("embedded", cache_dir=app_cache)
+    model = load_model("embedded")
     return model, Activations(position="last", cache_dir=app_cache, model=model)
 
 
@@ -157,7 +156,6 @@ def test_the_extract_button_merges_node_folders_and_computes_only_the_rest(tmp_p
     copies that node's statements (bit for bit) instead of computing them."""
     cache = tmp_path / "cache"  # a fresh process-wide model holder on a cache of its own
     cache.mkdir()
-    (cache / "models").symlink_to((TEST_CACHE / "models").resolve(), target_is_directory=True)
     monkeypatch.setenv("PROBING_CACHE", str(cache))
     texts = list(dict.fromkeys(dataset.statements))
     node = Activations(position="last", cache_dir=cache, store_dir=cache / "nodes" / "node-0")
@@ -542,7 +540,7 @@ def test_statement_page(app_cache, dataset, engine):
 @pytest.fixture(scope="module")
 def saved_study(small_saplma, tmp_path_factory):
     """`reproduce` on 240 real SAPLMA statements, into a folder of its own."""
-    activations = Activations(model=load_model("embedded", cache_dir=TEST_CACHE), cache_dir=TEST_CACHE)
+    activations = Activations(model=load_model("embedded"), cache_dir=TEST_CACHE)
     config = StudyConfig(layers=(-5, -1), probes=("linear", "tiny"), epochs=2)
     return reproduce(small_saplma, activations, config, tmp_path_factory.mktemp("results") / "saplma-small")
 
@@ -550,7 +548,6 @@ def saved_study(small_saplma, tmp_path_factory):
 def test_a_results_folder_opens_without_a_model_until_a_page_needs_one(saved_study, tmp_path, monkeypatch):
     cache = tmp_path / "cache"  # a fresh process-wide model holder: nothing loaded
     cache.mkdir()
-    (cache / "models").symlink_to((TEST_CACHE / "models").resolve(), target_is_directory=True)
     monkeypatch.setenv("PROBING_CACHE", str(cache))
     monkeypatch.setenv("PROBING_RESULTS", str(saved_study.folder))  # as `streamlit run app.py -- --results DIR`
     folder = saved_study.folder
@@ -629,6 +626,14 @@ def test_activations_page(app_cache, dataset, engine):
     direct, _ = pca_points(engine[1].layer(dataset.statements, -1), dataset.frame)
     np.testing.assert_allclose(np.abs(points["pc1"]), np.abs(direct["pc1"]), rtol=1e-4, atol=1e-4)
     assert "Activations at layer -1" in json.dumps(spec["title"])
+
+
+def test_the_shared_sidebar_imports_no_torch():
+    """What every page runs before its title imports no torch: the first paint waits for no model
+    (tests/test_browser.py checks the order in a browser)."""
+    code = "import sys, pages._shared\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+    finished = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
 
 
 # ----------------------------------------------------------------------------- errors
