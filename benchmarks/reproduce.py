@@ -1,0 +1,92 @@
+"""The job users run, by phase: ``probing reproduce`` of the SAPLMA grid, timed from the engine's
+own progress reports.
+
+Phases: loading the statements and the model; extraction (what the cache lacks); the grid's probes;
+the final probes (one per layer and kind, trained on every statement for ``score``: the last
+``layers x kinds`` counts of ``on_train``); directions, controls and the rest of the study; saving
+the results folder. Beside them, the square-matmul rates of this run in float32 and bfloat16 (the
+bound the grid benchmark divides FLOPs by) and ``reproduce`` as a multiple of the grid's training
+time (issue 22's target: at most 1.15).
+
+    python -m benchmarks.reproduce                    # SAPLMA, conflicts dropped, warm cache
+    python -m benchmarks.reproduce --no-controls      # as issue 22 measured it
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from benchmarks._common import BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, matmul_flops, peak_rss_mb, print_machine, table
+from probing.activations import Activations
+from probing.config import StudyConfig
+from probing.datasets import load_dataset
+from probing.models import load_model
+from probing.study import run_study
+
+
+class Clock:
+    """First and last time each progress callback was called."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, list[float]] = {}
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.marks.setdefault(phase, [now, now])[1] = now
+
+    def progress(self, phase: str):
+        return lambda done, total: self.mark(phase)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default=SAPLMA_DATA, help=SAPLMA_HELP)
+    parser.add_argument("--cache", default=BENCH_CACHE)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--no-controls", action="store_true")
+    args = parser.parse_args()
+    print_machine()
+    rates = {name: matmul_flops(dtype) / 1e9 for name, dtype in (("float32", torch.float32),
+                                                                  ("bfloat16", torch.bfloat16))}
+
+    start = time.perf_counter()
+    config = StudyConfig(dataset=args.dataset, drop_conflicts=True, seeds=args.seeds, controls=not args.no_controls,
+                         cache=args.cache)
+    dataset = load_dataset(args.dataset, drop_conflicts=True)
+    activations = Activations(model=load_model("embedded"), cache_dir=args.cache)
+    loaded = time.perf_counter()
+
+    clock, final_probes = Clock(), len(config.layers) * len(config.probes)
+    counts: list[tuple[float, int, int]] = []
+    result = run_study(dataset, activations, config, on_extract=clock.progress("extract"),
+                       on_train=lambda done, total: counts.append((time.perf_counter(), done, total)))
+    studied = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        result.save(folder)
+    saved = time.perf_counter()
+
+    total = counts[-1][2]
+    grid_end = next(moment for moment, done, _ in counts if done >= total - final_probes)
+    train_start = counts[0][0]
+    extract_end = clock.marks.get("extract", [loaded, loaded])[1]
+    phases = [("load statements and model", start, loaded), ("extract", loaded, extract_end),
+              ("grid", max(extract_end, train_start), grid_end), ("final probes", grid_end, counts[-1][0]),
+              ("directions, controls, rest", counts[-1][0], studied), ("save", studied, saved)]
+    grid_seconds = grid_end - max(extract_end, train_start)
+    rows = [{"phase": name, "seconds": f"{end - begin:.1f}", "share": f"{(end - begin) / (saved - start):.0%}"}
+            for name, begin, end in phases]
+    print(table(rows, ["phase", "seconds", "share"]))
+    print(f"\nreproduce {saved - start:.1f} s = {(saved - start) / grid_seconds:.2f} x the grid's training "
+          f"({grid_seconds:.1f} s; {total - final_probes} grid probes, {final_probes} final probes); matmul rate "
+          f"{rates['float32']:.0f} GFLOP/s float32, {rates['bfloat16']:.0f} bfloat16; peak RSS {peak_rss_mb():,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
