@@ -151,6 +151,13 @@ def save_probes(probes: dict[tuple[int, str], Probe], out: Path, reads: dict[str
     return {probe_path(out, layer, kind).relative_to(out).as_posix() for layer, kind in probes}
 
 
+def probe_reads(config: StudyConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a study's probes read (``PROBE_READS`` but layer and kind, which each file adds): the token
+    position, and the model's fingerprint and dtype as ``meta`` records them (None where it does not)."""
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    return {"position": config.position, "fingerprint": model.get("fingerprint"), "dtype": model.get("dtype")}
+
+
 def is_output_name(name: str) -> bool:
     """Whether ``name`` (relative to a results folder, with /) is a file a results folder may hold."""
     return name in OUTPUT_FILES or name == CONFIG_FILE or PROBE_FILE.fullmatch(name) is not None
@@ -512,10 +519,7 @@ class StudyResult:
             write_markdown(generalization_markdown(self.generalization, self.ccs), "generalization")
         if not self.steering.empty:
             write_markdown(steering_markdown(self.steering), "steering")
-        model = self.meta.get("model", {})
-        written |= save_probes(self.probes, folder, {"position": self.config.position,
-                                                     "fingerprint": model.get("fingerprint"),
-                                                     "dtype": model.get("dtype")})
+        written |= save_probes(self.probes, folder, probe_reads(self.config, self.meta))
         for stale in earlier - written - {CONFIG_FILE}:
             (folder / stale).unlink(missing_ok=True)
         record = {**self.config_record(), "files": sorted(written)}
@@ -539,8 +543,7 @@ class StudyResult:
                 frame.insert(list(frame.columns).index("probe") + 1, "split", config.split)
             tables[name] = frame
         meta = {key: value for key, value in record.items() if key not in RECORD_KEYS}
-        model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
-        reads = {"position": config.position, "fingerprint": model.get("fingerprint"), "dtype": model.get("dtype")}
+        reads = probe_reads(config, meta)
         loaded = [_load_probe(folder / name, folder, reads) for name in sorted(owned)
                   if PROBE_FILE.fullmatch(name) and (folder / name).is_file()]
         notes = []

@@ -164,8 +164,7 @@ class ActivationStore:
         return open_cache(self.directory)
 
     def _cannot_open(self, error: Exception) -> CacheError:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        return CacheError(f"cannot open the activation cache at {self.directory} ({reason}). "
+        return CacheError(f"cannot open the activation cache at {self.directory} ({_reason(error)}). "
                           "Check that this user may read and write the folder, or pass another --cache.")
 
     def _replace_cache(self, cache: diskcache.Cache) -> None:
@@ -603,14 +602,18 @@ def _reading(directory: Path) -> Iterator[sqlite3.Connection]:
         finally:
             reader.close()
     except (sqlite3.DatabaseError, OSError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise CacheError(
-            f"{database} cannot be read as an activation cache ({reason}); it was left as it is. "
+            f"{database} cannot be read as an activation cache ({_reason(error)}); it was left as it is. "
             + ("Check that this user may read the folder and its files, or copy it to a folder you own."
                if _is_permission(error) else
                "If it is damaged, the next extraction into that cache repairs it, keeping what can still be "
                "read (`probing extract --cache ...`); if it is not a cache, pass another folder.")
         ) from error
+
+
+def _reason(error: Exception) -> str:
+    """What went wrong, for a message that names the file itself: an OSError's words without its errno."""
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
 def _is_permission(error: Exception) -> bool:
