@@ -16,7 +16,7 @@ from pathlib import Path
 
 from diskcache.core import MODE_PICKLE
 
-from probing.store_format import VALUE_FILE, DATABASE, CacheError, SafeDisk, verify_database
+from probing.store_format import DATABASE, CacheError, SafeDisk, verify_database
 
 _PLAIN = (str, int, float, bool, bytes, type(None))
 
@@ -107,18 +107,15 @@ def _migrate_row(connection: sqlite3.Connection, disk: SafeDisk, directory: Path
     try:
         if not raw:
             key = _unpickle_plain(bytes(key))
-            if not (isinstance(key, tuple) and all(type(part) in (str, int) for part in key)):
-                raise pickle.UnpicklingError("a key that is not a tuple of text and numbers")
-            if len(key) > 1 and key[1] == "claim":
+            text = disk.put(key)[0]  # a TypeError unless a tuple of text and whole numbers
+            if key[1:2] == ("claim",):
                 connection.execute("DELETE FROM Cache WHERE rowid = ?", (rowid,))
                 report.claims += 1
                 old_files += [filename] if filename else []
                 return
-            connection.execute("UPDATE Cache SET key = ?, raw = 1 WHERE rowid = ?", (disk.put(key)[0], rowid))
+            connection.execute("UPDATE Cache SET key = ?, raw = 1 WHERE rowid = ?", (text, rowid))
             report.keys += 1
-        if mode == MODE_PICKLE:
-            if filename is not None and not VALUE_FILE.fullmatch(filename):
-                raise pickle.UnpicklingError(f"a value file outside the cache ({filename!r})")
+        if mode == MODE_PICKLE:  # value files outside the folder were refused by verify_database
             data = (directory / filename).read_bytes() if filename else bytes(value)
             size, new_mode, new_file, new_value = disk.store(_unpickle_plain(data), False)
             new_files += [new_file] if new_file else []

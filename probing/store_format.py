@@ -30,9 +30,6 @@ from diskcache.core import MODE_PICKLE, UNKNOWN
 
 DATABASE = "cache.db"
 VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
-MIGRATE_HINT = ("If you made this cache yourself with an earlier version of this tool, convert it once with "
-                "`probing cache migrate {folder}` (it reads the old entries without running anything); "
-                "otherwise pass another --cache.")
 
 
 class CacheError(RuntimeError):
@@ -86,6 +83,11 @@ class SafeDisk(diskcache.Disk):
 def open_cache(directory: Path) -> diskcache.Cache:
     """The diskcache at ``directory`` with :class:`SafeDisk`, after :func:`verify_database`."""
     verify_database(directory)
+    return _diskcache(directory)
+
+
+def _diskcache(directory: str | Path) -> diskcache.Cache:
+    """The store's diskcache settings: no pickle, no size limit, nothing ever evicted."""
     return diskcache.Cache(str(directory), disk=SafeDisk, size_limit=2**50, eviction_policy="none")
 
 
@@ -93,7 +95,7 @@ def open_cache(directory: Path) -> diskcache.Cache:
 def _expected_schema() -> tuple[frozenset, dict]:
     """The database objects and settings diskcache creates for this store, read from a fresh one."""
     with tempfile.TemporaryDirectory() as folder:
-        diskcache.Cache(folder, disk=SafeDisk, size_limit=2**50, eviction_policy="none").close()
+        _diskcache(folder).close()
         reader = sqlite3.connect(Path(folder) / DATABASE)
         try:
             objects = frozenset(reader.execute("SELECT type, name, sql FROM sqlite_master"))
@@ -129,8 +131,10 @@ def verify_database(directory: Path, pickles: bool = False) -> None:
             "SELECT count(*) FROM Cache WHERE raw = 0 OR mode = ?", (MODE_PICKLE,)).fetchone()[0]
         if pickled and not pickles:
             raise UnsafeCache(f"{database} holds {pickled:,} pickled entr{'y' if pickled == 1 else 'ies'}; "
-                              "reading a pickle can run code, so this cache is not read. "
-                              + MIGRATE_HINT.format(folder=Path(directory)))
+                              "reading a pickle can run code, so this cache is not read. If you made it yourself "
+                              "with an earlier version of this tool, convert it once with `probing cache migrate "
+                              f"{directory}` (it reads the old entries without running anything); otherwise pass "
+                              "another --cache.")
         for (filename,) in reader.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL"):
             if not VALUE_FILE.fullmatch(filename):
                 raise UnsafeCache(f"{database} points at a value file outside its folder ({filename!r}), so it "
