@@ -124,8 +124,8 @@ def cached_activations(texts: Sequence[str], cache_dir: str = BENCH_CACHE):
     Returns (activations, statements computed now, seconds spent computing them).
     The model is loaded only if something is missing.
     """
-    from probing.activations import Activations
-    from probing.models import load_model
+    from probing.store.activations import Activations
+    from probing.model.loading import load_model
 
     activations = Activations("embedded", cache_dir=cache_dir)
     missing = activations.missing(texts)

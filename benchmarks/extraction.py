@@ -48,10 +48,10 @@ import torch
 from benchmarks._common import (
     BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, matmul_flops, peak_rss_mb, print_machine, row_cosines, table,
 )
-from probing.activations import Activations, plan_batches, run_batch
-from probing.datasets import load_dataset
-from probing.models import DTYPES, LoadedModel, ModelSpec, cpu_has_fast_bfloat16, load_model
-from probing.statements import StatementSet
+from probing.store.activations import Activations, plan_batches, run_batch
+from probing.data.datasets import load_dataset
+from probing.model.loading import DTYPES, LoadedModel, ModelSpec, cpu_has_fast_bfloat16, load_model
+from probing.data.statements import StatementSet
 
 POSITION = "last"
 

@@ -26,13 +26,13 @@ from dataclasses import replace
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks._common import BENCH_CACHE, cached_activations, peak_rss_mb, print_machine, table
-from probing.builtin import load_builtin
-from probing.config import StudyConfig
-from probing.experiments import text_only_accuracy
-from probing.generalization import (
+from probing.data.builtin import load_builtin
+from probing.study.config import StudyConfig
+from probing.analyses.grid import text_only_accuracy
+from probing.analyses.generalization import (
     ALL_OTHERS, ccs_summary, matrix_summary, polarity_table, polarity_transfers, run_generalization, topic_transfers,
 )
-from probing.results import markdown_table
+from probing.study.results import markdown_table
 
 LAYERS = (-1, -5, -9, -13, -17)
 

@@ -10,7 +10,7 @@ plus one BOS token.
 
 Measured per model:
 
-- ours: ``probing.activations.run_batch`` on ``Batch`` objects built directly
+- ours: ``probing.store.activations.run_batch`` on ``Batch`` objects built directly
   from the ids (sorted by length, packed up to a token budget exactly as
   ``plan_batches`` packs), all layers copied back to the host as float32, at a
   few token budgets (16384 is the engine's CUDA default);
@@ -47,14 +47,14 @@ import numpy as np
 import torch
 
 try:
-    import diskcache  # noqa: F401 - probing.storage imports it; the GPU image lacks it
+    import diskcache  # noqa: F401 - probing.store.store imports it; the GPU image lacks it
 except ImportError:
     sys.modules["diskcache"] = types.ModuleType("diskcache")  # the disk cache is not used here
 
 from benchmarks._common import machine, matmul_flops, row_cosines, sync, table  # noqa: E402
-from probing.activations import Batch, run_batch  # noqa: E402
-from probing.models import LoadedModel, ModelSpec  # noqa: E402
-from probing.probes import ProbeConfig, Task, fit_many  # noqa: E402
+from probing.store.activations import Batch, run_batch  # noqa: E402
+from probing.model.loading import LoadedModel, ModelSpec  # noqa: E402
+from probing.probes.estimators import ProbeConfig, Task, fit_many  # noqa: E402
 
 SAPLMA_TOPIC_SIZES = (1008, 1458, 1200, 930, 612, 876)
 """Statements per topic in the SAPLMA data (animals, capitals, companies, elements, facts, inventions)."""

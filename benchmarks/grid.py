@@ -43,11 +43,11 @@ import torch
 from benchmarks._common import (
     BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, cached_activations, matmul_flops, peak_rss_mb, print_machine, table,
 )
-from probing import probes
-from probing.config import StudyConfig
-from probing.experiments import category_splits, run_grid, split_seed
-from probing.probes import HIDDEN_SIZES, LBFGS_STACK, Task, fit_many, training_dtype
-from probing.datasets import load_dataset
+from probing.probes import estimators as probes
+from probing.study.config import StudyConfig
+from probing.analyses.grid import category_splits, run_grid, split_seed
+from probing.probes.estimators import HIDDEN_SIZES, LBFGS_STACK, Task, fit_many, training_dtype
+from probing.data.datasets import load_dataset
 
 LAYERS = (-1, -5, -9, -13, -17)
 KINDS = ("linear", "tiny", "small", "medium")

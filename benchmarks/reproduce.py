@@ -24,11 +24,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from benchmarks._common import BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, matmul_flops, peak_rss_mb, print_machine, table
-from probing.activations import Activations
-from probing.config import StudyConfig
-from probing.datasets import load_dataset
-from probing.models import load_model
-from probing.study import run_study
+from probing.store.activations import Activations
+from probing.study.config import StudyConfig
+from probing.data.datasets import load_dataset
+from probing.model.loading import load_model
+from probing.study.study import run_study
 
 
 class Clock:

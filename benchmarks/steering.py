@@ -26,10 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 from benchmarks._common import BENCH_CACHE, cached_activations, peak_rss_mb, print_machine, table
-from probing.builtin import load_builtin
-from probing.config import SteeringConfig
-from probing.results import markdown_table
-from probing.steering import dose_response, steering_setup, true_false_margins
+from probing.data.builtin import load_builtin
+from probing.study.config import SteeringConfig
+from probing.study.results import markdown_table
+from probing.analyses.steering import dose_response, steering_setup, true_false_margins
 
 PROBE_LAYERS = (-3, -6, -9, -12, -15, -18, -21, -24)
 SCAN_ALPHAS = (-4.0, -2.0, 0.0, 2.0, 4.0)

@@ -45,8 +45,8 @@ def child(saplma: str, per_topic: int | None, layer: int, cache: str) -> None:
     """In a fresh process: time import, dataset, cache open and two reads of one layer; print JSON."""
     t0 = _STARTED
     from benchmarks._common import peak_rss_mb
-    from probing.activations import Activations
-    from probing.datasets import load_dataset
+    from probing.store.activations import Activations
+    from probing.data.datasets import load_dataset
 
     t1 = time.perf_counter()
     dataset = load_dataset(saplma, drop_conflicts=True)
@@ -138,8 +138,8 @@ def main() -> None:
 
     from benchmarks._common import SAPLMA_DATA, cached_activations, print_machine, table
     saplma = args.saplma or SAPLMA_DATA
-    from probing.builtin import load_builtin
-    from probing.datasets import load_dataset
+    from probing.data.builtin import load_builtin
+    from probing.data.datasets import load_dataset
 
     print_machine()
     dataset = load_dataset(saplma, drop_conflicts=True)

@@ -16,20 +16,20 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from probing import POSITIONS, DatasetError, StatementSet, load_dataset
-from probing.builtin import load_builtin
+from probing.data.builtin import load_builtin
 from probing.constants import POLARITY_CHOICES
-from probing.jobs import Job, ModelBusy, ModelHolder, same_model, start_job
-from probing.results import ResultsError, StudyResult, config_file, error_text
-from probing.settings import (
+from probing.dashboard.jobs import Job, ModelBusy, ModelHolder, same_model, start_job
+from probing.study.results import ResultsError, StudyResult, config_file, error_text
+from probing.dashboard.settings import (
     MODEL_CHOICES, RESULTS_ROOT, app_arguments, data_roots, default_cache_dir, default_model_name, default_per_topic,
     fits_in_memory, model_choices, path_under_roots, results_folders, results_location, statement_sets_under,
 )
-from probing.statements import load_csv_bytes
-from probing.storage import node_stores
+from probing.data.statements import load_csv_bytes
+from probing.store.store import node_stores
 
 if TYPE_CHECKING:
-    from probing.activations import Activations
-    from probing.models import LoadedModel, ModelSpec
+    from probing.store.activations import Activations
+    from probing.model.loading import LoadedModel, ModelSpec
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 OTHER_PATH = "Other path…"
@@ -450,7 +450,7 @@ def model_for(ctx: Context, spec: ModelSpec | None, study: StudyResult | None) -
 
 def extraction_controls(ctx: Context, key: str) -> int:
     """Cached-count line and an *Extract activations* button; returns how many are missing."""
-    from probing.workflows import extract_work  # imports torch: not at the top, which runs before the first paint
+    from probing.dashboard.workflows import extract_work  # imports torch: not at the top, which runs before the first paint
 
     texts = ctx.dataset.statements
     unique = len(dict.fromkeys(texts))

@@ -4,7 +4,7 @@ picture) or the truth subspace (t_G, t_P) of TTPD."""
 import streamlit as st
 
 from pages._shared import context, extraction_controls, require_ready, show_chart
-from probing.settings import layer_options
+from probing.dashboard.settings import layer_options
 
 ctx = context()
 st.title("Activations")
@@ -14,9 +14,9 @@ st.caption("Each point is one statement's hidden state at one layer, projected o
            "highlight one), or TTPD's truth subspace.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing import charts  # noqa: E402
-from probing.directions import pca_points  # noqa: E402
-from probing.generalization import truth_subspace  # noqa: E402
+from probing.dashboard import charts  # noqa: E402
+from probing.analyses.directions import pca_points  # noqa: E402
+from probing.analyses.generalization import truth_subspace  # noqa: E402
 
 if require_ready(ctx):
     missing = extraction_controls(ctx, key="extract_pca")

@@ -6,10 +6,10 @@ from pathlib import Path
 import streamlit as st
 
 from pages._shared import FOLDERS, context, job_panel, job_running, load_study, show_chart, start
-from probing.results import ResultsError, StudyResult, error_text
-from probing.config import StudyConfig
+from probing.study.results import ResultsError, StudyResult, error_text
+from probing.study.config import StudyConfig
 from probing.constants import PROBE_KINDS
-from probing.settings import EXAMPLES, MODEL_CHOICES, fits_in_memory, results_folders
+from probing.dashboard.settings import EXAMPLES, MODEL_CHOICES, fits_in_memory, results_folders
 
 
 MODELS = "two models on these statements"
@@ -45,11 +45,11 @@ st.caption("The study compares Llama-2-7B with 13B: is truth more linear in the 
            "block) as well as by index from the end.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing import charts  # noqa: E402
-from probing.compare import compare_studies  # noqa: E402
-from probing.experiments import accuracy_long  # noqa: E402
-from probing.scoring import score_statements, study_activations  # noqa: E402
-from probing.workflows import compare_work  # noqa: E402
+from probing.dashboard import charts  # noqa: E402
+from probing.analyses.compare import compare_studies  # noqa: E402
+from probing.analyses.grid import accuracy_long  # noqa: E402
+from probing.analyses.scoring import score_statements, study_activations  # noqa: E402
+from probing.dashboard.workflows import compare_work  # noqa: E402
 
 busy = job_running()
 mode = st.radio("Compare", [FOLDERS, MODELS], horizontal=True, key="compare_mode", disabled=busy)

@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from pages._shared import context, job_panel, job_running, need_model, start, show_chart
-from probing.config import StudyConfig
-from probing.settings import layer_options, study_layers
+from probing.study.config import StudyConfig
+from probing.dashboard.settings import layer_options, study_layers
 
 DIRECTION_KINDS = {"linear": "linear probe weights", "mass_mean": "mass-mean (true mean - false mean)"}
 
@@ -19,8 +19,8 @@ st.caption("Each category split (one topic held out) gives a linear probe, i.e. 
            "give about 0 and 0.5.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing import charts  # noqa: E402
-from probing.workflows import grid_work  # noqa: E402
+from probing.dashboard import charts  # noqa: E402
+from probing.dashboard.workflows import grid_work  # noqa: E402
 
 busy = job_running()
 study = ctx.study

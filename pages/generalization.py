@@ -4,9 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from pages._shared import context, job_panel, job_running, need_model, show_chart, start
-from probing.config import StudyConfig
+from probing.study.config import StudyConfig
 from probing.constants import MATRIX_PROBES
-from probing.settings import layer_options, study_layers
+from probing.dashboard.settings import layer_options, study_layers
 
 VALUES = {"accuracy": "Accuracy", "auroc": "AUROC"}
 
@@ -19,9 +19,9 @@ st.caption("Does a probe trained on one topic work on another? Rows: what the pr
            "shows what the words alone explain.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing import charts  # noqa: E402
-from probing.generalization import ALL_OTHERS, ccs_summary, matrix_summary, polarity_table  # noqa: E402
-from probing.workflows import generalization_work  # noqa: E402
+from probing.dashboard import charts  # noqa: E402
+from probing.analyses.generalization import ALL_OTHERS, ccs_summary, matrix_summary, polarity_table  # noqa: E402
+from probing.dashboard.workflows import generalization_work  # noqa: E402
 
 busy = job_running()
 study = ctx.study

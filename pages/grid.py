@@ -5,8 +5,8 @@ from dataclasses import replace
 import streamlit as st
 
 from pages._shared import context, job_panel, job_running, need_model, start, show_chart
-from probing.config import StudyConfig
-from probing.settings import layer_options, study_layers
+from probing.study.config import StudyConfig
+from probing.dashboard.settings import layer_options, study_layers
 
 ctx = context()
 st.title("Accuracy grid")
@@ -16,9 +16,10 @@ st.caption("Every layer x probe kind, trained on all topics but one and tested o
            "of topics the probe has seen.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing import PROBE_KINDS, charts  # noqa: E402
-from probing.experiments import accuracy_long  # noqa: E402
-from probing.workflows import grid_work, partial_results  # noqa: E402
+from probing import PROBE_KINDS  # noqa: E402
+from probing.dashboard import charts  # noqa: E402
+from probing.analyses.grid import accuracy_long  # noqa: E402
+from probing.dashboard.workflows import grid_work, partial_results  # noqa: E402
 
 busy = job_running()
 with st.expander("Run a new grid", expanded=ctx.study is None):

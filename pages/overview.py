@@ -13,8 +13,8 @@ st.markdown(
     "accuracy grid, compare truth directions and score your own statements.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing import charts  # noqa: E402
-from probing.scoring import study_model  # noqa: E402
+from probing.dashboard import charts  # noqa: E402
+from probing.analyses.scoring import study_model  # noqa: E402
 
 if ctx.model is None and ctx.study is not None:
     st.info(f"Results folder open: `{ctx.study.folder}`. Its accuracy grid and truth directions need no "

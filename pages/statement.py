@@ -3,7 +3,7 @@
 import streamlit as st
 
 from pages._shared import context, model_for, show_chart, trained_probes
-from probing.settings import EXAMPLES
+from probing.dashboard.settings import EXAMPLES
 
 ctx = context()
 st.title("Probe a statement")
@@ -12,8 +12,9 @@ st.caption("Type any sentence. Left: the probability of *true* that each trained
            "true (its next-token probabilities for ' True' and ' False').")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing import charts, model_says_true, score_statements  # noqa: E402
-from probing.scoring import check_statement, model_notes, study_model  # noqa: E402
+from probing import model_says_true, score_statements  # noqa: E402
+from probing.dashboard import charts  # noqa: E402
+from probing.analyses.scoring import check_statement, model_notes, study_model  # noqa: E402
 
 
 def use_example(text: str) -> None:

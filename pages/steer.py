@@ -4,10 +4,10 @@ import numpy as np
 import streamlit as st
 
 from pages._shared import context, extraction_controls, job_panel, job_running, require_ready, show_chart, start
-from probing.config import SteeringConfig
+from probing.study.config import SteeringConfig
 from probing.constants import STEER_DIRECTIONS, STEER_POSITIONS
-from probing.results import steering_notes, steering_shown
-from probing.settings import EXAMPLES, layer_options
+from probing.study.results import steering_notes, steering_shown
+from probing.dashboard.settings import EXAMPLES, layer_options
 
 DEFAULTS = SteeringConfig()
 DIRECTION_HELP = {"mass_mean": "mass-mean (true mean - false mean)", "linear": "linear probe weights",
@@ -24,10 +24,10 @@ st.caption("Does the model use its truth direction? Add a multiple of it to the 
            "shuffled-label directions of the same length are the controls.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing import charts  # noqa: E402
-from probing.generalization import centring_groups  # noqa: E402
-from probing.steering import continuation, fit_directions, true_false_margins  # noqa: E402
-from probing.workflows import steering_work  # noqa: E402
+from probing.dashboard import charts  # noqa: E402
+from probing.analyses.generalization import centring_groups  # noqa: E402
+from probing.analyses.steering import continuation, fit_directions, true_false_margins  # noqa: E402
+from probing.dashboard.workflows import steering_work  # noqa: E402
 
 if require_ready(ctx):
     busy = job_running()

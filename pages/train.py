@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from pages._shared import context, job_panel, job_running, require_ready, start, show_chart, trained_probes
-from probing.config import StudyConfig
-from probing.settings import layer_options
+from probing.study.config import StudyConfig
+from probing.dashboard.settings import layer_options
 
 ctx = context()
 st.title("Train a probe")
@@ -16,9 +16,10 @@ st.caption("A probe reads one layer's hidden state and predicts whether the stat
            "(the study's category split), or use a random 80/20 split.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing import PROBE_KINDS, charts  # noqa: E402
-from probing.experiments import RANDOM_SPLIT  # noqa: E402
-from probing.workflows import train_work  # noqa: E402
+from probing import PROBE_KINDS  # noqa: E402
+from probing.dashboard import charts  # noqa: E402
+from probing.analyses.grid import RANDOM_SPLIT  # noqa: E402
+from probing.dashboard.workflows import train_work  # noqa: E402
 
 if require_ready(ctx):
     busy = job_running()

@@ -1,6 +1,6 @@
 """Command line: ``python -m probing {extract,reproduce,data,score,steer,compare,cache}`` (``probing ...`` once installed).
 
-The options of a study come from the fields of :class:`probing.config.StudyConfig` (their
+The options of a study come from the fields of :class:`probing.study.config.StudyConfig` (their
 defaults, help and checks). Options, paths and launcher variables are checked before torch is
 imported, so a typo fails in a fraction of a second with one ``error: ...`` line (exit code 2).
 """
@@ -18,14 +18,14 @@ from dataclasses import Field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from probing.config import SteeringConfig, StudyConfig, read_floats, read_ints, read_names
+from probing.study.config import SteeringConfig, StudyConfig, read_floats, read_ints, read_names
 from probing.constants import STEER_DIRECTIONS, STEER_POSITIONS
 
 if TYPE_CHECKING:
-    from probing.activations import Activations, Progress
-    from probing.results import StudyResult
-    from probing.storage import NamespaceMerge
-    from probing.statements import StatementSet
+    from probing.store.activations import Activations, Progress
+    from probing.study.results import StudyResult
+    from probing.store.store import NamespaceMerge
+    from probing.data.statements import StatementSet
 
 LAUNCHER_VARIABLES = (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
                       ("PMI_RANK", "PMI_SIZE"))
@@ -108,7 +108,7 @@ def _option_value(spec: Field) -> Callable[[str], Any]:
 
 
 def add_study_options(parser: argparse.ArgumentParser, *groups: str) -> None:
-    """One option per StudyConfig field of ``groups`` (see ``probing.config.OPTION_GROUPS``), with the
+    """One option per StudyConfig field of ``groups`` (see ``probing.study.config.OPTION_GROUPS``), with the
     field's default, help and check: ``--batch-size`` for ``batch_size``; a flag that is on by default
     is turned off with ``--no-<name>``."""
     for spec in fields(StudyConfig):
@@ -256,13 +256,13 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 
 def check_paths(args: argparse.Namespace) -> None:
     """Refuse output and cache paths of the wrong kind, and a ``reproduce --out`` that would lose files
-    (:func:`~probing.results.check_results_out`, which expands its ``~``), before anything is loaded or computed."""
+    (:func:`~probing.study.results.check_results_out`, which expands its ``~``), before anything is loaded or computed."""
     cache = getattr(args, "cache", None)
     if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
         raise ValueError(f"--cache {cache} is a file, but the activation cache is a folder: "
                          "pass a folder (it is created if missing)")
     if args.command == "reproduce" and args.out:
-        from probing.results import check_results_out
+        from probing.study.results import check_results_out
 
         args.out = str(check_results_out(args.out, args.dataset, overwrite=args.overwrite))
     if args.command == "data" and args.out != "-" and Path(args.out).is_dir():
@@ -274,7 +274,7 @@ def _message_errors() -> tuple[type[Exception], ...]:
     """Errors whose text is meant for the user. The engine's own error types are looked up only
     in modules already imported: an error cannot come from a module that never loaded."""
     errors: list[type[Exception]] = [ValueError, OSError, IndexError, MemoryError]  # DatasetError: a ValueError
-    for module, name in (("probing.models", "ModelLoadError"), ("probing.store_format", "CacheError")):
+    for module, name in (("probing.model.loading", "ModelLoadError"), ("probing.store.format", "CacheError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_paths(args)
         return COMMANDS[args.command](args)
     except _message_errors() as error:
-        from probing.results import error_text
+        from probing.study.results import error_text
 
         print(f"error: {error_text(error)}", file=sys.stderr)
         return 2
@@ -373,14 +373,14 @@ def _progress(description: str, unit: str) -> Iterator[Progress]:
 
 
 def _activations(config: StudyConfig, store_dir: Path | None = None) -> Activations:
-    from probing.activations import Activations
+    from probing.store.activations import Activations
 
     return Activations(config.model_spec(), position=config.position, cache_dir=config.cache,
                        max_tokens=config.max_tokens, store_dir=store_dir)
 
 
 def _dataset(config: StudyConfig) -> StatementSet:
-    from probing.datasets import load_dataset
+    from probing.data.datasets import load_dataset
 
     dataset = load_dataset(config.dataset, drop_duplicates=config.drop_duplicates, polarity=config.polarity,
                            drop_conflicts=config.drop_conflicts)
@@ -399,7 +399,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     dataset = _dataset(config)
     if shard and config.device is None and torch_cuda_count() > 1:  # one GPU per process
         config = replace(config, device=f"cuda:{shard[0] if local_rank is None else local_rank}")
-    from probing.storage import node_store
+    from probing.store.store import node_store
 
     activations = _activations(config, None if node is None else node_store(config.cache, node))
     label = f"extracting (shard {shard[0] + 1} of {shard[1]})" if shard else "extracting"
@@ -434,12 +434,12 @@ def torch_cuda_count() -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     config = study_config(args)
     dataset = _dataset(config)
-    from probing.results import markdown_table
-    from probing.study import reproduce
+    from probing.study.results import markdown_table
+    from probing.study.study import reproduce
 
     activations = _activations(config)
     merge_nodes(activations)
-    from probing.settings import RESULTS_ROOT, new_results_folder
+    from probing.dashboard.settings import RESULTS_ROOT, new_results_folder
 
     out = args.out or new_results_folder(Path(RESULTS_ROOT), config.model, dataset.name, "study")
     print(f"results go to {out}/", file=sys.stderr)
@@ -481,7 +481,7 @@ def out_of_memory_is_an_error(config: StudyConfig) -> Iterator[None]:
 
 def merge_nodes(activations: Activations) -> None:
     """Merge the node folders of a multi-node extraction into the activations' store (a no-op when merged)."""
-    from probing.storage import node_stores
+    from probing.store.store import node_stores
 
     nodes = node_stores(activations.cache_dir)
     if nodes:
@@ -492,14 +492,14 @@ def merge_nodes(activations: Activations) -> None:
 
 
 def _merge(destination: Path, sources: Sequence[Path]) -> None:
-    from probing.storage import merge_stores
+    from probing.store.store import merge_stores
 
     with _progress("merging", "statements") as progress:
         _print_merge(merge_stores(destination, sources, on_progress=progress), destination, sources)
 
 
 def _print_merge(reports: list[NamespaceMerge], destination: Path, sources: Sequence[Path]) -> None:
-    from probing.storage import describe_meta
+    from probing.store.store import describe_meta
 
     for report in reports:
         skipped = f"; {report.damaged} damaged chunk(s) skipped (recomputed when needed)" if report.damaged else ""
@@ -512,7 +512,7 @@ def _print_merge(reports: list[NamespaceMerge], destination: Path, sources: Sequ
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from probing.storage import describe_meta, describe_store, node_stores, size_on_disk, store_folder
+    from probing.store.store import describe_meta, describe_store, node_stores, size_on_disk, store_folder
 
     if args.cache_command == "migrate":
         return _migrate(Path(args.folder))
@@ -544,9 +544,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _migrate(folder: Path) -> int:
-    from probing.storage import node_stores, store_folder
-    from probing.cache_migration import migrate
-    from probing.store_format import DATABASE
+    from probing.store.store import node_stores, store_folder
+    from probing.store.migration import migrate
+    from probing.store.format import DATABASE
 
     stores = [store for store in [store_folder(folder), *node_stores(folder)] if (store / DATABASE).is_file()]
     if not stores:
@@ -572,8 +572,8 @@ def _size(size: int) -> str:
 
 
 def _print_generalization(result) -> None:
-    from probing.generalization import ccs_summary, matrix_summary, polarity_table
-    from probing.results import markdown_table
+    from probing.analyses.generalization import ccs_summary, matrix_summary, polarity_table
+    from probing.study.results import markdown_table
 
     for note in result.meta.get("generalization_notes", []):
         print(f"note: {note}", file=sys.stderr)
@@ -602,12 +602,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 def _open_results(args: argparse.Namespace, used: str) -> StudyResult:
     """The StudyResult of ``--results`` (default: the newest results folder, whose ``used`` part is named in
     a note), its load notes printed."""
-    from probing.results import read_config
-    from probing.settings import latest_results_folder
+    from probing.study.results import read_config
+    from probing.dashboard.settings import latest_results_folder
 
     folder = Path(args.results).expanduser() if args.results else latest_results_folder()
     read_config(folder)  # a missing, outdated or foreign folder fails here, before torch loads
-    from probing.results import StudyResult
+    from probing.study.results import StudyResult
 
     study = StudyResult.load(folder)
     if not args.results:
@@ -618,8 +618,8 @@ def _open_results(args: argparse.Namespace, used: str) -> StudyResult:
 
 
 def _study_activations(study: StudyResult, cache: str) -> Activations:
-    """:func:`~probing.scoring.study_activations` in ``cache`` (``--cache``), its notes printed."""
-    from probing.scoring import study_activations
+    """:func:`~probing.analyses.scoring.study_activations` in ``cache`` (``--cache``), its notes printed."""
+    from probing.analyses.scoring import study_activations
 
     activations, notes = study_activations(study, cache)
     for note in notes:
@@ -629,8 +629,8 @@ def _study_activations(study: StudyResult, cache: str) -> Activations:
 
 def cmd_score(args: argparse.Namespace) -> int:
     study = _open_results(args, "probes")
-    from probing.results import PROBES_DIR, markdown_table
-    from probing.scoring import score_statements
+    from probing.study.results import PROBES_DIR, markdown_table
+    from probing.analyses.scoring import score_statements
 
     if not study.probes:
         raise FileNotFoundError(f"{study.folder / PROBES_DIR} holds no trained probes; rerun `reproduce`")
@@ -657,8 +657,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     if args.dataset is None and recorded != "builtin":
         raise ValueError(f"{folder / 'config.json'} records the statements {recorded}, and a results folder's paths "
                          f"are never opened: pass them with --dataset (the study read {recorded})")
-    from probing.results import markdown_table, steering_notes, steering_shown
-    from probing.steering import run_steering
+    from probing.study.results import markdown_table, steering_notes, steering_shown
+    from probing.analyses.steering import run_steering
 
     dataset = _dataset(replace(study.config, dataset=args.dataset or recorded))
     read = study.meta.get("dataset")
@@ -682,15 +682,15 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from probing.results import read_config
+    from probing.study.results import read_config
 
     if bool(args.folders) == bool(args.models) or len(args.folders or args.models) != 2:
         raise ValueError("compare takes two results folders, or --models A,B (two model names), not both")
     for folder in args.folders:
         read_config(folder)  # a missing or outdated folder fails here
-    from probing.compare import compare_studies, comparison_markdown, save_comparison, studies_for_models
-    from probing.results import StudyResult
-    from probing.settings import RESULTS_ROOT
+    from probing.analyses.compare import compare_studies, comparison_markdown, save_comparison, studies_for_models
+    from probing.study.results import StudyResult
+    from probing.dashboard.settings import RESULTS_ROOT
 
     if args.models:
         config = study_config(args)

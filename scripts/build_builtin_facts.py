@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Rebuild the fact tables of the built-in statement set (probing/builtin/data/*.csv).
+"""Rebuild the fact tables of the built-in statement set (probing/data/builtin/data/*.csv).
 
 The tables are derived from offline sources; none of them is needed to run the
 tool, only to rebuild the tables:
@@ -13,7 +13,7 @@ Every table has the columns ``subject,relation,object,also_true``: one fact per
 row, and ``also_true`` lists (``|``-separated) other objects that are also true
 for the same subject and relation, so that no false statement is drawn from
 them. Statements are generated from these tables at load time
-(``probing.builtin``).
+(``probing.data.builtin``).
 
 Familiarity filters keep facts that a small model has a chance to know:
 populous cities and countries, companies in major stock indices, animals whose

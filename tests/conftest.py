@@ -10,9 +10,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from probing.models import load_model  # noqa: E402
-from probing.datasets import load_dataset  # noqa: E402
-from probing.statements import ConflictsDropped  # noqa: E402
+from probing.model.loading import load_model  # noqa: E402
+from probing.data.datasets import load_dataset  # noqa: E402
+from probing.data.statements import ConflictsDropped  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # The SAPLMA data is not part of this repository: it lies beside it, or where PROBING_SAPLMA says.

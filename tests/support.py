@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probing.results import TABLE_FILES
+from probing.study.results import TABLE_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [

@@ -3,10 +3,10 @@ import pytest
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from probing.activations import Activations, StatementTooLong, plan_batches, run_batch
-from probing.models import ModelSpec, cpu_has_fast_bfloat16, load_model
-from probing.probes import make_probe
-from probing.storage import NonFiniteActivations
+from probing.store.activations import Activations, StatementTooLong, plan_batches, run_batch
+from probing.model.loading import ModelSpec, cpu_has_fast_bfloat16, load_model
+from probing.probes.estimators import make_probe
+from probing.store.store import NonFiniteActivations
 from support import TEXTS, interrupt_after_first_batch
 
 

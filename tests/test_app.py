@@ -23,18 +23,18 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from probing import Activations, StudyConfig, load_model, make_probe, model_says_true, run_grid, score_statements
-from probing.builtin import load_builtin
-from probing.charts import dynamics_long
-from probing.experiments import make_split
-from probing.results import StudyResult
-from probing.config import SteeringConfig
-from probing.steering import fit_directions, true_false_margins
-from probing.study import reproduce
-from probing.workflows import train_work
+from probing.data.builtin import load_builtin
+from probing.dashboard.charts import dynamics_long
+from probing.analyses.grid import make_split
+from probing.study.results import StudyResult
+from probing.study.config import SteeringConfig
+from probing.analyses.steering import fit_directions, true_false_margins
+from probing.study.study import reproduce
+from probing.dashboard.workflows import train_work
 from support import assert_same_study
-from probing.directions import pca_points
-from probing.jobs import Job, start_job
-from probing.experiments import accuracy_long, split_seed, text_only_accuracy
+from probing.analyses.directions import pca_points
+from probing.dashboard.jobs import Job, start_job
+from probing.analyses.grid import accuracy_long, split_seed, text_only_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("PROBING_TEST_CACHE", ROOT / "cache" / "tests"))  # as in conftest.py

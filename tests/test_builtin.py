@@ -9,9 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd
 import pytest
 
-from probing.builtin import BUILTIN_TOPICS, NEGATED_TEMPLATES, TEMPLATES, fact_table, load_builtin
-from probing.datasets import load_dataset
-from probing.statements import POLARITIES, DatasetError, StatementSet
+from probing.data.builtin import BUILTIN_TOPICS, NEGATED_TEMPLATES, TEMPLATES, fact_table, load_builtin
+from probing.data.datasets import load_dataset
+from probing.data.statements import POLARITIES, DatasetError, StatementSet
 
 # The fingerprints of the seed-0 affirmative set: cached activations and recorded results refer to
 # these statements, so they change only on purpose. Adding negations left them as they were; they

@@ -4,7 +4,7 @@ x- = base - tau * d + another offset, plus noise, where the shared base varies f
 import numpy as np
 import pytest
 
-from probing.ccs import CCSProbe
+from probing.probes.ccs import CCSProbe
 
 WIDTH, TRAIN, TEST = 100, 1000, 500
 

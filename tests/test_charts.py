@@ -1,4 +1,4 @@
-"""probing/charts.py on real engine output: the data behind each chart is the engine's numbers."""
+"""probing/dashboard/charts.py on real engine output: the data behind each chart is the engine's numbers."""
 
 import os
 
@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 
 from probing import Activations, ModelSpec, StudyConfig, compare_directions, load_model, make_probe, model_says_true, run_grid, score_statements
-from probing import charts
-from probing.builtin import load_builtin
-from probing.directions import pca_points
-from probing.experiments import accuracy_long, accuracy_table, evaluate_probe, make_split
-from probing.study import finish_study, train_final_probes
-from probing.results import markdown_table
+from probing.dashboard import charts
+from probing.data.builtin import load_builtin
+from probing.analyses.directions import pca_points
+from probing.analyses.grid import accuracy_long, accuracy_table, evaluate_probe, make_split
+from probing.study.study import finish_study, train_final_probes
+from probing.study.results import markdown_table
 
 # Shared with tests/test_app.py and tests/test_browser.py: the embedded model is converted once.
 ROOT = Path(__file__).resolve().parents[1]

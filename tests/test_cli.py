@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import probing.activations
-from probing.activations import Activations
+import probing.store.activations
+from probing.store.activations import Activations
 from probing.cli import PlainProgress, build_parser, main, study_config
-from probing.config import OPTION_GROUPS, StudyConfig
+from probing.study.config import OPTION_GROUPS, StudyConfig
 
 ARGS = ["--layers", "-1,-5", "--probes", "linear,tiny,mass_mean", "--epochs", "2"]
 
@@ -53,7 +53,7 @@ def test_reproduce_writes_every_table_and_second_run_uses_only_the_cache(workspa
     def no_model(*args, **kwargs):
         raise AssertionError("the second run loaded the model")
 
-    monkeypatch.setattr(probing.activations, "load_model", no_model)
+    monkeypatch.setattr(probing.store.activations, "load_model", no_model)
     again = tmp / "again"
     assert main(["reproduce", "--dataset", str(data), "--cache", str(cache), "--out", str(again), *ARGS]) == 0
     second_print = capsys.readouterr().out
@@ -218,7 +218,8 @@ def test_importing_the_package_and_the_command_line_loads_no_torch():
     code = ("import sys, probing, probing.cli\n"
             "from probing import POSITIONS, PROBE_KINDS\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "from probing import Activations, charts\n"
+            "from probing import Activations\n"
+            "from probing.dashboard import charts\n"
             "assert 'torch' in sys.modules and Activations.__name__ == 'Activations'\n"
             "assert [n for n in probing.__all__ if not hasattr(probing, n)] == []\n")
     finished = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -247,7 +248,7 @@ def test_one_class_data_and_a_one_statement_topic_are_refused_before_extraction(
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the splits were checked")
 
-    monkeypatch.setattr(probing.activations, "load_model", no_model)
+    monkeypatch.setattr(probing.store.activations, "load_model", no_model)
     cache = tmp_path / "cache"
     true_only = write_csv(tmp_path / "true.csv", [(f"Statement {i} is true.", 1, "ab"[i % 2]) for i in range(20)])
     assert main(["reproduce", "--dataset", str(true_only), "--cache", str(cache), "--out", str(tmp_path / "a")]) == 2

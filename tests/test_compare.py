@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probing.activations import Activations
-from probing.builtin import load_builtin
+from probing.store.activations import Activations
+from probing.data.builtin import load_builtin
 from probing.cli import main
-from probing.compare import align_by_depth, compare_studies, differences, relative_depth
-from probing.config import StudyConfig
-from probing.study import reproduce
+from probing.analyses.compare import align_by_depth, compare_studies, differences, relative_depth
+from probing.study.config import StudyConfig
+from probing.study.study import reproduce
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@ import pandas as pd
 import pytest
 import torch
 
-from probing.activations import Activations
-from probing.config import StudyConfig
-from probing.directions import compare_directions, cosine_matrix, off_diagonal_mean, random_baseline, sign_matrix
-from probing.statements import StatementSet
-from probing.experiments import (
+from probing.store.activations import Activations
+from probing.study.config import StudyConfig
+from probing.analyses.directions import compare_directions, cosine_matrix, off_diagonal_mean, random_baseline, sign_matrix
+from probing.data.statements import StatementSet
+from probing.analyses.grid import (
     Cell, category_splits, check_splits, evaluate_probe, make_split, make_splits, random_split, run_grid,
     text_only_accuracy, train_cells,
 )
@@ -98,8 +98,8 @@ def test_matrix_helpers_on_known_vectors():
 
 
 def test_within_topic_splits_stay_inside_their_topic_and_keep_groups_whole(saplma):
-    from probing.builtin import load_builtin
-    from probing.experiments import within_topic_splits
+    from probing.data.builtin import load_builtin
+    from probing.analyses.grid import within_topic_splits
 
     for dataset in (saplma, load_builtin(per_topic=100)):
         splits = within_topic_splits(dataset)
@@ -116,7 +116,7 @@ def test_within_topic_splits_stay_inside_their_topic_and_keep_groups_whole(saplm
 def test_auroc_matches_scikit_learn_with_ties():
     from sklearn.metrics import roc_auc_score
 
-    from probing.experiments import auroc
+    from probing.analyses.grid import auroc
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 500)

@@ -7,17 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probing.activations import Activations
-from probing.builtin import load_builtin
+from probing.store.activations import Activations
+from probing.data.builtin import load_builtin
 from probing.cli import main
-from probing.config import StudyConfig
-from probing.experiments import random_split, run_grid, text_only_accuracy, within_topic_splits
-from probing.generalization import (
+from probing.study.config import StudyConfig
+from probing.analyses.grid import random_split, run_grid, text_only_accuracy, within_topic_splits
+from probing.analyses.generalization import (
     ALL_OTHERS, matrix, matrix_summary, polarity_table, polarity_transfers, run_generalization, topic_transfers,
     truth_subspace,
 )
-from probing.results import StudyResult
-from probing.study import generalization_study, same_data
+from probing.study.results import StudyResult
+from probing.study.study import generalization_study, same_data
 from support import assert_same_study
 
 LAYERS = (-9, -1)

@@ -14,10 +14,10 @@ import diskcache
 import numpy as np
 import pytest
 
-from probing.activations import Activations
+from probing.store.activations import Activations
 from probing.cli import main
-from probing.storage import ActivationStore, describe_store, merge_stores
-from probing.store_format import SafeDisk, UnsafeCache
+from probing.store.store import ActivationStore, describe_store, merge_stores
+from probing.store.format import SafeDisk, UnsafeCache
 from support import ROOT, TEXTS
 
 

@@ -21,16 +21,16 @@ import pytest
 import torch
 
 from conftest import require_saplma
-from probing.activations import Activations
-from probing.builtin import load_builtin
-from probing.config import StudyConfig
-from probing.datasets import load_dataset
-from probing.models import (
+from probing.store.activations import Activations
+from probing.data.builtin import load_builtin
+from probing.study.config import StudyConfig
+from probing.data.datasets import load_dataset
+from probing.model.loading import (
     CONVERTED_DIGESTS, ModelSpec, embedded_gguf_path, fingerprint_of, load_model, models_dir, resolve_source,
 )
-from probing.statements import ConflictsDropped, DatasetError, load_csv_bytes
-from probing.storage import CacheRepaired
-from probing.study import as_run, study_meta
+from probing.data.statements import ConflictsDropped, DatasetError, load_csv_bytes
+from probing.store.store import CacheRepaired
+from probing.study.study import as_run, study_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -106,7 +106,7 @@ def test_a_gguf_damaged_in_place_with_its_size_and_mtime_kept_is_detected(tmp_pa
     after = gguf.stat()
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
 
-    code = ("import sys; from probing.models import ModelSpec; "
+    code = ("import sys; from probing.model.loading import ModelSpec; "
             "print(ModelSpec(sys.argv[1], device='cpu', dtype='float32').fingerprint())")
     run = subprocess.run([sys.executable, "-c", code, str(gguf)], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=300)

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from probing.builtin import load_builtin
+from probing.data.builtin import load_builtin
 from probing.cli import main, out_of_memory_is_an_error
-from probing.config import StudyConfig
+from probing.study.config import StudyConfig
 from probing.constants import NIE_MIN_Z
-from probing.probes import make_probe
-from probing.steering import SteeringDirection, baseline_gap, dose_response, true_false_margins
+from probing.probes.estimators import make_probe
+from probing.analyses.steering import SteeringDirection, baseline_gap, dose_response, true_false_margins
 from test_steering import answer_direction
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_reproduce_with_a_huge_batch_size_is_one_error_line_before_anything_load
 
 
 def test_a_batch_beyond_the_rows_trains_as_one_batch_of_all_of_them(small_saplma, model, tmp_path):
-    from probing.activations import Activations
+    from probing.store.activations import Activations
 
     subset = small_saplma.subset(per_topic=8, seed=0)
     features = Activations(model=model, cache_dir=tmp_path).layer(subset.statements, -5)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import SAPLMA
-from probing.builtin import load_builtin
+from probing.data.builtin import load_builtin
 from probing.cli import main
-from probing.results import PROBES_DIR, ResultsError, StudyResult, config_file
+from probing.study.results import PROBES_DIR, ResultsError, StudyResult, config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "data" / "results-1b0dd61"

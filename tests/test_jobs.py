@@ -4,9 +4,9 @@ import threading
 
 import pytest
 
-from probing.activations import Activations
-from probing.workflows import extract_work
-from probing.jobs import Job, ModelBusy, ModelHolder, start_job
+from probing.store.activations import Activations
+from probing.dashboard.workflows import extract_work
+from probing.dashboard.jobs import Job, ModelBusy, ModelHolder, start_job
 from support import TEXTS
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from probing.models import (
+from probing.model.loading import (
     DTYPES, ModelLoadError, ModelSpec, check_device, cpu_has_fast_bfloat16, default_dtype, embedded_gguf_path,
     file_sha256, fingerprint_of, load_model, models_dir, resolve_source,
 )
@@ -206,7 +206,7 @@ def test_an_unwritable_model_cache_is_one_error_naming_probing_models(tmp_path, 
 def test_every_activation_cache_loads_the_one_converted_model(model, tmp_path):
     """Two activation caches load the model converted once into the model cache; neither converts it again
     (a conversion would replace its files) nor keeps a model of its own."""
-    from probing.activations import Activations
+    from probing.store.activations import Activations
 
     converted = models_dir() / resolve_source("embedded").identity(None).replace(":", "-")
 
@@ -241,7 +241,7 @@ def test_concurrent_first_uses_from_two_activation_caches_convert_once_and_clear
     os.utime(models / f"gguf-old.partial-{os.getpid()}", (hour_ago, hour_ago))
 
     weights = models / target / "model.safetensors"
-    code = ("import os, sys; from probing.activations import Activations; "
+    code = ("import os, sys; from probing.store.activations import Activations; "
             "Activations('embedded', cache_dir=sys.argv[1]).model; print('inode', os.stat(sys.argv[2]).st_ino)")
     env = {**os.environ, "PROBING_MODELS": str(models), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -276,7 +276,7 @@ def require_gemma() -> None:
 
 def test_gemma_loads_and_its_hidden_states_have_its_config_shape(shared_cache):
     require_gemma()
-    from probing.activations import Activations
+    from probing.store.activations import Activations
 
     gemma = load_model("gemma-3-270m")
     info = gemma.describe()

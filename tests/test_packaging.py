@@ -35,9 +35,9 @@ def test_the_wheel_holds_the_package_data_the_script_and_requirements_txt(tmp_pa
         metadata = email.message_from_bytes(archive.read(info))
         entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
 
-    modules = {f"probing/{path.name}" for path in (ROOT / "probing").glob("*.py")}
-    data = {f"probing/builtin/data/{path.name}" for path in (ROOT / "probing" / "builtin" / "data").glob("*.csv")}
-    assert len(data) == 6 and modules | data | {"probing/builtin/__init__.py", "probing/builtin/NOTICE"} <= names
+    modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "probing").rglob("*.py")}
+    data = {path.relative_to(ROOT).as_posix() for path in (ROOT / "probing" / "data" / "builtin" / "data").glob("*.csv")}
+    assert len(data) == 6 and modules | data | {"probing/data/builtin/__init__.py", "probing/data/builtin/NOTICE"} <= names
     assert "probing = probing.cli:main" in entry_points
     requires = metadata.get_all("Requires-Dist")
     assert [r for r in requires if "extra ==" not in r] == requirement_lines("requirements.txt")
@@ -60,7 +60,10 @@ def test_the_console_script_runs_the_command_line():
 
 def test_option_names_are_declared_once_in_the_light_module():
     """The command line checks options against probing.constants; the engine must use the same objects."""
-    from probing import activations, experiments, models, probes
+    from probing.analyses import grid as experiments
+    from probing.model import loading as models
+    from probing.probes import estimators as probes
+    from probing.store import activations
 
     assert activations.POSITIONS is probing.constants.POSITIONS
     assert probes.PROBE_KINDS is experiments.PROBE_KINDS is probing.constants.PROBE_KINDS

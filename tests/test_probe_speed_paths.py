@@ -7,11 +7,11 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from probing import probes
-from probing.activations import Activations
-from probing.experiments import category_splits, split_seed
-from probing.models import cpu_has_fast_bfloat16
-from probing.probes import ProbeConfig, Task, fit_many
+from probing.probes import estimators as probes
+from probing.store.activations import Activations
+from probing.analyses.grid import category_splits, split_seed
+from probing.model.loading import cpu_has_fast_bfloat16
+from probing.probes.estimators import ProbeConfig, Task, fit_many
 
 
 @pytest.fixture(scope="module")

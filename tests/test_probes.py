@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from probing import probes
-from probing.probes import PROBE_KINDS, Probe, ProbeConfig, Task, fit_many, make_probe
+from probing.probes import estimators as probes
+from probing.probes.estimators import PROBE_KINDS, Probe, ProbeConfig, Task, fit_many, make_probe
 
 
 def separable(n=1200, width=48, margin=1.0, seed=0):
@@ -287,7 +287,7 @@ def test_an_interrupt_stops_every_training_thread_within_an_epoch(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(
         "import numpy as np, torch\n"
-        "from probing.probes import ProbeConfig, Task, fit_many\n"
+        "from probing.probes.estimators import ProbeConfig, Task, fit_many\n"
         "torch.set_num_threads(2)\n"
         "X, y = np.random.default_rng(0).normal(size=(800, 24)).astype(np.float32), np.arange(800) % 2\n"
         "tasks = [Task(np.arange(800), y, seed=s) for s in range(4)]\n"

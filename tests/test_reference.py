@@ -2,10 +2,10 @@
 
 import pytest
 
-from probing.activations import Activations
-from probing.directions import compare_directions
-from probing.config import StudyConfig
-from probing.experiments import run_grid
+from probing.store.activations import Activations
+from probing.analyses.directions import compare_directions
+from probing.study.config import StudyConfig
+from probing.analyses.grid import run_grid
 
 # docs/reference.md, "Sanity figures for the embedded CPU model": last token (with its period),
 # standardised features, logistic regression with C=0.1, mean over the six category splits.

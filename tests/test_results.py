@@ -9,15 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from probing.activations import Activations
+from probing.store.activations import Activations
 from probing.cli import main
-from probing.config import StudyConfig
-from probing.experiments import Cell, make_split, train_cells
-from probing.models import default_device
-from probing.probes import training_dtype
-from probing.results import ResultsError, StudyResult, read_table
-from probing.scoring import study_activations
-from probing.study import cell_study, run_study
+from probing.study.config import StudyConfig
+from probing.analyses.grid import Cell, make_split, train_cells
+from probing.model.loading import default_device
+from probing.probes.estimators import training_dtype
+from probing.study.results import ResultsError, StudyResult, read_table
+from probing.analyses.scoring import study_activations
+from probing.study.study import cell_study, run_study
 from support import assert_same_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ def test_no_pickle_in_the_package_or_the_pages():
     found = [str(path.relative_to(ROOT)) for path in sources
              if imports.search(text := path.read_text()) or unsafe_load.search(text) or "pickle.load" in text]
     # The one exception: `cache migrate` reads old caches with an unpickler that refuses every lookup.
-    assert found == ["probing/cache_migration.py"]
+    assert found == ["probing/store/migration.py"]
     migration = (ROOT / found[0]).read_text()
     assert "Unpickler.load" not in migration and migration.count(".load()") == 1
     assert "def find_class(self, module, name):\n        raise pickle.UnpicklingError" in migration

@@ -2,12 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probing.activations import Activations
-from probing.config import StudyConfig
-from probing.models import default_device
-from probing.probes import make_probe
-from probing.results import StudyResult
-from probing.scoring import check_statement, model_notes, model_says_true, score_statements, study_activations
+from probing.store.activations import Activations
+from probing.study.config import StudyConfig
+from probing.model.loading import default_device
+from probing.probes.estimators import make_probe
+from probing.study.results import StudyResult
+from probing.analyses.scoring import check_statement, model_notes, model_says_true, score_statements, study_activations
 
 
 def test_probe_scores_new_statements_per_layer(model, shared_cache, small_saplma):

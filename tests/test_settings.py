@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from probing.settings import (
+from probing.dashboard.settings import (
     latest_results_folder, new_results_folder, path_under_roots, results_folders, results_location,
 )
-from probing.statements import DatasetError
+from probing.data.statements import DatasetError
 
 
 def results_folder(path):

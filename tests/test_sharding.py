@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from probing.activations import Activations, batch_name, plan_batches, run_batch
+from probing.store.activations import Activations, batch_name, plan_batches, run_batch
 from support import TEXTS
 
 LAYERS = (0, 7, 15, 23, 30)

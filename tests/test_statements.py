@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from probing.builtin import load_builtin
-from probing.datasets import load_dataset
-from probing.statements import DatasetError, load_csv_bytes, require_topics
+from probing.data.builtin import load_builtin
+from probing.data.datasets import load_dataset
+from probing.data.statements import DatasetError, load_csv_bytes, require_topics
 
 CSV_HEADER = "statement,label,topic\n"
 
@@ -132,14 +132,14 @@ def test_csv_bytes_load_like_a_file_without_touching_the_disk(tmp_path):
 
 
 def test_statements_and_the_builtin_set_do_not_import_each_others_loader():
-    """probing.datasets sits above both: loading one of them imports neither the other's loader nor it."""
+    """probing.data.datasets sits above both: loading one of them imports neither the other's loader nor it."""
     code = ("import sys\n"
-            "import probing.statements\n"
-            "assert not {'probing.builtin', 'probing.datasets'} & set(sys.modules), sorted(sys.modules)\n"
-            "import probing.builtin\n"
-            "assert 'probing.datasets' not in sys.modules\n"
-            "from probing.builtin.generator import load_builtin\n"
-            "from probing.builtin import load_builtin as exported\n"
+            "import probing.data.statements\n"
+            "assert not {'probing.data.builtin', 'probing.data.datasets'} & set(sys.modules), sorted(sys.modules)\n"
+            "import probing.data.builtin\n"
+            "assert 'probing.data.datasets' not in sys.modules\n"
+            "from probing.data.builtin.generator import load_builtin\n"
+            "from probing.data.builtin import load_builtin as exported\n"
             "assert exported is load_builtin\n")
     finished = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                               capture_output=True, text=True, timeout=120)

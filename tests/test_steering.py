@@ -6,14 +6,14 @@ import pandas as pd
 import pytest
 import torch
 
-from probing.activations import Activations
-from probing.builtin import load_builtin
+from probing.store.activations import Activations
+from probing.data.builtin import load_builtin
 from probing.cli import main
-from probing.config import SteeringConfig
-from probing.experiments import random_split
-from probing.models import LoadedModel, ModelSpec
-from probing.results import StudyResult
-from probing.steering import (
+from probing.study.config import SteeringConfig
+from probing.analyses.grid import random_split
+from probing.model.loading import LoadedModel, ModelSpec
+from probing.study.results import StudyResult
+from probing.analyses.steering import (
     ask_batch, block_of, continuation, decoder_blocks, dose_response, fit_directions, steer, steering_setup,
     true_false_margins,
 )

@@ -7,8 +7,8 @@ import stat
 import numpy as np
 import pytest
 
-from probing.activations import Activations
-from probing.storage import CacheError, CacheRepaired, CorruptEntry
+from probing.store.activations import Activations
+from probing.store.store import CacheError, CacheRepaired, CorruptEntry
 from support import TEXTS
 
 
@@ -88,16 +88,16 @@ def test_entries_corrupt_again_after_recomputing_blame_the_disk_and_keep_the_cac
     damaged = store.directory / row(store, (store.namespace, "chunk", first, 0))[1]
     damaged.write_bytes(b"\0" * damaged.stat().st_size)
 
-    import probing.storage
+    import probing.store.store
 
-    honest_encode = probing.storage._encode
+    honest_encode = probing.store.store._encode
 
     def failing_disk(block):  # every write comes back with one bit flipped, as from a failing disk
         payload = bytearray(honest_encode(block))
         payload[-1] ^= 0x01
         return bytes(payload)
 
-    monkeypatch.setattr(probing.storage, "_encode", failing_disk)
+    monkeypatch.setattr(probing.store.store, "_encode", failing_disk)
     with pytest.warns(CacheRepaired), pytest.raises(CorruptEntry) as error:
         activations.layer(statements, 0)
     message = str(error.value)

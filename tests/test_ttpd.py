@@ -4,8 +4,8 @@ stronger t_P (truth that flips with negation), per-group offsets and a common ne
 import numpy as np
 import pytest
 
-from probing.probes import make_probe
-from probing.ttpd import TTPDProbe
+from probing.probes.estimators import make_probe
+from probing.probes.ttpd import TTPDProbe
 
 WIDTH, TOPICS, PER_GROUP = 200, 8, 150
 TRAIN_TOPICS = 6

@@ -5,7 +5,7 @@ Three analyses beside the study's category splits, one layer's activations at a 
 - **topics**, the generalization matrix (Marks & Tegmark 2023): train on topic A, test on topic B,
   for every pair; the diagonal is within-topic accuracy on a group-held-out split (no subject
   or its paired objects on both sides), and the row "all other topics" is the study's category
-  split, trained with the grid's own recipe (:func:`probing.experiments.train_cells`).
+  split, trained with the grid's own recipe (:func:`probing.analyses.grid.train_cells`).
 - **polarity**: train on affirmative statements, on negated ones, or on both, and test on held-out
   facts of each polarity (one group-held-out split, so a fact's affirmative and negated forms
   are never on both sides). A probe that reads affirmation rather than truth flips here.
@@ -24,15 +24,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from probing.ccs import CCSProbe
-from probing.config import StudyConfig
+from probing.probes.ccs import CCSProbe
+from probing.study.config import StudyConfig
 from probing.constants import POLARITIES
-from probing.experiments import (
+from probing.analyses.grid import (
     Cell, Split, auroc, category_splits, random_split, text_only_accuracy, train_cells, within_topic_splits,
 )
-from probing.probes import sigmoid
-from probing.statements import DatasetError, StatementSet
-from probing.ttpd import TTPDProbe
+from probing.probes.estimators import sigmoid
+from probing.data.statements import DatasetError, StatementSet
+from probing.probes.ttpd import TTPDProbe
 
 ALL_OTHERS = "all other topics"
 BOTH = "all"

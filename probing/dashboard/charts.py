@@ -366,7 +366,7 @@ def generalization_heatmap(results: pd.DataFrame, layer: int, probe: str, value:
     tested on (columns), the value written in each cell. ``value``: accuracy, auroc or
     text_only_accuracy (the control's matrix, the same for every layer and probe).
     ``selection`` names a click selection on the cells (fields train and test)."""
-    from probing.generalization import ALL_OTHERS
+    from probing.analyses.generalization import ALL_OTHERS
 
     frame = results[(results.analysis == "topics") & (results.layer == layer) & (results.probe == probe)]
     frame = frame[["train", "test", value, "n_train", "n_test"]].rename(columns={value: "value"})

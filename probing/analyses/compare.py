@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probing.experiments import accuracy_long
-from probing.results import StudyResult
+from probing.analyses.grid import accuracy_long
+from probing.study.results import StudyResult
 
 SETTINGS = ("position", "polarity", "split", "epochs", "lr", "batch_size", "weight_decay", "linear_solver", "C",
             "seeds", "controls", "max_tokens")
@@ -136,7 +136,7 @@ def compare_studies(a: StudyResult, b: StudyResult, allow_mismatch: bool = False
 
 def comparison_markdown(comparison: Comparison) -> str:
     """The comparison as one Markdown document."""
-    from probing.results import markdown_table
+    from probing.study.results import markdown_table
 
     a, b = comparison.names
     parts = [f"# {a} (A) vs {b} (B)\n"]
@@ -172,9 +172,9 @@ def matched_layers(layers, n_from: int, n_to: int) -> tuple[int, ...]:
 def find_study(root, dataset, activations, config) -> StudyResult | None:
     """A results folder under ``root`` that read ``dataset`` with this model (fingerprint) at this token,
     with ``config``'s settings and at least its layers and probes; None if there is none."""
-    from probing.results import read_config
-    from probing.settings import results_folders
-    from probing.study import recorded_same_data
+    from probing.study.results import read_config
+    from probing.dashboard.settings import results_folders
+    from probing.study.study import recorded_same_data
 
     sha256 = dataset.fingerprint()
     for folder in results_folders(Path(root)):
@@ -196,14 +196,14 @@ def studies_for_models(dataset, models, config, root, on_progress=None) -> list[
     ``config.layers`` and the others at the layers of matched relative depth: an existing folder under
     ``root`` where there is one (see :func:`find_study`), else computed (activations, grid, final
     probes) and saved there. ``on_progress(model, done, total)`` counts each model's work. Every model
-    is checked first (:func:`~probing.models.check_loadable`), so a typo in the second name fails
+    is checked first (:func:`~probing.model.loading.check_loadable`), so a typo in the second name fails
     before the first model's study runs."""
     from dataclasses import replace
 
-    from probing.activations import Activations
-    from probing.models import ModelSpec, check_loadable
-    from probing.settings import new_results_folder
-    from probing.study import run_study
+    from probing.store.activations import Activations
+    from probing.model.loading import ModelSpec, check_loadable
+    from probing.dashboard.settings import new_results_folder
+    from probing.study.study import run_study
 
     specs = [ModelSpec(name, device=config.device, dtype=config.dtype) for name in models]
     for spec in specs:

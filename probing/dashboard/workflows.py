@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from probing.activations import Activations
-from probing.config import SteeringConfig, StudyConfig
-from probing.experiments import Cell, check_splits, evaluate_probe, make_split, train_cells
-from probing.jobs import Job
-from probing.probes import Probe
-from probing.results import StudyResult
-from probing.settings import new_results_folder
-from probing.statements import StatementSet
-from probing.steering import run_steering
-from probing.storage import node_stores
-from probing.study import analysis_home, cell_study, check_study, generalization_study, run_study
+from probing.store.activations import Activations
+from probing.study.config import SteeringConfig, StudyConfig
+from probing.analyses.grid import Cell, check_splits, evaluate_probe, make_split, train_cells
+from probing.dashboard.jobs import Job
+from probing.probes.estimators import Probe
+from probing.study.results import StudyResult
+from probing.dashboard.settings import new_results_folder
+from probing.data.statements import StatementSet
+from probing.analyses.steering import run_steering
+from probing.store.store import node_stores
+from probing.study.study import analysis_home, cell_study, check_study, generalization_study, run_study
 
 
 def extract_missing(job: Job, activations: Activations, texts: list[str]) -> int:
@@ -140,7 +140,7 @@ def grid_work(activations: Activations, dataset: StatementSet, config: StudyConf
 def save_beside(study: StudyResult, open_study: StudyResult | None, results_root: Path, activations: Activations,
                 dataset: StatementSet, what: str) -> StudyResult:
     """Save ``study`` into the open results folder when it is that study grown by an analysis (it kept
-    the folder: :func:`~probing.study.analysis_home`), else into a new results folder named after ``what``."""
+    the folder: :func:`~probing.study.study.analysis_home`), else into a new results folder named after ``what``."""
     if open_study is not None and study.folder == open_study.folder:
         study.save(open_study.folder)
     else:
@@ -186,7 +186,7 @@ def compare_work(dataset: StatementSet, models: list[str], config: StudyConfig,
                  results_root: Path) -> Callable[[Job], list[StudyResult]]:
     """Both models' studies of ``dataset`` (found under ``results_root`` or computed and saved there),
     each model loaded on its own, not through the dashboard's shared one."""
-    from probing.compare import studies_for_models
+    from probing.analyses.compare import studies_for_models
 
     def work(job: Job) -> list[StudyResult]:
         def progress(model: str, done: int, total: int) -> None:

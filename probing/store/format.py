@@ -12,7 +12,7 @@ Before diskcache opens a folder (it applies the ``sqlite_*`` settings it finds t
 PRAGMAs), :func:`verify_database` checks, read-only, that the database holds only the
 tables, indexes and triggers diskcache itself creates, only its settings, no pickled entry
 and no value file outside the folder. Caches written before this format held pickles:
-``probing cache migrate`` (:mod:`probing.cache_migration`) rewrites them once, on request.
+``probing cache migrate`` (:mod:`probing.store.migration`) rewrites them once, on request.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from probing.constants import MAX_TOKENS, POSITIONS
-from probing.models import LoadedModel, ModelSpec, load_model
-from probing.storage import (STORE_FOLDER, ActivationStore, CacheRepaired, CorruptEntry, NamespaceMerge,
+from probing.model.loading import LoadedModel, ModelSpec, load_model
+from probing.store.store import (STORE_FOLDER, ActivationStore, CacheRepaired, CorruptEntry, NamespaceMerge,
                              claim_token, first_words, merge_stores, node_stores, statement_key)
 
 Progress = Callable[[int, int], None]
@@ -172,7 +172,7 @@ class Activations:
         self.fingerprint = model.fingerprint if model is not None else self.spec.fingerprint()
         namespace = hashlib.sha256(f"{self.fingerprint}|{position}|v1".encode()).hexdigest()[:24]
         # The activations may be kept outside cache_dir, such as one folder per node of a multi-node
-        # extraction; models live in the per-user model cache (probing.models.models_dir).
+        # extraction; models live in the per-user model cache (probing.model.loading.models_dir).
         self.store = ActivationStore(Path(store_dir) if store_dir else self.cache_dir / STORE_FOLDER, namespace)
 
     @property

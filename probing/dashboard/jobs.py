@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from probing.activations import Activations
-    from probing.models import LoadedModel, ModelSpec
+    from probing.store.activations import Activations
+    from probing.model.loading import LoadedModel, ModelSpec
 
 
 class ModelBusy(RuntimeError):
@@ -60,7 +60,7 @@ class ModelHolder:
     def ensure(self, model: str | ModelSpec, device: str | None = None, dtype: str | None = None) -> LoadedModel | None:
         """Load ``model`` (a name with ``device`` and ``dtype``, or a whole spec) unless it is what is
         loaded; returns the model now loaded (maybe the old one)."""
-        from probing.models import ModelLoadError, ModelSpec, load_model
+        from probing.model.loading import ModelLoadError, ModelSpec, load_model
 
         with self._lock:
             try:
@@ -85,8 +85,8 @@ class ModelHolder:
 
     def activations(self, position: str) -> Activations:
         """The cached activations of the current model at ``position`` (one object per position)."""
-        from probing.activations import Activations
-        from probing.models import ModelLoadError
+        from probing.store.activations import Activations
+        from probing.model.loading import ModelLoadError
 
         with self._lock:
             if self.current is None:

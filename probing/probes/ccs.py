@@ -18,8 +18,8 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 
-from probing.probes import sigmoid
-from probing.ttpd import check_activations, column_std_mean, shared_tensor
+from probing.probes.estimators import sigmoid
+from probing.probes.ttpd import check_activations, column_std_mean, shared_tensor
 
 MIN_PAIRS = 2
 """Each side's std needs two statements."""

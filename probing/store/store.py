@@ -53,8 +53,8 @@ from pathlib import Path
 import diskcache
 import numpy as np
 
-from probing.store_format import DATABASE as _DATABASE
-from probing.store_format import CacheError, SafeDisk, connect_read_only, open_cache, verify_database
+from probing.store.format import DATABASE as _DATABASE
+from probing.store.format import CacheError, SafeDisk, connect_read_only, open_cache, verify_database
 
 _HEADER = struct.Struct("<4sIIIQ")  # magic, rows, width, crc32, payload bytes
 _MAGIC = b"PRB1"

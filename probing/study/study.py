@@ -1,5 +1,5 @@
 """A whole study: extract what is missing, train the grids and the final probes, and gather it all in a
-:class:`~probing.results.StudyResult` (which ``reproduce`` also saves).
+:class:`~probing.study.results.StudyResult` (which ``reproduce`` also saves).
 
 The command line runs :func:`reproduce`; the dashboard runs :func:`run_study` in a background job,
 and saves a single trained probe with :func:`cell_study`. All of them write the same folder.
@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probing.activations import Activations, Progress
-from probing.config import StudyConfig
-from probing.directions import DIRECTION_KINDS, compare_directions
-from probing.experiments import CellResult, EpochRecord, GridResult, check_splits, make_splits, run_grid
-from probing.generalization import Generalization, run_generalization
-from probing.probes import HIDDEN_SIZES, Probe, Task, fit_many, training_dtype
-from probing.results import StudyResult, check_results_out, command_line, package_versions
-from probing.statements import StatementSet
+from probing.store.activations import Activations, Progress
+from probing.study.config import StudyConfig
+from probing.analyses.directions import DIRECTION_KINDS, compare_directions
+from probing.analyses.grid import CellResult, EpochRecord, GridResult, check_splits, make_splits, run_grid
+from probing.analyses.generalization import Generalization, run_generalization
+from probing.probes.estimators import HIDDEN_SIZES, Probe, Task, fit_many, training_dtype
+from probing.study.results import StudyResult, check_results_out, command_line, package_versions
+from probing.data.statements import StatementSet
 
 
 def check_study(dataset: StatementSet, activations: Activations, config: StudyConfig) -> None:
@@ -227,7 +227,7 @@ def reproduce(
     on_analysis: Progress | None = None,
     overwrite: bool = False,
 ) -> StudyResult:
-    """:func:`run_study`, saved to ``out``. The folder is checked (:func:`~probing.results.check_results_out`:
+    """:func:`run_study`, saved to ``out``. The folder is checked (:func:`~probing.study.results.check_results_out`:
     ``overwrite`` lets it hold another study or the input statements) and made before the extraction, so a
     folder that would lose files, or cannot be made, fails first."""
     check_study(dataset, activations, config)

@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from probing.constants import POLARITIES
-from probing.probes import LogitClassifier, sigmoid
+from probing.probes.estimators import LogitClassifier, sigmoid
 
 ROWS_PER_BLOCK = 2048
 """Rows converted to float64 at a time for exact sums (about 80 MB at width 5120)."""

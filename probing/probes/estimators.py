@@ -269,7 +269,7 @@ def training_dtype(kind: str, device: str | torch.device = "cpu", requested: str
         source = "train_dtype" if requested else f"${TRAIN_DTYPE_VARIABLE}"
         raise ValueError(f"{source} is {choice!r}: use 'float32' or 'bfloat16'")
     if choice is None:
-        from probing.models import cpu_has_fast_bfloat16
+        from probing.model.loading import cpu_has_fast_bfloat16
 
         fast = torch.device(device).type == "cpu" and kind in BFLOAT16_KINDS and cpu_has_fast_bfloat16()
         choice = "bfloat16" if fast else "float32"

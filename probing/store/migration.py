@@ -1,6 +1,6 @@
 """The one place that reads a pickle: rewriting a cache of an earlier version, once, on request.
 
-Caches written before :mod:`probing.store_format` held pickled keys and values. :func:`migrate`
+Caches written before :mod:`probing.store.format` held pickled keys and values. :func:`migrate`
 reads them with an unpickler that builds only plain tuples, lists, dicts, text and numbers (every
 class or function lookup is refused, so nothing a pickle names can run) and rewrites them as JSON
 text; an entry that is anything else is removed unread.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from diskcache.core import MODE_PICKLE
 
-from probing.store_format import DATABASE, CacheError, SafeDisk, verify_database
+from probing.store.format import DATABASE, CacheError, SafeDisk, verify_database
 
 _PLAIN = (str, int, float, bool, bytes, type(None))
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from probing.activations import Activations
-from probing.models import LoadedModel, ModelSpec
-from probing.probes import Probe
-from probing.results import StudyResult
+from probing.store.activations import Activations
+from probing.model.loading import LoadedModel, ModelSpec
+from probing.probes.estimators import Probe
+from probing.study.results import StudyResult
 
 MAX_STATEMENT_CHARS = 2000
 ASK_TEMPLATE = "Is the following statement true or false?\nStatement: {statement}\nAnswer:"

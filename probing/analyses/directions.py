@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from probing.experiments import GridResult
-from probing.probes import Probe
+from probing.analyses.grid import GridResult
+from probing.probes.estimators import Probe
 
 DIRECTION_KINDS = ("linear", "mass_mean")
 

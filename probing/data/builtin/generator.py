@@ -4,7 +4,7 @@ Six topics mirror the SAPLMA True-False dataset: ``cities``, ``countries`` (in p
 of SAPLMA's inventions), ``elements``, ``animals``, ``companies`` and ``science``
 (SI units and physical constants, in place of SAPLMA's mixed "facts").
 
-Each row of a table in ``probing/builtin/data/`` is one fact (subject, relation,
+Each row of a table in ``probing/data/builtin/data/`` is one fact (subject, relation,
 object). Every fact gives one true statement and one false statement, written
 with the same template; the false statement swaps the object for the true object
 of another fact of the same relation. Within a relation the false objects are a
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from probing.statements import POLARITIES, POLARITY_CHOICES, DatasetError, StatementSet
+from probing.data.statements import POLARITIES, POLARITY_CHOICES, DatasetError, StatementSet
 
 DATA = Path(__file__).resolve().parent / "data"
 BUILTIN_TOPICS: tuple[str, ...] = ("cities", "countries", "elements", "animals", "companies", "science")
@@ -485,7 +485,7 @@ def _generate_topic(
 ) -> pd.DataFrame:
     """Statements of ``n_facts`` facts of one topic (every fact when None), of the given polarities."""
     table = _read_table(topic)
-    rng = random.Random(f"probing.builtin:{topic}:{seed}")
+    rng = random.Random(f"probing.data.builtin:{topic}:{seed}")
     facts = list(table)
     if n_facts is not None and n_facts < len(facts):
         keep = sorted(rng.sample(range(len(facts)), n_facts))

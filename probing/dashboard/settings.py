@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from probing.config import StudyConfig
+from probing.study.config import StudyConfig
 from probing.constants import EMBEDDED, GEMMA
-from probing.statements import SAPLMA_SUFFIX, DatasetError
+from probing.data.statements import SAPLMA_SUFFIX, DatasetError
 
 EXAMPLES = (
     "The city of Paris is located in France.",
@@ -38,7 +38,7 @@ MODEL_CHOICES = {
 
 
 def default_cache_dir() -> Path:
-    """``$PROBING_CACHE`` or ``./cache``: activations and dashboard results (models: ``probing.models.models_dir``)."""
+    """``$PROBING_CACHE`` or ``./cache``: activations and dashboard results (models: ``probing.model.loading.models_dir``)."""
     return Path(os.environ.get("PROBING_CACHE", "cache"))
 
 
@@ -187,7 +187,7 @@ def llama_7b_available() -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        from probing.models import PRESETS
+        from probing.model.loading import PRESETS
 
         return isinstance(try_to_load_from_cache(PRESETS["llama-2-7b"], "config.json"), str)
     except Exception:  # noqa: BLE001

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from probing.config import StudyConfig, check_device_name
+from probing.study.config import StudyConfig, check_device_name
 from probing.constants import NIE_MIN_Z
 
 if TYPE_CHECKING:
-    from probing.probes import Probe
+    from probing.probes.estimators import Probe
 
 PACKAGES = ("torch", "transformers", "accelerate", "numpy", "pandas", "scikit-learn", "diskcache", "gguf")
 PROBES_DIR = "probes"
@@ -100,7 +100,7 @@ def generalization_markdown(generalization: pd.DataFrame, ccs: pd.DataFrame) -> 
     """The generalization analyses as one Markdown document: per layer and probe, the topic matrix of
     accuracy (rows: trained on, columns: tested on), the text-only control's matrix, the polarity
     transfer and CCS."""
-    from probing.generalization import ccs_summary, matrix, polarity_table
+    from probing.analyses.generalization import ccs_summary, matrix, polarity_table
 
     parts = ["# Generalization\n"]
     topics = generalization[generalization.analysis == "topics"] if not generalization.empty else generalization
@@ -273,7 +273,7 @@ def _load_probe(path: Path, folder: Path, record: dict[str, Any]) -> tuple[tuple
     not); refused where that, or its kind, disagrees with the file's name or ``record`` (from config.json)."""
     import torch
 
-    from probing.probes import Probe
+    from probing.probes.estimators import Probe
 
     retrain = (f"Delete it to score with the other probes, or rerun `python -m probing reproduce --out {folder} "
                "--overwrite` to retrain it.")
@@ -330,7 +330,7 @@ def _config_from_record(record: dict, folder: Path) -> StudyConfig:
 
 def _device_here(device: str) -> bool:
     """Whether this machine has ``device`` (a malformed name is left for StudyConfig to refuse)."""
-    from probing.models import check_device
+    from probing.model.loading import check_device
 
     try:
         check_device_name(device)
@@ -436,7 +436,7 @@ class StudyResult:
 
     def accuracy_table(self, statistic: str = "mean", split: str | None = None) -> pd.DataFrame:
         """Rows = probe kinds, columns = layers (-17 .. -1): the mean or max over splits of one split kind."""
-        from probing.experiments import accuracy_table  # beside the grid code, which imports torch
+        from probing.analyses.grid import accuracy_table  # beside the grid code, which imports torch
 
         return accuracy_table(self.split_results(split), statistic)
 

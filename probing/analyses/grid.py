@@ -27,10 +27,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline, make_union
 
-from probing.config import StudyConfig
+from probing.study.config import StudyConfig
 from probing.constants import PROBE_KINDS, SPLIT_KINDS
-from probing.probes import Probe, Task, fit_many
-from probing.statements import StatementSet, require_topics
+from probing.probes.estimators import Probe, Task, fit_many
+from probing.data.statements import StatementSet, require_topics
 
 RANDOM_SPLIT = "random"
 LayerLoader = Callable[[int], np.ndarray]

@@ -21,8 +21,8 @@ from probing.constants import (
 )
 
 if TYPE_CHECKING:
-    from probing.models import ModelSpec
-    from probing.probes import ProbeConfig
+    from probing.model.loading import ModelSpec
+    from probing.probes.estimators import ProbeConfig
 
 LINEAR_SOLVERS = ("lbfgs", "adam")
 OPTION_GROUPS = ("model", "dataset", "extraction", "grid", "analysis")
@@ -268,7 +268,7 @@ class StudyConfig:
                 raise ValueError(f"StudyConfig.{spec.name}: {error}") from None
             object.__setattr__(self, spec.name, value)
         if self.device is not None:
-            from probing.models import check_device  # torch: only when a device is asked for
+            from probing.model.loading import check_device  # torch: only when a device is asked for
 
             check_device(self.device)
 
@@ -277,7 +277,7 @@ class StudyConfig:
         """Where probes train: the given device, else CUDA when there is one."""
         if self.device is not None:
             return self.device
-        from probing.models import default_device
+        from probing.model.loading import default_device
 
         return default_device()
 
@@ -298,14 +298,14 @@ class StudyConfig:
 
     def probe_config(self, kind: str) -> ProbeConfig:
         """The training settings of a ``kind`` probe: the fields ProbeConfig shares with this one, by name."""
-        from probing.probes import ProbeConfig
+        from probing.probes.estimators import ProbeConfig
 
         shared = {spec.name for spec in fields(ProbeConfig)} & {spec.name for spec in fields(self)}
         solver = self.linear_solver if kind == "linear" else "adam"
         return ProbeConfig(kind=kind, solver=solver, **{name: getattr(self, name) for name in shared})
 
     def model_spec(self) -> ModelSpec:
-        from probing.models import ModelSpec
+        from probing.model.loading import ModelSpec
 
         return ModelSpec(self.model, device=self.device, dtype=self.dtype)
 

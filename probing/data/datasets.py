@@ -1,15 +1,15 @@
 """Loading a statement set by name: ``builtin``, a SAPLMA-style folder, or one CSV.
 
-This module sits above :mod:`probing.statements` (the table and its CSV formats) and
-:mod:`probing.builtin` (the generated set), so neither imports the other's loader.
+This module sits above :mod:`probing.data.statements` (the table and its CSV formats) and
+:mod:`probing.data.builtin` (the generated set), so neither imports the other's loader.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from probing.builtin import load_builtin
-from probing.statements import (
+from probing.data.builtin import load_builtin
+from probing.data.statements import (
     POLARITY_CHOICES, SAPLMA_SUFFIX, DatasetError, StatementSet, load_csv_file, load_folder,
 )
 

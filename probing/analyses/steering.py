@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probing.config import SteeringConfig
-from probing.generalization import centring_groups
+from probing.study.config import SteeringConfig
+from probing.analyses.generalization import centring_groups
 from probing.constants import NIE_MIN_Z
 from probing.constants import STEER_DIRECTIONS as DIRECTION_KINDS
 from probing.constants import STEER_POSITIONS as POSITIONS
-from probing.models import LoadedModel
-from probing.scoring import ASK_TEMPLATE, check_statement
+from probing.model.loading import LoadedModel
+from probing.analyses.scoring import ASK_TEMPLATE, check_statement
 
 
 
@@ -63,10 +63,10 @@ def fit_directions(features: np.ndarray, labels: np.ndarray, layer: int, kinds: 
                    polarity: np.ndarray | None = None, groups: np.ndarray | None = None,
                    seed: int = 0) -> dict[str, SteeringDirection]:
     """Directions of ``kinds`` fitted on one layer's ``features`` and ``labels``. ``ttpd`` needs
-    ``polarity`` and ``groups`` (see :class:`~probing.ttpd.TTPDProbe`); ``random`` and ``shuffled``
+    ``polarity`` and ``groups`` (see :class:`~probing.probes.ttpd.TTPDProbe`); ``random`` and ``shuffled``
     are scaled to mass-mean's length, so a control moves a statement as far as the real direction."""
-    from probing.probes import make_probe
-    from probing.ttpd import TTPDProbe
+    from probing.probes.estimators import make_probe
+    from probing.probes.ttpd import TTPDProbe
 
     unknown = [kind for kind in kinds if kind not in DIRECTION_KINDS]
     if unknown:
@@ -312,7 +312,7 @@ def steering_setup(dataset, activations, layer: int, kinds: Sequence[str] = DIRE
     """Fit ``kinds`` at ``layer`` on the training side of the dataset's random (group-held-out) split and
     draw up to ``statements`` held-out ones, balanced by label. ``ttpd`` is left out where the set has
     one polarity."""
-    from probing.experiments import random_split
+    from probing.analyses.grid import random_split
 
     split = random_split(dataset)
     frame, labels = dataset.frame, dataset.labels

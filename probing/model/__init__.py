@@ -1,0 +1,1 @@
+"""The language model: loading (hub, folder, GGUF conversion), its block layout and hooks."""

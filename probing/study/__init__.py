@@ -1,0 +1,1 @@
+"""A study: its options (StudyConfig), its results folder (StudyResult), and the Study that runs it."""
