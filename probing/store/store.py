@@ -53,6 +53,7 @@ from pathlib import Path
 import diskcache
 import numpy as np
 
+from probing.housekeeping import CacheRepaired, process_alive
 from probing.store.format import DATABASE as _DATABASE
 from probing.store.format import CacheError, SafeDisk, connect_read_only, open_cache, verify_database
 
@@ -72,10 +73,6 @@ _DAMAGED = object()  # a row that exists but cannot be decoded or has the wrong 
 
 class CorruptEntry(CacheError):
     """Stored chunks failed their checks; they have been removed and will be recomputed."""
-
-
-class CacheRepaired(UserWarning):
-    """Damage to the cache was found and repaired; what was lost is recomputed when needed."""
 
 
 class MergeConflict(CacheError):
@@ -979,13 +976,7 @@ def _holder_alive(holder: dict) -> bool:
         return True  # cannot look: the claim's expiry decides
     if holder["pid"] == os.getpid():
         return holder["token"] in _LIVE_TOKENS
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process with that pid
-    return True
+    return process_alive(holder["pid"])
 
 
 def _check_finite(texts: Sequence[str], hidden: np.ndarray) -> None:
