@@ -43,10 +43,13 @@ import torch
 from benchmarks._common import (
     BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, cached_activations, matmul_flops, peak_rss_mb, print_machine, table,
 )
-from probing.probes import estimators as probes
+from probing.probes import lbfgs
 from probing.study.config import StudyConfig
 from probing.analyses.grid import category_splits, run_grid, split_seed
-from probing.probes.estimators import HIDDEN_SIZES, LBFGS_STACK, Task, fit_many, training_dtype
+from probing.probes.adam import TRAIN_DTYPE_VARIABLE, training_dtype
+from probing.probes.estimators import Task, fit_many
+from probing.probes.params import HIDDEN_SIZES
+from probing.probes.lbfgs import LBFGS_STACK
 from probing.data.datasets import load_dataset
 
 LAYERS = (-1, -5, -9, -13, -17)
@@ -73,7 +76,7 @@ def main() -> None:
     if args.quick:
         args.per_topic, args.layers = args.per_topic or 100, "-1,-5"
     if args.train_dtype:
-        os.environ[probes.TRAIN_DTYPE_VARIABLE] = args.train_dtype
+        os.environ[TRAIN_DTYPE_VARIABLE] = args.train_dtype
     layers = tuple(int(x) for x in args.layers.split(","))
     loop_layers = tuple(int(x) for x in args.loop_layers.split(","))
     print_machine()
@@ -203,13 +206,13 @@ def training_flops(kind: str, solver: str, width: int, splits, seeds: int, epoch
 def count_lbfgs_rounds() -> list[int]:
     """A counter of lockstep L-BFGS evaluation rounds (each one logits and one gradient product)."""
     rounds = [0]
-    evaluate = probes._LinearDesign.evaluate
+    evaluate = lbfgs._LinearDesign.evaluate
 
     def counted(self, objectives, points):
         rounds[0] += 1
         return evaluate(self, objectives, points)
 
-    probes._LinearDesign.evaluate = counted
+    lbfgs._LinearDesign.evaluate = counted
     return rounds
 
 

@@ -7,11 +7,13 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from probing.probes import estimators as probes
+from probing.probes import adam as probes
 from probing.store.activations import Activations
 from probing.analyses.grid import category_splits, split_seed
-from probing.model.loading import cpu_has_fast_bfloat16
-from probing.probes.estimators import ProbeConfig, Task, fit_many
+from probing.model.devices import cpu_has_fast_bfloat16
+from probing.probes.estimators import Task, fit_many
+from probing.probes.params import ProbeConfig
+from probing.probes.lbfgs import LBFGS_STACK
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def lbfgs_tasks(labels: np.ndarray, n_rows: int, count: int, seed: int = 0) -> l
 
 def test_lbfgs_lockstep_stack_equals_each_probe_fitted_alone(saplma_layer):
     X, labels = saplma_layer
-    tasks = lbfgs_tasks(labels, len(X), probes.LBFGS_STACK)
+    tasks = lbfgs_tasks(labels, len(X), LBFGS_STACK)
     stacked = fit_many(X, tasks, ProbeConfig("linear"))
     for task, together in zip(tasks[::-1], stacked[::-1]):  # last first: a different place in the stack
         (alone,) = fit_many(X, [task], ProbeConfig("linear"))
@@ -48,7 +50,7 @@ def test_lbfgs_lockstep_stack_equals_each_probe_fitted_alone(saplma_layer):
 def test_more_problems_than_one_stack_and_seed_twins(saplma_layer):
     """Tasks beyond LBFGS_STACK go to a second stack; tasks differing only in seed share one fit."""
     X, labels = saplma_layer
-    tasks = lbfgs_tasks(labels, len(X), probes.LBFGS_STACK + 2, seed=1)
+    tasks = lbfgs_tasks(labels, len(X), LBFGS_STACK + 2, seed=1)
     twin = Task(tasks[-1].train, tasks[-1].y_train, tasks[-1].test, tasks[-1].y_test, seed=99)
     records: list[tuple[int, dict]] = []
     fitted = fit_many(X, [*tasks, twin], ProbeConfig("linear"), on_epoch=lambda j, r: records.append((j, r)))

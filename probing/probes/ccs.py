@@ -18,8 +18,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 
-from probing.probes.estimators import sigmoid
-from probing.probes.ttpd import check_activations, column_std_mean, shared_tensor
+from probing.probes.numerics import check_activations, check_labels, column_mean_scale, shared_tensor, sigmoid
 
 MIN_PAIRS = 2
 """Each side's std needs two statements."""
@@ -79,11 +78,8 @@ class CCSProbe:
         if len(X_pos) < MIN_PAIRS:
             raise ValueError(f"CCS needs at least {MIN_PAIRS} pairs to normalise each side; got {len(X_pos)}")
         if y is not None:
-            y = np.asarray(y)
-            if y.shape != (len(X_pos),) or not set(np.unique(y).tolist()) <= {0, 1}:
-                raise ValueError(f"y must be 0/1, one per pair ({len(X_pos)}); got shape {y.shape} "
-                                 f"with values {sorted(set(np.unique(y).tolist()), key=str)[:5]}")
-        sides = (_normaliser(X_pos), _normaliser(X_neg))
+            y = check_labels(y, len(X_pos), "y", "pair")
+        sides = (column_mean_scale(X_pos), column_mean_scale(X_neg))
         W, b = self._train(X_pos, X_neg, sides)
         pos, neg = _logits(X_pos, X_neg, sides, W, b)
         losses = _ccs_loss(pos, neg)
@@ -182,12 +178,6 @@ def _logits(X_pos, X_neg, sides: Sides, W: np.ndarray, b: np.ndarray) -> tuple[n
     """Logits (rows, restarts) of X_pos read as affirmative and X_neg as negated statements."""
     return tuple(X @ (W / scale[:, None]).astype(np.float32) - (mean / scale) @ W + b
                  for X, (mean, scale) in zip((X_pos, X_neg), sides))
-
-
-def _normaliser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One side's mean and per-coordinate std (1 where a coordinate does not vary)."""
-    std, mean = column_std_mean(X)
-    return mean, np.where(std > 1e-6, std, 1.0)
 
 
 def _ccs_loss_tensor(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,6 @@ the raw activations on t_G and on that polarity direction.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,10 +24,11 @@ import torch
 from torch.nn import functional as F
 
 from probing.constants import POLARITIES
-from probing.probes.estimators import LogitClassifier, sigmoid
-
-ROWS_PER_BLOCK = 2048
-"""Rows converted to float64 at a time for exact sums (about 80 MB at width 5120)."""
+from probing.probes.estimators import LogitClassifier
+from probing.probes.numerics import (
+    ROWS_PER_BLOCK, check_activations, check_both_classes, check_labels, column_mean_scale, logistic_regression,
+    shared_tensor,
+)
 
 
 @dataclass
@@ -59,7 +59,9 @@ class TTPDProbe(LogitClassifier):
         With one polarity only, t_P and the polarity direction cannot be identified: t_G is
         fitted alone, the classifier is 1-D, ``t_p_`` is None and ``uses_polarity_`` False.
         """
-        X, y = _check_xy(X, y)
+        X = check_activations(X)
+        y = check_labels(y, len(X))
+        check_both_classes(y, "TTPD")
         negated = _negated(polarity, len(X))
         group_ids = _group_ids(groups, len(X))
         tau = 2.0 * y - 1
@@ -69,10 +71,13 @@ class TTPDProbe(LogitClassifier):
         t_g = directions[0]
         polarity_direction = _polarity_direction(X, negated, self.C) if uses_polarity else None
         axes = _axes(t_g, polarity_direction)
-        coef, intercept = _logistic_regression((X @ axes).astype(np.float64), y, C=1.0)
+        # C = 1 on columns scaled by their population std, as TTPD has always fitted it: the solver scales
+        # by the n-1 std, which C = n / (n-1) undoes.
+        coef, intercept = logistic_regression(torch.from_numpy((X @ axes).astype(np.float64)),
+                                              torch.from_numpy(y.astype(np.float64)), C=len(y) / (len(y) - 1))
         self.t_g_, self.t_p_ = t_g, directions[1] if uses_polarity else None
         self.polarity_direction_, self.uses_polarity_ = polarity_direction, uses_polarity
-        self.classifier_coef_, self.classifier_intercept_ = coef, intercept
+        self.classifier_coef_, self.classifier_intercept_ = coef.numpy(), intercept
         return self
 
     @property
@@ -114,34 +119,6 @@ class TTPDProbe(LogitClassifier):
     def _check_fitted(self) -> None:
         if not self.is_fitted:
             raise RuntimeError("this TTPD probe is not fitted yet: call fit(X, y, polarity, groups) first")
-
-
-def check_activations(X, width: int | None = None) -> np.ndarray:
-    """``X`` as a finite float32 matrix (statements, width), else a ValueError that says what is wrong."""
-    X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2:
-        raise ValueError(f"activations must be a matrix (statements, width); got shape {X.shape}")
-    if width is not None and X.shape[1] != width:
-        raise ValueError(f"activations have width {X.shape[1]}, the probe was fitted on width {width}")
-    bad = ~np.isfinite(X).all(1)
-    if bad.any():
-        raise ValueError(f"{bad.sum()} row(s) of the activations hold NaN or inf (first: row {np.argmax(bad)}); "
-                         "recompute them (in float32)")
-    return X
-
-
-def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:
-    X = check_activations(X)
-    y = np.asarray(y)
-    if y.shape != (len(X),):
-        raise ValueError(f"labels must be one per row of the activations ({len(X)}); got shape {y.shape}")
-    found = set(np.unique(y).tolist())
-    if not found <= {0, 1}:
-        raise ValueError(f"labels must be 0 (false) or 1 (true); found {sorted(found, key=str)}")
-    if len(found) < 2:
-        raise ValueError(f"the training statements are all {'true' if 1 in found else 'false'}: "
-                         "TTPD needs true and false ones")
-    return X, y.astype(int)
 
 
 def _axes(t_g: np.ndarray, second: np.ndarray | None) -> np.ndarray:
@@ -192,17 +169,20 @@ def _centred_least_squares(X: np.ndarray, design: np.ndarray, group_ids: np.ndar
 
 
 def _polarity_direction(X: np.ndarray, negated: np.ndarray, C: float) -> np.ndarray:
-    """Unit direction in activation space along which statements look negated (L2 logistic regression)."""
+    """Unit direction in activation space along which statements look negated (L2 logistic regression).
+
+    torch's L-BFGS with these tolerances, not the linear probe's lockstep one: that stops elsewhere,
+    and the direction would move by about 1e-4 (a solver's precision, but not the same numbers).
+    """
     features = shared_tensor(X)
-    std, mean = (torch.from_numpy(a) for a in column_std_mean(X))
-    scale = torch.where(std > 1e-6, std, torch.ones_like(std)).float()
+    mean, scale = (torch.from_numpy(a).float() for a in column_mean_scale(X))
     target = torch.from_numpy(negated.astype(np.float32))
     w = torch.zeros(X.shape[1], requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
     optimiser = torch.optim.LBFGS([w, b], lr=1, max_iter=100, tolerance_grad=1e-6, tolerance_change=1e-9,
                                   history_size=20, line_search_fn="strong_wolfe")
     penalty = 1 / (2 * C * len(X))
-    shift = mean.float() / scale
+    shift = mean / scale
 
     def closure():
         optimiser.zero_grad()
@@ -215,40 +195,3 @@ def _polarity_direction(X: np.ndarray, negated: np.ndarray, C: float) -> np.ndar
     direction = (w.detach() / scale).double().numpy()
     return direction / np.linalg.norm(direction)
 
-
-def shared_tensor(X: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``X``'s memory, only read (cached activations may be read-only arrays)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(X)
-
-
-def column_std_mean(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column std and mean in float64, a block of rows at a time (no float64 copy of a large X)."""
-    total, squares = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for start in range(0, len(X), ROWS_PER_BLOCK):
-        block = X[start:start + ROWS_PER_BLOCK].astype(np.float64)
-        total += block.sum(0)
-        squares += (block * block).sum(0)
-    mean = total / len(X)
-    return np.sqrt(np.maximum(squares / len(X) - mean * mean, 0)), mean
-
-
-def _logistic_regression(Z: np.ndarray, y: np.ndarray, C: float, iterations: int = 100) -> tuple[np.ndarray, float]:
-    """Newton's method for L2 logistic regression on a few columns (standardised inside; scikit-learn's
-    objective); returns (coef, intercept) for the raw columns."""
-    centre, spread = Z.mean(0), Z.std(0)
-    spread = np.where(spread > 1e-12, spread, 1.0)
-    S = np.column_stack([(Z - centre) / spread, np.ones(len(Z))])
-    theta = np.zeros(S.shape[1])
-    ridge = np.diag([1 / C] * Z.shape[1] + [0.0])
-    for _ in range(iterations):
-        p = sigmoid(S @ theta)
-        gradient = S.T @ (p - y) + ridge @ theta
-        hessian = (S * (p * (1 - p))[:, None]).T @ S + ridge + 1e-9 * np.eye(len(theta))
-        step = np.linalg.solve(hessian, gradient)
-        theta -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    coef = theta[:-1] / spread
-    return coef, float(theta[-1] - coef @ centre)
