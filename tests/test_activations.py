@@ -3,10 +3,11 @@ import pytest
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from probing.store.activations import Activations, StatementTooLong, plan_batches, run_batch
-from probing.model.loading import ModelSpec, cpu_has_fast_bfloat16, load_model
+from probing.model.devices import cpu_has_fast_bfloat16
+from probing.model.loading import ModelSpec, load_model
 from probing.probes.estimators import make_probe
-from probing.store.store import NonFiniteActivations
+from probing.store.activations import Activations, StatementTooLong, plan_batches, run_batch
+from probing.store.encoding import NonFiniteActivations
 from support import TEXTS, interrupt_after_first_batch
 
 

@@ -4,11 +4,13 @@ checked and idempotent, and an interrupted merge or extraction leaves whole chun
 import numpy as np
 import pytest
 
-from probing.store.activations import Activations
-from probing.cli import launcher_node, main
+from probing.cli.main import main
+from probing.cli.options import launcher_node
 from probing.dashboard.jobs import Job, start_job
-from probing.store.store import MergeConflict, describe_store, merge_stores, namespaces
 from probing.dashboard.workflows import extract_work
+from probing.store.activations import Activations
+from probing.store.merge import MergeConflict, merge_stores
+from probing.store.reading import describe_store, namespaces
 from support import TEXTS, interrupt_after_first_batch
 
 LAYERS = (0, 11, 30)

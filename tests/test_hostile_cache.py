@@ -14,10 +14,12 @@ import diskcache
 import numpy as np
 import pytest
 
+from probing.cli.main import main
 from probing.store.activations import Activations
-from probing.cli import main
-from probing.store.store import ActivationStore, describe_store, merge_stores
 from probing.store.format import SafeDisk, UnsafeCache
+from probing.store.merge import merge_stores
+from probing.store.reading import describe_store
+from probing.store.store import ActivationStore
 from support import ROOT, TEXTS
 
 

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import torch
 
-from probing.store.activations import Activations
 from probing.model.loading import ModelSpec, load_model
-from probing.store.store import MERGE_MAX_NORM_GAP, MERGE_MIN_COSINE, _agreement
+from probing.store.activations import Activations
+from probing.store.merge import MERGE_MAX_NORM_GAP, MERGE_MIN_COSINE, _agreement
 from support import free_port
 from test_sharding import LAYERS, fresh_cache
 

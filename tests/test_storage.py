@@ -7,8 +7,10 @@ import stat
 import numpy as np
 import pytest
 
+from probing.housekeeping import CacheRepaired
 from probing.store.activations import Activations
-from probing.store.store import CacheError, CacheRepaired, CorruptEntry
+from probing.store.format import CacheError
+from probing.store.store import CorruptEntry
 from support import TEXTS
 
 
@@ -90,14 +92,14 @@ def test_entries_corrupt_again_after_recomputing_blame_the_disk_and_keep_the_cac
 
     import probing.store.store
 
-    honest_encode = probing.store.store._encode
+    honest_encode = probing.store.store.encode
 
     def failing_disk(block):  # every write comes back with one bit flipped, as from a failing disk
         payload = bytearray(honest_encode(block))
         payload[-1] ^= 0x01
         return bytes(payload)
 
-    monkeypatch.setattr(probing.store.store, "_encode", failing_disk)
+    monkeypatch.setattr(probing.store.store, "encode", failing_disk)
     with pytest.warns(CacheRepaired), pytest.raises(CorruptEntry) as error:
         activations.layer(statements, 0)
     message = str(error.value)

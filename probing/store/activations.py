@@ -27,9 +27,12 @@ import numpy as np
 import torch
 
 from probing.constants import MAX_TOKENS, POSITIONS
+from probing.housekeeping import CacheRepaired
 from probing.model.loading import LoadedModel, ModelSpec, load_model
-from probing.store.store import (STORE_FOLDER, ActivationStore, CacheRepaired, CorruptEntry, NamespaceMerge,
-                             claim_token, first_words, merge_stores, node_stores, statement_key)
+from probing.store.encoding import first_words, statement_key
+from probing.store.folders import STORE_FOLDER, node_stores
+from probing.store.merge import NamespaceMerge, merge_stores
+from probing.store.store import ActivationStore, CorruptEntry, claim_token
 
 Progress = Callable[[int, int], None]
 """Called with (statements done, statements to do)."""
