@@ -50,7 +50,8 @@ from benchmarks._common import (
 )
 from probing.store.activations import Activations, plan_batches, run_batch
 from probing.data.datasets import load_dataset
-from probing.model.loading import DTYPES, LoadedModel, ModelSpec, cpu_has_fast_bfloat16, load_model
+from probing.model.devices import DTYPES, cpu_has_fast_bfloat16
+from probing.model.loading import LoadedModel, ModelSpec, load_model
 from probing.data.statements import StatementSet
 
 POSITION = "last"

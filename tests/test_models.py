@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from probing.model.loading import (
-    DTYPES, ModelLoadError, ModelSpec, check_device, cpu_has_fast_bfloat16, default_dtype, embedded_gguf_path,
-    file_sha256, fingerprint_of, load_model, models_dir, resolve_source,
-)
+from probing.model.devices import DTYPES, check_device, cpu_has_fast_bfloat16, default_dtype
+from probing.model.fingerprint import file_sha256, fingerprint_of, models_dir
+from probing.model.loading import ModelSpec, load_model
+from probing.model.sources import ModelLoadError, embedded_gguf_path, resolve_source
 
 ROOT = Path(__file__).resolve().parents[1]
 INVERTED = bytes(range(255, -1, -1))  # a bytes.translate table: every byte becomes a different one
@@ -220,6 +220,25 @@ def test_every_activation_cache_loads_the_one_converted_model(model, tmp_path):
         activations.model.unload()
         assert not (tmp_path / name / "models").exists()
     assert files() == before
+
+
+def test_the_own_gguf_conversion_is_what_transformers_loads_bit_for_bit(tmp_path):
+    """probing.model.conversion reads the embedded GGUF itself (transformers' loader takes ~3x as long):
+    every tensor and config value must be those of the model transformers builds from the file."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from probing.model.conversion import convert_gguf
+
+    gguf = embedded_gguf_path()
+    convert_gguf(gguf, tmp_path / "converted")
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    expected, converted = reference.state_dict(), load_file(tmp_path / "converted" / "model.safetensors")
+    assert reference.config.tie_word_embeddings and converted.keys() == expected.keys() - {"lm_head.weight"}
+    assert [name for name in converted if not torch.equal(converted[name], expected[name])] == []
+    settings = {**reference.config.to_dict(), "_name_or_path": None, "architectures": ["LlamaForCausalLM"]}
+    del settings["quantization_config"]
+    assert {**AutoConfig.from_pretrained(tmp_path / "converted").to_dict(), "_name_or_path": None} == settings
 
 
 def test_concurrent_first_uses_from_two_activation_caches_convert_once_and_clear_stale_partials(tmp_path):

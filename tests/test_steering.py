@@ -8,14 +8,14 @@ import torch
 
 from probing.store.activations import Activations
 from probing.data.builtin import load_builtin
-from probing.cli import main
+from probing.cli.main import main
 from probing.study.config import SteeringConfig
 from probing.analyses.grid import random_split
+from probing.model.layout import adding
 from probing.model.loading import LoadedModel, ModelSpec
 from probing.study.results import StudyResult
 from probing.analyses.steering import (
-    ask_batch, block_of, continuation, decoder_blocks, dose_response, fit_directions, steer, steering_setup,
-    true_false_margins,
+    ask_batch, continuation, dose_response, fit_directions, steer, steering_setup, true_false_margins,
 )
 
 STATEMENTS = ["The city of Paris is located in France.", "The city of Paris is located in Japan.",
@@ -38,7 +38,7 @@ def logits(model, inputs):
 def test_hooks_leave_the_model_as_it_was_even_after_an_error(model):
     inputs, _, mask = ask_batch(model, STATEMENTS[:2])
     before = logits(model, inputs)
-    hooks = [list(block._forward_hooks) for block in decoder_blocks(model)]  # transformers adds its own
+    hooks = [list(block._forward_hooks) for block in model.blocks]  # transformers adds its own
     with steer(model, (-9, -8), answer_direction(model), 4.0, mask):
         steered = logits(model, inputs)
     assert not torch.equal(steered, before)
@@ -47,7 +47,36 @@ def test_hooks_leave_the_model_as_it_was_even_after_an_error(model):
         with steer(model, (-5,), answer_direction(model), 4.0):
             raise RuntimeError("inside the block")
     assert torch.equal(logits(model, inputs), before)
-    assert [list(block._forward_hooks) for block in decoder_blocks(model)] == hooks
+    assert [list(block._forward_hooks) for block in model.blocks] == hooks
+
+
+def test_model_hooks_edit_block_outputs_and_adding_touches_only_its_positions(model):
+    """``model.hooks`` hands a block's output to its edit and the next block its result; ``adding`` adds a
+    vector at the masked positions of passes of the mask's length only. (transformers records a block's
+    hidden state before the hooks run, so the edit shows from the next block on.)"""
+    inputs = model.tokenizer(STATEMENTS[:2], return_tensors="pt", padding=True)
+
+    def states():
+        with torch.inference_mode():
+            return torch.stack(model.model(**inputs, output_hidden_states=True).hidden_states)
+
+    before = states()
+    seen = []
+    with model.hooks({3: lambda hidden: seen.append(hidden.shape) or hidden * 0}):
+        zeroed = states()
+    assert seen == [before[4].shape] and torch.equal(zeroed[:5], before[:5]) and not torch.equal(zeroed, before)
+    positions = torch.zeros(inputs["input_ids"].shape, dtype=torch.bool)
+    positions[0, 2] = True
+    with adding(model, {model.block_of(5): torch.ones(model.width)}, positions):
+        added = states()
+    changed = (added[6] != before[6]).any(-1)  # causal attention carries it to the later positions of row 0
+    assert changed[0, 2] and not changed[0, :2].any() and not changed[1].any()
+    with adding(model, {0: torch.ones(model.width)}, positions[:, :1]):  # another length: a generated token's
+        assert torch.equal(states(), before)
+    with pytest.raises(ValueError, match=r"block\(s\) \[30\] do not exist: this model has blocks 0 to 29"):
+        with model.hooks({30: lambda hidden: hidden}):
+            pass
+    assert torch.equal(states(), before)
 
 
 def test_alpha_zero_is_the_unsteered_answer_exactly(model):
@@ -105,15 +134,15 @@ def test_controls_have_the_length_of_the_real_direction(model, shared_cache):
 
 
 def test_blocks_are_found_or_the_architecture_is_named(model):
-    assert len(decoder_blocks(model)) == 30 and block_of(model, -1) == 29 and block_of(model, -30) == 0
+    assert len(model.blocks) == 30 and model.block_of(-1) == 29 and model.block_of(-30) == 0
     with pytest.raises(ValueError, match="layer -31 is not the output of a block"):
-        block_of(model, -31)
+        model.block_of(-31)
     from transformers import BertConfig, BertForMaskedLM
 
     bert = BertForMaskedLM(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
                                       intermediate_size=8))
-    with pytest.raises(ValueError, match="cannot steer BertForMaskedLM"):
-        decoder_blocks(LoadedModel(ModelSpec("bert"), bert, tokenizer=None, fingerprint="x"))
+    with pytest.raises(ValueError, match="cannot find the decoder blocks of BertForMaskedLM"):
+        LoadedModel(ModelSpec("bert"), bert, tokenizer=None, fingerprint="x").blocks
 
 
 def test_a_steered_continuation_differs_and_the_plain_one_is_greedy(model):
@@ -144,5 +173,6 @@ def test_the_steer_command_writes_its_table_into_the_results_folder(tmp_path, ca
     assert study.meta["steering"] == SteeringConfig(layers=(-10, -9), alphas=(-2, 0, 2),
                                                     directions=("mass_mean", "random"), statements=12).to_dict()
     assert not study.results.empty  # the grid is still there
-    assert main(["steer", "--results", str(out), "--dataset", str(data), "--alphas", "1,inf"]) == 2
-    assert "alphas must be finite numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # refused by the flag's own check, before the folder is read
+        main(["steer", "--results", str(out), "--dataset", str(data), "--alphas", "1,inf"])
+    assert usage.value.code == 2 and "--alphas: alphas must be finite numbers" in capsys.readouterr().err

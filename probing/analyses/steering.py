@@ -3,7 +3,8 @@
 A probe shows that the information is there; an intervention shows whether the model uses it
 (Marks & Tegmark 2023, Geometry of Truth: adding the mass-mean direction at the layers around the
 probe's flips Llama-2-13B's True/False answer). :func:`steer` adds ``alpha * vector`` to the output
-of chosen decoder blocks at chosen token positions, through forward hooks that are always removed.
+of chosen decoder blocks at chosen token positions, through the model's hooks
+(:func:`probing.model.layout.adding`), which are always removed.
 
 Units: a :class:`SteeringDirection` is the unit direction ``d`` times the distance between the
 false and the true class means along it, ``(mean_true - mean_false) . d``, measured on the
@@ -33,6 +34,7 @@ from probing.analyses.generalization import centring_groups
 from probing.constants import NIE_MIN_Z
 from probing.constants import STEER_DIRECTIONS as DIRECTION_KINDS
 from probing.constants import STEER_POSITIONS as POSITIONS
+from probing.model.layout import adding
 from probing.model.loading import LoadedModel
 from probing.analyses.scoring import ASK_TEMPLATE, check_statement
 
@@ -98,62 +100,19 @@ def fit_directions(features: np.ndarray, labels: np.ndarray, layer: int, kinds: 
     return directions
 
 
-def decoder_blocks(model: LoadedModel) -> list[torch.nn.Module]:
-    """The model's decoder blocks in order (Llama, Gemma, Mistral, Qwen: ``model.model.layers``; GPT-2:
-    ``transformer.h``); a clear error for an architecture whose blocks are not found."""
-    hf = model.model
-    for path in (("model", "layers"), ("transformer", "h"), ("gpt_neox", "layers"), ("model", "decoder", "layers")):
-        found = hf
-        for name in path:
-            found = getattr(found, name, None)
-        if isinstance(found, torch.nn.ModuleList) and len(found) == model.n_blocks:
-            return list(found)
-    raise ValueError(f"cannot steer {type(hf).__name__}: its decoder blocks are not where Llama-, GPT-2- or "
-                     "NeoX-style models keep them (model.layers, transformer.h, gpt_neox.layers)")
-
-
-def block_of(model: LoadedModel, layer: int) -> int:
-    """The block whose output is hidden state ``layer`` (negative: from the end; -1 is the last block's
-    output, which the hidden states show after the final norm)."""
-    index = layer + model.n_hidden_states if layer < 0 else layer
-    if not 1 <= index < model.n_hidden_states:
-        raise ValueError(f"layer {layer} is not the output of a block: this model has {model.n_blocks} blocks, "
-                         f"so layers run from {-model.n_blocks} to -1 (0 and {-model.n_hidden_states} are the "
-                         "embeddings)")
-    return index - 1
-
-
 @contextmanager
 def steer(model: LoadedModel, layers: Sequence[int], vector: np.ndarray | torch.Tensor, alpha: float,
           mask: torch.Tensor | None = None) -> Iterator[None]:
-    """Add ``alpha * vector`` to the output of the blocks of ``layers`` inside the ``with`` block.
+    """Add ``alpha * vector`` to hidden states ``layers`` (the outputs of their blocks) inside the ``with`` block.
 
     ``mask`` (batch, sequence): the positions to steer in the first forward pass (None: every
     position); later passes of a generation (one new token each, with a cache) are steered only when
     ``mask`` is None. The hooks are removed when the block exits, also when it raises.
     """
-    blocks = decoder_blocks(model)
-    chosen = sorted({block_of(model, layer) for layer in layers})
-    device, dtype = model.input_device, model.dtype
-    shift = (alpha * torch.as_tensor(np.asarray(vector, dtype=np.float32), device=device)).to(dtype)
-    mask = mask.to(device) if mask is not None else None
-
-    def add(module, inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        added = shift
-        if mask is not None:
-            if mask.shape[1] != hidden.shape[1]:  # a generated token's pass: not part of the steered span
-                return output
-            added = shift * mask[:, :, None].to(dtype)
-        hidden = hidden + added.to(hidden.device)  # blocks spread over GPUs each get it on their own
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    handles = [blocks[index].register_forward_hook(add) for index in chosen]
-    try:
+    blocks = {model.block_of(layer) for layer in layers}  # -1 and n_blocks name one block: steered once
+    shift = (alpha * torch.as_tensor(np.asarray(vector, dtype=np.float32), device=model.input_device)).to(model.dtype)
+    with adding(model, dict.fromkeys(sorted(blocks), shift), mask):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def ask_batch(model: LoadedModel, statements: Sequence[str], position: str = "statement",
@@ -335,7 +294,7 @@ def run_steering(dataset, activations, config: SteeringConfig = SteeringConfig()
     (:func:`steering_setup`), added at ``config.steered_layers`` of ``activations``' model."""
     model = activations.model
     for layer in (config.probe_layer, *config.steered_layers):
-        block_of(model, layer)  # a layer the model lacks fails before anything runs
+        model.block_of(layer)  # a layer the model lacks fails before anything runs
     setup = steering_setup(dataset, activations, config.probe_layer, config.directions, config.statements)
     return dose_response(model, setup.statements, setup.labels, setup.directions, config.steered_layers,
                          config.alphas, config.position, batch_size)
