@@ -32,7 +32,7 @@ from probing.analyses.grid import text_only_accuracy
 from probing.analyses.generalization import (
     ALL_OTHERS, ccs_summary, matrix_summary, polarity_table, polarity_transfers, run_generalization, topic_transfers,
 )
-from probing.study.results import markdown_table
+from probing.formatting import markdown_table
 
 LAYERS = (-1, -5, -9, -13, -17)
 

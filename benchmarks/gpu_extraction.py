@@ -54,7 +54,8 @@ except ImportError:
 from benchmarks._common import machine, matmul_flops, row_cosines, sync, table  # noqa: E402
 from probing.store.activations import Batch, run_batch  # noqa: E402
 from probing.model.loading import LoadedModel, ModelSpec  # noqa: E402
-from probing.probes.estimators import ProbeConfig, Task, fit_many  # noqa: E402
+from probing.probes.estimators import Task, fit_many  # noqa: E402
+from probing.probes.params import ProbeConfig
 
 SAPLMA_TOPIC_SIZES = (1008, 1458, 1200, 930, 612, 876)
 """Statements per topic in the SAPLMA data (animals, capitals, companies, elements, facts, inventions)."""

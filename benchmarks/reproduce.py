@@ -3,7 +3,7 @@ own progress reports.
 
 Phases: loading the statements and the model; extraction (what the cache lacks); the grid's probes;
 the final probes (one per layer and kind, trained on every statement for ``score``: the last
-``layers x kinds`` counts of ``on_train``); directions, controls and the rest of the study; saving
+``layers x kinds`` counts of the training phase); directions, controls and the rest of the study; saving
 the results folder. Beside them, the square-matmul rates of this run in float32 and bfloat16 (the
 bound the grid benchmark divides FLOPs by) and ``reproduce`` as a multiple of the grid's training
 time (issue 22's target: at most 1.15).
@@ -24,25 +24,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from benchmarks._common import BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, matmul_flops, peak_rss_mb, print_machine, table
-from probing.store.activations import Activations
-from probing.study.config import StudyConfig
-from probing.data.datasets import load_dataset
 from probing.model.loading import load_model
-from probing.study.study import run_study
+from probing.study.config import StudyConfig
+from probing.study.reporter import EXTRACTING, TRAINING, Reporter
+from probing.study.study import Study, study_activations
 
 
-class Clock:
-    """First and last time each progress callback was called."""
+class Clock(Reporter):
+    """When each progress report of the study came: the last of the extraction, and every training count."""
 
     def __init__(self) -> None:
-        self.marks: dict[str, list[float]] = {}
+        self.phase, self.extract_end = "", None
+        self.counts: list[tuple[float, int, int]] = []
 
-    def mark(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.marks.setdefault(phase, [now, now])[1] = now
+    def set_phase(self, phase: str, total: int = 0, unit: str = "statements") -> None:
+        self.phase = phase
 
-    def progress(self, phase: str):
-        return lambda done, total: self.mark(phase)
+    def progress(self, done: int, total: int) -> None:
+        if self.phase == EXTRACTING:
+            self.extract_end = time.perf_counter()
+        elif self.phase == TRAINING:
+            self.counts.append((time.perf_counter(), done, total))
 
 
 def main() -> None:
@@ -59,23 +61,21 @@ def main() -> None:
     start = time.perf_counter()
     config = StudyConfig(dataset=args.dataset, drop_conflicts=True, seeds=args.seeds, controls=not args.no_controls,
                          cache=args.cache)
-    dataset = load_dataset(args.dataset, drop_conflicts=True)
-    activations = Activations(model=load_model("embedded"), cache_dir=args.cache)
-    loaded = time.perf_counter()
-
     clock, final_probes = Clock(), len(config.layers) * len(config.probes)
-    counts: list[tuple[float, int, int]] = []
-    result = run_study(dataset, activations, config, on_extract=clock.progress("extract"),
-                       on_train=lambda done, total: counts.append((time.perf_counter(), done, total)))
+    study = Study(config, dataset=config.statements(), reporter=clock,
+                  activations=study_activations(config, model=load_model("embedded")))
+    loaded = time.perf_counter()
+    result = study.run()
     studied = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         result.save(folder)
     saved = time.perf_counter()
 
+    counts = clock.counts
     total = counts[-1][2]
     grid_end = next(moment for moment, done, _ in counts if done >= total - final_probes)
     train_start = counts[0][0]
-    extract_end = clock.marks.get("extract", [loaded, loaded])[1]
+    extract_end = clock.extract_end or loaded
     phases = [("load statements and model", start, loaded), ("extract", loaded, extract_end),
               ("grid", max(extract_end, train_start), grid_end), ("final probes", grid_end, counts[-1][0]),
               ("directions, controls, rest", counts[-1][0], studied), ("save", studied, saved)]

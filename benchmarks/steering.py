@@ -28,7 +28,7 @@ import numpy as np
 from benchmarks._common import BENCH_CACHE, cached_activations, peak_rss_mb, print_machine, table
 from probing.data.builtin import load_builtin
 from probing.study.config import SteeringConfig
-from probing.study.results import markdown_table
+from probing.formatting import markdown_table
 from probing.analyses.steering import dose_response, steering_setup, true_false_margins
 
 PROBE_LAYERS = (-3, -6, -9, -12, -15, -18, -21, -24)

@@ -14,7 +14,7 @@ st.caption("Each point is one statement's hidden state at one layer, projected o
            "highlight one), or TTPD's truth subspace.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing.dashboard import charts  # noqa: E402
+from probing.dashboard import analysis_charts  # noqa: E402
 from probing.analyses.directions import pca_points  # noqa: E402
 from probing.analyses.generalization import truth_subspace  # noqa: E402
 
@@ -38,12 +38,12 @@ if require_ready(ctx):
             cache[key] = pca_points(X, ctx.dataset.frame) if view == "PCA" else truth_subspace(X, ctx.dataset)
         if view == "PCA":
             points, explained = cache[key]
-            show_chart(charts.pca_chart(points, explained, layer), key="pca_chart")
+            show_chart(analysis_charts.pca_chart(points, explained, layer), key="pca_chart")
             st.caption(f"{len(points):,} statements. PC1 and PC2 explain {explained[0]:.0%} and {explained[1]:.0%} "
                        "of the variance. Drag to pan, scroll to zoom.")
         else:
             points, cosines = cache[key]
-            show_chart(charts.truth_subspace_chart(points, layer), key="subspace_chart")
+            show_chart(analysis_charts.truth_subspace_chart(points, layer), key="subspace_chart")
             if len(ctx.dataset.polarities) < 2:
                 st.info("These statements have one polarity: t_P, the direction that flips with negation, needs "
                         "negated statements too (the built-in set has them: choose polarity 'all').")

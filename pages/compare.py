@@ -6,10 +6,13 @@ from pathlib import Path
 import streamlit as st
 
 from pages._shared import FOLDERS, context, job_panel, job_running, load_study, show_chart, start
-from probing.study.results import ResultsError, StudyResult, error_text
+from probing.study.results import StudyResult
+from probing.formatting import error_text
+from probing.study.folder import ResultsError
 from probing.study.config import StudyConfig
 from probing.constants import PROBE_KINDS
-from probing.dashboard.settings import EXAMPLES, MODEL_CHOICES, fits_in_memory, results_folders
+from probing.dashboard.settings import EXAMPLES, MODEL_CHOICES, fits_in_memory
+from probing.study.folder import results_folders
 
 
 MODELS = "two models on these statements"
@@ -17,9 +20,10 @@ MODELS = "two models on these statements"
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _scorer(folder: str, written: float, cache: str):
-    """The activations (model loaded on first use, kept in the dashboard's ``cache``) a study's probes read,
-    kept per folder version."""
-    return study_activations(load_study(folder), cache)
+    """The study whose probes score (its model loaded on first use, activations kept in the dashboard's
+    ``cache``) and its notes, kept per folder version."""
+    notes = NoteList()
+    return Study.of_results(load_study(folder), cache, reporter=notes), notes.notes
 
 
 def score_with(study: StudyResult, text: str):
@@ -31,11 +35,10 @@ def score_with(study: StudyResult, text: str):
     if not study.probes:
         st.info(f"{study.folder.name} has no probes trained on all statements to score with.")
         return None
-    activations, notes = _scorer(str(study.folder), (study.folder / "config.json").stat().st_mtime,
-                                 str(ctx.cache_dir))
+    scorer, notes = _scorer(str(study.folder), (study.folder / "config.json").stat().st_mtime, str(ctx.cache_dir))
     for note in notes:
         st.caption(f"Note: {note}.")
-    return score_statements(activations, study.probes, [text])
+    return scorer.score(study.probes, [text])
 
 ctx = context()
 st.title("Compare studies")
@@ -45,10 +48,11 @@ st.caption("The study compares Llama-2-7B with 13B: is truth more linear in the 
            "block) as well as by index from the end.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing.dashboard import charts  # noqa: E402
+from probing.dashboard import analysis_charts, charts  # noqa: E402
 from probing.analyses.compare import compare_studies  # noqa: E402
 from probing.analyses.grid import accuracy_long  # noqa: E402
-from probing.analyses.scoring import score_statements, study_activations  # noqa: E402
+from probing.study.reporter import NoteList  # noqa: E402
+from probing.study.study import Study  # noqa: E402
 from probing.dashboard.workflows import compare_work  # noqa: E402
 
 busy = job_running()
@@ -122,10 +126,10 @@ else:
         elif pairs.empty:
             st.info("No layer index is in both studies: align by relative depth.")
         else:
-            show_chart(charts.difference_heatmap(pairs, f"B - A, layers aligned by {align}"), key="compare_difference")
+            show_chart(analysis_charts.difference_heatmap(pairs, f"B - A, layers aligned by {align}"), key="compare_difference")
             st.dataframe(pairs.round(3), hide_index=True)
         if not comparison.directions.empty:
-            show_chart(charts.depth_directions_chart(comparison.directions), key="compare_directions")
+            show_chart(analysis_charts.depth_directions_chart(comparison.directions), key="compare_directions")
             st.caption("Do the directions learned on different category splits agree? Both models against "
                        "relative depth.")
 

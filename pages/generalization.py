@@ -19,7 +19,7 @@ st.caption("Does a probe trained on one topic work on another? Rows: what the pr
            "shows what the words alone explain.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing.dashboard import charts  # noqa: E402
+from probing.dashboard import analysis_charts  # noqa: E402
 from probing.analyses.generalization import ALL_OTHERS, ccs_summary, matrix_summary, polarity_table  # noqa: E402
 from probing.dashboard.workflows import generalization_work  # noqa: E402
 
@@ -80,11 +80,11 @@ elif has_results and not busy:
         value = c3.radio("Show", list(VALUES), horizontal=True, key="gen_value", format_func=VALUES.get)
         left, right = st.columns(2)
         with left:
-            event = show_chart(charts.generalization_heatmap(topics, layer, probe, value, selection="cell"),
+            event = show_chart(analysis_charts.generalization_heatmap(topics, layer, probe, value, selection="cell"),
                                key="gen_matrix", on_select="rerun", selection_mode="cell", width="content")
             st.caption("Click a cell to list the statements that probe got wrong.")
         with right:
-            show_chart(charts.generalization_heatmap(topics, layer, probe, "text_only_accuracy"), key="gen_text_only",
+            show_chart(analysis_charts.generalization_heatmap(topics, layer, probe, "text_only_accuracy"), key="gen_text_only",
                        width="content")
             st.caption("The same train/test splits, classified from the words alone. A probe cell that does "
                        "no better than this one may be reading wording, not truth.")
@@ -126,7 +126,7 @@ elif has_results and not busy:
         st.info("These statements have one polarity, so there is no transfer to show. The built-in set has "
                 "negated statements ('Paris is not in Japan.'); a CSV can mark them in a polarity column.")
     else:
-        show_chart(charts.polarity_chart(results), key="gen_polarity")
+        show_chart(analysis_charts.polarity_chart(results), key="gen_polarity")
         st.caption("Trained on the affirmative statements of most facts, tested on held-out facts: a probe "
                    "that reads affirmation rather than truth falls below 0.5 on negated statements. TTPD "
                    "trained on both polarities is meant to hold on each.")

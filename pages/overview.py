@@ -14,7 +14,7 @@ st.markdown(
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
 from probing.dashboard import charts  # noqa: E402
-from probing.analyses.scoring import study_model  # noqa: E402
+from probing.study.study import study_model  # noqa: E402
 
 if ctx.model is None and ctx.study is not None:
     st.info(f"Results folder open: `{ctx.study.folder}`. Its accuracy grid and truth directions need no "

@@ -14,7 +14,8 @@ st.caption("Type any sentence. Left: the probability of *true* that each trained
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
 from probing import model_says_true, score_statements  # noqa: E402
 from probing.dashboard import charts  # noqa: E402
-from probing.analyses.scoring import check_statement, model_notes, study_model  # noqa: E402
+from probing.analyses.scoring import check_statement  # noqa: E402
+from probing.study.study import model_notes, study_model  # noqa: E402
 
 
 def use_example(text: str) -> None:

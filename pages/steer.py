@@ -24,7 +24,7 @@ st.caption("Does the model use its truth direction? Add a multiple of it to the 
            "shuffled-label directions of the same length are the controls.")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing.dashboard import charts  # noqa: E402
+from probing.dashboard import analysis_charts  # noqa: E402
 from probing.analyses.generalization import centring_groups  # noqa: E402
 from probing.analyses.steering import continuation, fit_directions, true_false_margins  # noqa: E402
 from probing.dashboard.workflows import steering_work  # noqa: E402
@@ -84,7 +84,7 @@ if require_ready(ctx):
             if base is not None:
                 left, right = st.columns([3, 2])
                 with left:
-                    show_chart(charts.steered_answer_chart({"without steering": base, f"alpha = {alpha:g}": steered}),
+                    show_chart(analysis_charts.steered_answer_chart({"without steering": base, f"alpha = {alpha:g}": steered}),
                                key="steer_answer")
                     st.caption("Asked 'Is the following statement true or false?', the model's P(\" True\") - "
                                f"P(\" False\"), renormalised over the two answers: {base:+.4f} without steering, "
@@ -118,7 +118,7 @@ if require_ready(ctx):
         study = ctx.study
         if study is not None and not study.steering.empty and not busy:
             table = study.steering
-            show_chart(charts.dose_response_chart(table), key="steer_dose")
+            show_chart(analysis_charts.dose_response_chart(table), key="steer_dose")
             best = table[~table.direction.isin(["random", "shuffled"])].assign(
                 mean=lambda t: (t.margin_true + t.margin_false) / 2).dropna(subset=["mean"])  # finite answers
             slope = best.groupby("direction").apply(lambda rows: np.polyfit(rows.alpha, rows["mean"], 1)[0],

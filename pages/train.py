@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._shared import context, job_panel, job_running, require_ready, start, show_chart, trained_probes
+from probing.probes.params import LINEAR_SOLVERS
 from probing.study.config import StudyConfig
 from probing.dashboard.settings import layer_options
 
@@ -39,9 +40,8 @@ if require_ready(ctx):
     base = ctx.study.config if ctx.study is not None else StudyConfig()
     c4, c5, c6 = st.columns(3)
     if kind == "linear":
-        c4.radio("Linear solver", ["lbfgs", "adam"], index=["lbfgs", "adam"].index(base.linear_solver), horizontal=True,
-                 key="train_solver", disabled=busy,
-                 format_func=lambda s: {"lbfgs": "L-BFGS to convergence", "adam": "Adam epochs (SAPLMA)"}[s])
+        c4.radio("Linear solver", list(LINEAR_SOLVERS), index=list(LINEAR_SOLVERS).index(base.linear_solver),
+                 horizontal=True, key="train_solver", disabled=busy, format_func=LINEAR_SOLVERS.get)
     solver = st.session_state.get("train_solver", base.linear_solver)
     stepwise = replace(base, linear_solver=solver).probe_config(kind).trains_in_epochs
     c4.number_input("Epochs", 1, 500, base.epochs, key="train_epochs", disabled=busy or not stepwise,

@@ -22,13 +22,13 @@ _HOMES = {
     "random_split": "probing.analyses.grid",
     "run_grid": "probing.analyses.grid",
     "train_cells": "probing.analyses.grid",
-    "PRESETS": "probing.model.loading",
+    "PRESETS": "probing.model.sources",
     "LoadedModel": "probing.model.loading",
-    "ModelLoadError": "probing.model.loading",
+    "ModelLoadError": "probing.model.sources",
     "ModelSpec": "probing.model.loading",
     "load_model": "probing.model.loading",
     "Probe": "probing.probes.estimators",
-    "ProbeConfig": "probing.probes.estimators",
+    "ProbeConfig": "probing.probes.params",
     "fit_many": "probing.probes.estimators",
     "make_probe": "probing.probes.estimators",
     "StudyResult": "probing.study.results",
@@ -36,8 +36,8 @@ _HOMES = {
     "score_statements": "probing.analyses.scoring",
     "DatasetError": "probing.data.statements",
     "StatementSet": "probing.data.statements",
-    "reproduce": "probing.study.study",
-    "run_study": "probing.study.study",
+    "Study": "probing.study.study",
+    "SteeringConfig": "probing.study.config",
 }
 __all__ = sorted(_HOMES)
 

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probing.study.results import TABLE_FILES
+from probing.study.folder import TABLE_FILES
+from probing.study.reporter import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -96,3 +97,25 @@ def interrupt_after_first_batch(activations, texts) -> int:
     kept = len(texts) - len(activations.missing(texts))
     assert 0 < kept < len(texts)
     return kept
+
+
+class Recorder(Reporter):
+    """A reporter that keeps what a study told it: (phase, done, total) counts, records and notes."""
+
+    def __init__(self) -> None:
+        self.phase, self.counts, self.records, self.notes = "", [], [], []
+
+    def set_phase(self, phase: str, total: int = 0, unit: str = "statements") -> None:
+        self.phase = phase
+
+    def progress(self, done: int, total: int) -> None:
+        self.counts.append((self.phase, done, total))
+
+    def add_record(self, record: dict) -> None:
+        self.records.append(record)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def counted(self, phase: str) -> list[tuple[int, int]]:
+        return [(done, total) for name, done, total in self.counts if name == phase]

@@ -29,7 +29,7 @@ from probing.analyses.grid import make_split
 from probing.study.results import StudyResult
 from probing.study.config import SteeringConfig
 from probing.analyses.steering import fit_directions, true_false_margins
-from probing.study.study import reproduce
+from probing.study.study import Study
 from probing.dashboard.workflows import train_work
 from support import assert_same_study
 from probing.analyses.directions import pca_points
@@ -435,7 +435,7 @@ def test_compare_page(app_cache, dataset, engine):
     _, activations = engine
     config = StudyConfig(layers=(-9, -1), probes=("linear",), controls=False)
     root = app_cache / "results"
-    made = [reproduce(dataset, activations, replace(config, epochs=epochs), root / name)
+    made = [Study(replace(config, epochs=epochs), dataset=dataset, activations=activations).reproduce(root / name)
             for name, epochs in (("compare-a", 5), ("compare-b", 5), ("compare-c", 7))]
     at = new_app().run()
     at.switch_page("pages/compare.py").run()
@@ -542,7 +542,8 @@ def saved_study(small_saplma, tmp_path_factory):
     """`reproduce` on 240 real SAPLMA statements, into a folder of its own."""
     activations = Activations(model=load_model("embedded"), cache_dir=TEST_CACHE)
     config = StudyConfig(layers=(-5, -1), probes=("linear", "tiny"), epochs=2)
-    return reproduce(small_saplma, activations, config, tmp_path_factory.mktemp("results") / "saplma-small")
+    return Study(config, dataset=small_saplma, activations=activations).reproduce(
+        tmp_path_factory.mktemp("results") / "saplma-small")
 
 
 def test_a_results_folder_opens_without_a_model_until_a_page_needs_one(saved_study, tmp_path, monkeypatch):

@@ -12,13 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probing import Activations, ModelSpec, StudyConfig, compare_directions, load_model, make_probe, model_says_true, run_grid, score_statements
-from probing.dashboard import charts
+from probing import (
+    Activations, ModelSpec, StudyConfig, compare_directions, load_model, make_probe, model_says_true, run_grid,
+    score_statements,
+)
+from probing.dashboard import analysis_charts, charts
 from probing.data.builtin import load_builtin
 from probing.analyses.directions import pca_points
 from probing.analyses.grid import accuracy_long, accuracy_table, evaluate_probe, make_split
-from probing.study.study import finish_study, train_final_probes
-from probing.study.results import markdown_table
+from probing.study.assemble import finish_study
+from probing.study.study import Study
+from probing.formatting import markdown_table
 
 # Shared with tests/test_app.py and tests/test_browser.py: the embedded model is converted once.
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +48,8 @@ def grid(engine):
     random = run_grid(dataset, load, StudyConfig(split="random", **config))
     study_config = StudyConfig(with_random=True, **config)
     study = finish_study(dataset, activations, study_config, {"category": category, "random": random},
-                         final_probes=train_final_probes(dataset, load, study_config))
+                         final_probes=Study(study_config, dataset=dataset, activations=activations)
+                         .train_final_probes())
     return SimpleNamespace(category=category, random=random, study=study)
 
 
@@ -185,11 +190,11 @@ def test_pca_chart(engine):
     _, dataset, activations = engine
     X = activations.layer(dataset.statements, -9)
     points, explained = pca_points(X, dataset.frame)
-    data = rows(charts.pca_chart(points, explained, -9))
+    data = rows(analysis_charts.pca_chart(points, explained, -9))
     assert len(data) == len(dataset)
     assert set(data.label) == {"true", "false"} and set(data.topic) == set(dataset.topics)
     assert explained[0] >= explained[1] > 0
     # PC1 is the direction of largest variance of the standardised activations
     assert np.var(data.pc1) >= np.var(data.pc2)
-    spec = charts.pca_chart(points, explained, -9).to_dict()
+    spec = analysis_charts.pca_chart(points, explained, -9).to_dict()
     assert spec["encoding"]["color"]["field"] == "label" and spec["encoding"]["shape"]["field"] == "topic"

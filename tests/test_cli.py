@@ -12,8 +12,11 @@ import pytest
 
 import probing.store.activations
 from probing.store.activations import Activations
-from probing.cli import PlainProgress, build_parser, main, study_config
-from probing.study.config import OPTION_GROUPS, StudyConfig
+from probing.cli.main import build_parser, main
+from probing.cli.options import study_config
+from probing.cli.output import PlainProgress
+from probing.options import OPTION_GROUPS
+from probing.study.config import StudyConfig
 
 ARGS = ["--layers", "-1,-5", "--probes", "linear,tiny,mass_mean", "--epochs", "2"]
 
@@ -215,7 +218,7 @@ def test_bad_options_and_paths_fail_fast_with_one_error_line(case, tmp_path, tin
 
 
 def test_importing_the_package_and_the_command_line_loads_no_torch():
-    code = ("import sys, probing, probing.cli\n"
+    code = ("import sys, probing, probing.cli.main\n"
             "from probing import POSITIONS, PROBE_KINDS\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "from probing import Activations\n"

@@ -8,10 +8,10 @@ import pytest
 
 from probing.store.activations import Activations
 from probing.data.builtin import load_builtin
-from probing.cli import main
+from probing.cli.main import main
 from probing.analyses.compare import align_by_depth, compare_studies, differences, relative_depth
 from probing.study.config import StudyConfig
-from probing.study.study import reproduce
+from probing.study.study import Study
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,10 @@ def studies(model, shared_cache, tmp_path_factory):
     folder = tmp_path_factory.mktemp("compare")
     same = load_builtin(per_topic=24)
     other = load_builtin(per_topic=24, polarity="affirmative")
-    return (reproduce(same, activations, config, folder / "a"), reproduce(same, activations, config, folder / "b"),
-            reproduce(other, activations, config, folder / "c"))
+    def reproduce(dataset, out):
+        return Study(config, dataset=dataset, activations=activations).reproduce(folder / out)
+
+    return reproduce(same, "a"), reproduce(same, "b"), reproduce(other, "c")
 
 
 def test_relative_depth_aligns_models_of_different_depth():

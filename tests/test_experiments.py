@@ -5,7 +5,9 @@ import torch
 
 from probing.store.activations import Activations
 from probing.study.config import StudyConfig
-from probing.analyses.directions import compare_directions, cosine_matrix, off_diagonal_mean, random_baseline, sign_matrix
+from probing.analyses.directions import (
+    compare_directions, cosine_matrix, off_diagonal_mean, random_baseline, sign_matrix,
+)
 from probing.data.statements import StatementSet
 from probing.analyses.grid import (
     Cell, category_splits, check_splits, evaluate_probe, make_split, make_splits, random_split, run_grid,

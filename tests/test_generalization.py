@@ -9,7 +9,7 @@ import pytest
 
 from probing.store.activations import Activations
 from probing.data.builtin import load_builtin
-from probing.cli import main
+from probing.cli.main import main
 from probing.study.config import StudyConfig
 from probing.analyses.grid import random_split, run_grid, text_only_accuracy, within_topic_splits
 from probing.analyses.generalization import (
@@ -17,7 +17,8 @@ from probing.analyses.generalization import (
     truth_subspace,
 )
 from probing.study.results import StudyResult
-from probing.study.study import generalization_study, same_data
+from probing.study.assemble import same_data
+from probing.study.study import Study
 from support import assert_same_study
 
 LAYERS = (-9, -1)
@@ -127,7 +128,7 @@ def test_a_set_of_one_polarity_without_pairs_says_what_it_leaves_out(small_saplm
 
 
 def test_the_analyses_join_a_study_of_the_same_data_and_round_trip(builtin, activations, tmp_path):
-    study = generalization_study(builtin, activations, replace(CONFIG, layers=(-1,), ccs_seeds=1))
+    study = Study(replace(CONFIG, layers=(-1,), ccs_seeds=1), dataset=builtin, activations=activations).generalization()
     assert study.results.empty and study.config.generalization and same_data(study, builtin, activations)
     folder = study.save(tmp_path / "study")
     for name in ("generalization.csv", "generalization.md", "generalization_errors.csv.gz", "ccs.csv",

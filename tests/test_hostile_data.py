@@ -25,12 +25,13 @@ from probing.store.activations import Activations
 from probing.data.builtin import load_builtin
 from probing.study.config import StudyConfig
 from probing.data.datasets import load_dataset
-from probing.model.loading import (
-    CONVERTED_DIGESTS, ModelSpec, embedded_gguf_path, fingerprint_of, load_model, models_dir, resolve_source,
-)
+from probing.model.conversion import CONVERTED_DIGESTS
+from probing.model.fingerprint import fingerprint_of, models_dir
+from probing.model.loading import ModelSpec, load_model
+from probing.model.sources import embedded_gguf_path, resolve_source
 from probing.data.statements import ConflictsDropped, DatasetError, load_csv_bytes
-from probing.store.store import CacheRepaired
-from probing.study.study import as_run, study_meta
+from probing.housekeeping import CacheRepaired
+from probing.study.assemble import as_run, study_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from probing.data.builtin import load_builtin
-from probing.cli import main, out_of_memory_is_an_error
+from probing.cli.commands import out_of_memory_is_an_error
+from probing.cli.main import main
 from probing.study.config import StudyConfig
 from probing.constants import NIE_MIN_Z
 from probing.probes.estimators import make_probe

@@ -12,8 +12,9 @@ import torch
 
 from conftest import SAPLMA
 from probing.data.builtin import load_builtin
-from probing.cli import main
-from probing.study.results import PROBES_DIR, ResultsError, StudyResult, config_file
+from probing.cli.main import main
+from probing.study.results import StudyResult
+from probing.study.folder import PROBES_DIR, ResultsError, config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "data" / "results-1b0dd61"

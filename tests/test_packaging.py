@@ -38,7 +38,7 @@ def test_the_wheel_holds_the_package_data_the_script_and_requirements_txt(tmp_pa
     modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "probing").rglob("*.py")}
     data = {path.relative_to(ROOT).as_posix() for path in (ROOT / "probing" / "data" / "builtin" / "data").glob("*.csv")}
     assert len(data) == 6 and modules | data | {"probing/data/builtin/__init__.py", "probing/data/builtin/NOTICE"} <= names
-    assert "probing = probing.cli:main" in entry_points
+    assert "probing = probing.cli.main:main" in entry_points
     requires = metadata.get_all("Requires-Dist")
     assert [r for r in requires if "extra ==" not in r] == requirement_lines("requirements.txt")
     dev = [r.split(";")[0].strip() for r in requires if 'extra == "dev"' in r]
@@ -62,7 +62,7 @@ def test_option_names_are_declared_once_in_the_light_module():
     """The command line checks options against probing.constants; the engine must use the same objects."""
     from probing.analyses import grid as experiments
     from probing.model import loading as models
-    from probing.probes import estimators as probes
+    from probing.probes import params as probes
     from probing.store import activations
 
     assert activations.POSITIONS is probing.constants.POSITIONS

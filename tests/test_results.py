@@ -10,15 +10,16 @@ import pandas as pd
 import pytest
 
 from probing.store.activations import Activations
-from probing.cli import main
+from probing.cli.main import main
 from probing.study.config import StudyConfig
 from probing.analyses.grid import Cell, make_split, train_cells
-from probing.model.loading import default_device
-from probing.probes.estimators import training_dtype
-from probing.study.results import ResultsError, StudyResult, read_table
-from probing.analyses.scoring import study_activations
-from probing.study.study import cell_study, run_study
-from support import assert_same_study
+from probing.model.devices import default_device
+from probing.probes.adam import training_dtype
+from probing.study.results import StudyResult, read_table
+from probing.study.folder import ResultsError
+from probing.study.assemble import cell_study
+from probing.study.study import Study
+from support import Recorder, assert_same_study
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "data" / "results-1b0dd61"
@@ -35,12 +36,12 @@ def activations(model, shared_cache):
 def study(small_saplma, activations):
     config = StudyConfig(layers=(-1, -5), probes=("linear", "tiny", "mass_mean"), epochs=2, with_random=True,
                          dataset="small", cache=str(activations.cache_dir))
-    progress, rows = [], []
-    result = run_study(small_saplma, activations, config, command="tests/test_results.py",
-                       on_train=lambda done, total: progress.append((done, total)), on_result=rows.append)
+    recorder = Recorder()
+    result = Study(config, dataset=small_saplma, activations=activations, reporter=recorder,
+                   command="tests/test_results.py").run()
     # 2 layers x 3 kinds x (6 topics + the random split), then 2 x 3 final probes: one count throughout
-    assert progress == [(done, 48) for done in range(1, 49)]
-    assert pd.DataFrame(rows).equals(result.results)
+    assert recorder.counted("training") == [(done, 48) for done in range(1, 49)]
+    assert pd.DataFrame(recorder.records).equals(result.results)
     return result
 
 
@@ -133,7 +134,9 @@ def test_a_folder_from_a_gpu_machine_scores_on_this_one(study, tmp_path, capsys)
     (folder / "config.json").write_text(json.dumps(record))
     loaded = StudyResult.load(folder)
     assert loaded.config.device is None and loaded.meta["model"]["device"] == "cuda:99"
-    _, notes = study_activations(loaded, loaded.config.cache)
+    recorder = Recorder()
+    Study.of_results(loaded, loaded.config.cache, reporter=recorder)
+    notes = recorder.notes
     assert len(notes) == 1 and notes[0].startswith(
         f"this study ran on cuda:99 ({record['model']['dtype']}), which this machine lacks: the model runs on "
         f"{default_device()} (")

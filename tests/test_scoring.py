@@ -4,10 +4,12 @@ import pytest
 
 from probing.store.activations import Activations
 from probing.study.config import StudyConfig
-from probing.model.loading import default_device
+from probing.model.devices import default_device
 from probing.probes.estimators import make_probe
 from probing.study.results import StudyResult
-from probing.analyses.scoring import check_statement, model_notes, model_says_true, score_statements, study_activations
+from probing.analyses.scoring import check_statement, model_says_true, score_statements
+from probing.study.study import Study, model_notes
+from support import Recorder
 
 
 def test_probe_scores_new_statements_per_layer(model, shared_cache, small_saplma):
@@ -44,14 +46,14 @@ def test_scoring_a_study_keeps_its_dtype_on_its_device_and_says_what_differs(tmp
     here = default_device()
     same = StudyResult(StudyConfig(cache=str(tmp_path), position="mean"),
                        {"model": {"device": here, "dtype": "float16"}}, pd.DataFrame())
-    activations, notes = study_activations(same, tmp_path)
+    activations, notes = _of_results(same, tmp_path)
     assert notes == [] and activations.spec.resolved_dtype == "float16" and activations.spec.resolved_device == here
     assert activations.position == "mean" and activations.cache_dir == tmp_path
 
     monkeypatch.chdir(tmp_path)  # the default cache, ./cache, lands here
     elsewhere = StudyResult(StudyConfig(cache="/nonexistent/scratch/cache"),
                             {"model": {"device": "mps:7", "dtype": "float16"}}, pd.DataFrame())
-    activations, notes = study_activations(elsewhere, "cache")
+    activations, notes = _of_results(elsewhere, "cache")
     assert activations.spec.resolved_device == here and activations.spec.dtype is None
     assert notes == [f"this study ran on mps:7 (float16), which this machine lacks: the model runs on {here} "
                      f"({activations.spec.resolved_dtype})",
@@ -66,3 +68,9 @@ def test_a_model_with_other_weights_than_the_studys_gets_a_note(model):
     other = StudyResult(StudyConfig(), {"model": {**ran, "fingerprint": "0" * 24}}, pd.DataFrame())
     (note,) = model_notes(other, model.fingerprint)
     assert note.startswith("the model embedded here is not the one this study ran on") and "0" * 24 in note
+
+
+def _of_results(result, cache):
+    """The activations and notes of :meth:`Study.of_results`."""
+    recorder = Recorder()
+    return Study.of_results(result, cache, reporter=recorder).activations, recorder.notes

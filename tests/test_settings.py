@@ -5,9 +5,8 @@ import os
 
 import pytest
 
-from probing.dashboard.settings import (
-    latest_results_folder, new_results_folder, path_under_roots, results_folders, results_location,
-)
+from probing.dashboard.settings import path_under_roots, results_location
+from probing.study.folder import latest_results_folder, new_results_folder, results_folders
 from probing.data.statements import DatasetError
 
 

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from probing.analyses.grid import accuracy_long
-from probing.study.results import StudyResult
+from probing.formatting import markdown_table
+
+if TYPE_CHECKING:
+    from probing.study.results import StudyResult
 
 SETTINGS = ("position", "polarity", "split", "epochs", "lr", "batch_size", "weight_decay", "linear_solver", "C",
             "seeds", "controls", "max_tokens")
@@ -136,8 +140,6 @@ def compare_studies(a: StudyResult, b: StudyResult, allow_mismatch: bool = False
 
 def comparison_markdown(comparison: Comparison) -> str:
     """The comparison as one Markdown document."""
-    from probing.study.results import markdown_table
-
     a, b = comparison.names
     parts = [f"# {a} (A) vs {b} (B)\n"]
     if comparison.warnings:
@@ -169,57 +171,3 @@ def matched_layers(layers, n_from: int, n_to: int) -> tuple[int, ...]:
     return tuple(sorted(dict.fromkeys(pairs["layer_b"].tolist())))
 
 
-def find_study(root, dataset, activations, config) -> StudyResult | None:
-    """A results folder under ``root`` that read ``dataset`` with this model (fingerprint) at this token,
-    with ``config``'s settings and at least its layers and probes; None if there is none."""
-    from probing.study.results import read_config
-    from probing.dashboard.settings import results_folders
-    from probing.study.study import recorded_same_data
-
-    sha256 = dataset.fingerprint()
-    for folder in results_folders(Path(root)):
-        try:  # config.json first: only a folder of these statements, model and token is loaded whole
-            if not recorded_same_data(read_config(folder), sha256, activations):
-                continue
-            study = StudyResult.load(folder)
-        except (OSError, ValueError):
-            continue
-        if (not study.results.empty
-                and not [name for name in SETTINGS if getattr(study.config, name) != getattr(config, name)]
-                and set(config.layers) <= set(study.config.layers) and set(config.probes) <= set(study.config.probes)):
-            return study
-    return None
-
-
-def studies_for_models(dataset, models, config, root, on_progress=None) -> list[StudyResult]:
-    """One study per model name on ``dataset`` with ``config``'s settings, the first model at
-    ``config.layers`` and the others at the layers of matched relative depth: an existing folder under
-    ``root`` where there is one (see :func:`find_study`), else computed (activations, grid, final
-    probes) and saved there. ``on_progress(model, done, total)`` counts each model's work. Every model
-    is checked first (:func:`~probing.model.loading.check_loadable`), so a typo in the second name fails
-    before the first model's study runs."""
-    from dataclasses import replace
-
-    from probing.store.activations import Activations
-    from probing.model.loading import ModelSpec, check_loadable
-    from probing.dashboard.settings import new_results_folder
-    from probing.study.study import run_study
-
-    specs = [ModelSpec(name, device=config.device, dtype=config.dtype) for name in models]
-    for spec in specs:
-        check_loadable(spec)
-    studies, first_depth = [], None
-    for name, spec in zip(models, specs):
-        activations = Activations(spec, position=config.position, cache_dir=config.cache, max_tokens=config.max_tokens)
-        n = activations.n_hidden_states
-        layers = config.layers if first_depth is None else matched_layers(config.layers, first_depth, n)
-        first_depth = first_depth or n
-        wanted = replace(config, model=name, layers=layers)
-        study = find_study(root, dataset, activations, wanted)
-        if study is None:
-            progress = (lambda done, total, name=name: on_progress(name, done, total)) if on_progress else None
-            study = run_study(dataset, activations, wanted, on_extract=progress, on_train=progress,
-                              command=f"compare: {name}")
-            study.save(new_results_folder(Path(root), name, dataset.name, "study"))
-        studies.append(study)
-    return studies

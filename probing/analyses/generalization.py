@@ -30,7 +30,7 @@ from probing.constants import POLARITIES
 from probing.analyses.grid import (
     Cell, Split, auroc, category_splits, random_split, text_only_accuracy, train_cells, within_topic_splits,
 )
-from probing.probes.estimators import sigmoid
+from probing.probes.numerics import sigmoid
 from probing.data.statements import DatasetError, StatementSet
 from probing.probes.ttpd import TTPDProbe
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from probing.study import reporter
+
 if TYPE_CHECKING:
     from probing.store.activations import Activations
     from probing.model.loading import LoadedModel, ModelSpec
@@ -60,7 +62,8 @@ class ModelHolder:
     def ensure(self, model: str | ModelSpec, device: str | None = None, dtype: str | None = None) -> LoadedModel | None:
         """Load ``model`` (a name with ``device`` and ``dtype``, or a whole spec) unless it is what is
         loaded; returns the model now loaded (maybe the old one)."""
-        from probing.model.loading import ModelLoadError, ModelSpec, load_model
+        from probing.model.loading import ModelSpec, load_model
+        from probing.model.sources import ModelLoadError
 
         with self._lock:
             try:
@@ -85,8 +88,9 @@ class ModelHolder:
 
     def activations(self, position: str) -> Activations:
         """The cached activations of the current model at ``position`` (one object per position)."""
-        from probing.store.activations import Activations
-        from probing.model.loading import ModelLoadError
+        from probing.model.sources import ModelLoadError
+        from probing.study.config import StudyConfig
+        from probing.study.study import study_activations
 
         with self._lock:
             if self.current is None:
@@ -94,8 +98,8 @@ class ModelHolder:
             if position not in self._activations:
                 # Small batches on CPU: the progress bar moves every ~30 statements, at the same speed.
                 budget = None if self.current.spec.resolved_device.startswith("cuda") else 512
-                self._activations[position] = Activations(
-                    position=position, cache_dir=self.cache_dir, model=self.current, token_budget=budget)
+                self._activations[position] = study_activations(
+                    StudyConfig(position=position), model=self.current, cache=self.cache_dir, token_budget=budget)
             return self._activations[position]
 
 
@@ -108,9 +112,16 @@ def same_model(a: ModelSpec, b: ModelSpec) -> bool:
 # ----------------------------------------------------------------------------- background jobs
 
 
+PHASE_LABELS = {reporter.MERGING: "Merging the node folders of a multi-node extraction",
+                reporter.EXTRACTING: "Extracting activations", reporter.TRAINING: "Training probes",
+                reporter.ANALYSING: "Training the probes of each layer", reporter.STEERING: "Steering: batched forward passes",
+                reporter.SAVING: "Saving"}
+"""What the page shows for each phase a study announces."""
+
+
 @dataclass
-class Job:
-    """Work running in a background thread; the page polls it.
+class Job(reporter.Reporter):
+    """Work running in a background thread; the page polls it; the study it runs reports to it.
 
     The thread writes progress, records, result and error; the page only marks ``params``.
     The page reads ``records`` through ``records_so_far()``: a copy taken under a lock, since
@@ -129,6 +140,7 @@ class Job:
     result: object = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # warnings raised by the work, e.g. a repaired cache
+    notes: list[str] = field(default_factory=list)  # the study's notes, e.g. what a merge of node folders did
     params: dict = field(default_factory=dict)
     unit: str = "statements"
     thread: threading.Thread | None = field(default=None, repr=False)
@@ -151,8 +163,11 @@ class Job:
         return self.finished is not None and self.error is None
 
     def set_phase(self, phase: str, total: int = 0, unit: str = "statements") -> None:
-        self.phase, self.done, self.total, self.phase_started = phase, 0, total, time.monotonic()
+        self.phase, self.done, self.total, self.phase_started = PHASE_LABELS.get(phase, phase), 0, total, time.monotonic()
         self.unit = unit
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
 
     def progress(self, done: int, total: int) -> None:
         self.done, self.total = done, total

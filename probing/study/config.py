@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from probing.constants import (
@@ -20,15 +19,17 @@ from probing.constants import (
     SPLIT_KINDS, STEER_DIRECTIONS, STEER_POSITIONS,
 )
 
-if TYPE_CHECKING:
-    from probing.model.loading import ModelSpec
-    from probing.probes.estimators import ProbeConfig
+from probing.probes.params import LINEAR_SOLVERS, TRAINING, ProbeConfig, training_option
+from probing.options import (
+    boolean, check_fields, count, count_or_zero, distinct, names_of, nonempty_text, one_of, option, optional,
+    read_floats, read_int, read_ints, read_names, real, within,
+)
 
-LINEAR_SOLVERS = ("lbfgs", "adam")
-OPTION_GROUPS = ("model", "dataset", "extraction", "grid", "analysis")
-"""``model``: which model reads the statements and how; ``dataset``: which statements;
-``extraction``: limits of the forward pass; ``grid``: what is trained and how; ``analysis``: the
-generalization and polarity analyses."""
+if TYPE_CHECKING:
+    from probing.data.statements import StatementSet
+    from probing.model.loading import ModelSpec
+    from probing.study.reporter import Reporter
+
 ADDED_LATER = ("polarity", "generalization", "matrix_probes", "ccs_seeds", "drop_conflicts")
 """Options newer than the first recorded configs: a config.json without them gets their defaults."""
 _DEVICE = re.compile(rf"({'|'.join(DEVICE_KINDS)})(:\d+)?")
@@ -39,79 +40,6 @@ _DEVICE = re.compile(rf"({'|'.join(DEVICE_KINDS)})(:\d+)?")
 # the option's name: the caller adds "--lr" or "StudyConfig.lr").
 
 
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty text, got {value!r}")
-    return value
-
-
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _count(value: Any) -> int:
-    """A whole number >= 1 (epochs, seeds, batch size, a token limit)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected a whole number >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"must be >= 1, got {value}")
-    return value
-
-
-def _count_or_zero(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"expected a whole number >= 0, got {value!r}")
-    return value
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number such as 0.001, got {value!r}")
-    return float(value)
-
-
-def _positive(value: Any) -> float:
-    """A finite number > 0 (learning rate, C): inf or nan would train nothing and report chance."""
-    number = _number(value)
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"must be a finite number > 0, got {number:g}")
-    return number
-
-
-def _non_negative(value: Any) -> float:
-    number = _number(value)
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"must be a finite number >= 0, got {number:g}")
-    return number
-
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-
-    return check
-
-
-def _within(check: Callable[[Any], Any], low: float, high: float, why: str) -> Callable[[Any], Any]:
-    """``check``, then refuse a value outside ``low``..``high``; ``why`` says what lies beyond."""
-    def bounded(value: Any) -> Any:
-        value = check(value)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}, got {value:g}: {why}" if isinstance(value, float)
-                             else f"must be between {low} and {high}, got {value}: {why}")
-        return value
-
-    return bounded
-
-
-def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else check(value)
-
-
 def check_device_name(value: Any) -> str:
     """The syntax of a device; whether this machine has it is checked with torch (see ``__post_init__``)."""
     if not isinstance(value, str) or not _DEVICE.fullmatch(value):
@@ -119,83 +47,11 @@ def check_device_name(value: Any) -> str:
     return value
 
 
-def _distinct(value: Any, what: str, example: str) -> tuple:
-    """``value`` as a non-empty tuple without repeats (a list from JSON is fine)."""
-    items = tuple(value) if isinstance(value, (list, tuple)) else ()
-    if not items:
-        raise ValueError(f"expected at least one {what}, such as {example}, got {value!r}")
-    repeated = sorted({item for item in items if items.count(item) > 1})
-    if repeated:
-        raise ValueError(f"{what}(s) {repeated} given more than once")
-    return items
-
-
 def _layers(value: Any) -> tuple[int, ...]:
-    layers = _distinct(value, "layer", "-1,-5,-9")
+    layers = distinct(value, "layer", "-1,-5,-9")
     if any(isinstance(layer, bool) or not isinstance(layer, int) for layer in layers):
         raise ValueError(f"layers are whole numbers such as -1,-5,-9, got {value!r}")
     return layers
-
-
-def _kinds(value: Any) -> tuple[str, ...]:
-    kinds = _distinct(value, "probe kind", ",".join(PROBE_KINDS))
-    unknown = [kind for kind in kinds if kind not in PROBE_KINDS]
-    if unknown:
-        raise ValueError(f"unknown probe kind(s) {unknown}; choose from {','.join(PROBE_KINDS)}")
-    return kinds
-
-
-def _matrix_probes(value: Any) -> tuple[str, ...]:
-    kinds = _distinct(value, "probe kind", ",".join(MATRIX_PROBES))
-    unknown = [kind for kind in kinds if kind not in MATRIX_PROBES]
-    if unknown:
-        raise ValueError(f"unknown probe kind(s) {unknown} for the generalization analyses; choose from "
-                         f"{','.join(MATRIX_PROBES)}")
-    return kinds
-
-
-# ----------------------------------------------------------------------------- reading a value from text
-
-
-def _read_int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {text!r}") from None
-
-
-def _read_float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"expected a number such as 0.001, got {text!r}") from None
-
-
-def read_ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"expected comma-separated integers such as -1,-5,-9, got {text!r}") from None
-
-
-def read_floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"expected comma-separated numbers such as -2,-1,0,1,2, got {text!r}") from None
-
-
-def read_names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def option(default: Any, help: str, group: str, check: Callable[[Any], Any],
-           read: Callable[[str], Any] | None = None, choices: tuple[str, ...] | None = None) -> Any:
-    """A field of :class:`StudyConfig`: its default, help text, option group, check, and for the
-    command line how to read it from text (``None``: the text itself) and its choices."""
-    assert group in OPTION_GROUPS, group
-    return field(default=default, metadata={"help": help, "group": group, "check": check, "read": read,
-                                            "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -203,72 +59,59 @@ class StudyConfig:
     """A study: which model reads which statements, and the layer x probe x split x seed grid trained on them."""
 
     model: str = option(EMBEDDED, "'embedded' (SmolLM2-135M), llama-2-7b, llama-2-13b, a hub id, a folder or a "
-                                  ".gguf file", "model", _text)
+                                  ".gguf file", "model", nonempty_text, variable="PROBING_MODEL")
     dtype: str | None = option(None, "the model's dtype (default: chosen for the device)", "model",
-                               _optional(_one_of(DTYPE_NAMES)), choices=DTYPE_NAMES)
+                               optional(one_of(DTYPE_NAMES)), choices=DTYPE_NAMES)
     device: str | None = option(None, "where the model runs and probes train: cpu, cuda, cuda:1 ... "
-                                      "(default: cuda if available)", "model", _optional(check_device_name))
-    position: str = option("last", "token whose hidden state is read", "model", _one_of(POSITIONS), choices=POSITIONS)
-    cache: str = option("cache", "activation cache folder", "model", _text)
+                                      "(default: cuda if available)", "model", optional(check_device_name))
+    position: str = option("last", "token whose hidden state is read", "model", one_of(POSITIONS), choices=POSITIONS)
+    cache: str = option("cache", "activation cache folder", "model", nonempty_text, variable="PROBING_CACHE")
     dataset: str = option("builtin", "'builtin', a folder of <topic>_true_false.csv files, or one CSV",
-                          "dataset", _text)
-    drop_duplicates: bool = option(False, "drop repeated statements", "dataset", _flag)
+                          "dataset", nonempty_text)
+    drop_duplicates: bool = option(False, "drop repeated statements", "dataset", boolean)
     drop_conflicts: bool = option(False, "remove every row of a statement that rows label both true and false "
-                                         "(without it such a statement is an error)", "dataset", _flag)
+                                         "(without it such a statement is an error)", "dataset", boolean)
     polarity: str = option("all", "which statements: all, affirmative or negated ('Paris is not in Japan.'); a "
                                   "CSV says so in a polarity column, a SAPLMA folder with neg_<topic> files",
-                           "dataset", _one_of(POLARITY_CHOICES), choices=POLARITY_CHOICES)
+                           "dataset", one_of(POLARITY_CHOICES), choices=POLARITY_CHOICES)
     max_tokens: int = option(MAX_TOKENS, "refuse statements longer than this many tokens", "extraction",
-                             _count, _read_int)
+                             count, read_int)
     layers: tuple[int, ...] = option((-1, -5, -9, -13, -17), "hidden-state indices, negative = from the end",
                                      "grid", _layers, read_ints)
     probes: tuple[str, ...] = option(("linear", "tiny", "small", "medium"),
                                      f"probe kinds, comma-separated, from {','.join(PROBE_KINDS)}", "grid",
-                                     _kinds, read_names)
+                                     names_of(PROBE_KINDS, "probe kind"), read_names)
     seeds: int = option(1, "seeds per probe and split", "grid",
-                        _within(_count, 1, 100, "each seed trains the whole grid again"), _read_int)
+                        within(count, 1, 100, "each seed trains the whole grid again"), read_int)
     split: str = option("category", "category: hold one topic out; random: one stratified 80/20 split; "
                                     "within: per topic, train and test inside the topic", "grid",
-                        _one_of(SPLIT_KINDS), choices=SPLIT_KINDS)
+                        one_of(SPLIT_KINDS), choices=SPLIT_KINDS)
     with_random: bool = option(False, "also train the grid on the random split, beside the category splits",
-                               "grid", _flag)
-    epochs: int = option(5, "training epochs of the Adam-trained probes", "grid",
-                         _within(_count, 1, 1000, "the probes converge within tens of epochs"), _read_int)
-    lr: float = option(1e-3, "learning rate of the Adam-trained probes", "grid",
-                       _within(_positive, 1e-6, 1.0, "Adam's steps diverge above 1 and barely move below 1e-06"),
-                       _read_float)
-    batch_size: int = option(32, "mini-batch size of the Adam-trained probes", "grid",
-                             _within(_count, 1, 65536, "a batch as large as the training statements already "
-                                                       "trains on all of them at once"), _read_int)
-    weight_decay: float = option(0.0, "Adam's weight decay", "grid",
-                                 _within(_non_negative, 0.0, 1.0, "above 1 the penalty pins the weights at zero"),
-                                 _read_float)
+                               "grid", boolean)
+    epochs: int = training_option("epochs")
+    lr: float = training_option("lr")
+    batch_size: int = training_option("batch_size")
+    weight_decay: float = training_option("weight_decay")
     linear_solver: str = option("lbfgs", "lbfgs: L2-regularised logistic regression fitted to convergence, as "
                                          "scikit-learn does (see C); adam: the SAPLMA training loop", "grid",
-                                _one_of(LINEAR_SOLVERS), choices=LINEAR_SOLVERS)
-    C: float = option(0.1, "inverse L2 strength of the lbfgs solver", "grid",
-                      _within(_positive, 1e-6, 1e6, "beyond these the fit is all penalty, or unregularised"),
-                      _read_float)
+                                one_of(tuple(LINEAR_SOLVERS)), choices=tuple(LINEAR_SOLVERS))
+    C: float = training_option("C")
     controls: bool = option(True, "the text-only and shuffled-label controls beside every probe", "grid",
-                            _flag)
+                            boolean)
     generalization: bool = option(False, "also the generalization analyses: train-on-one-topic, test-on-another "
-                                         "matrices, affirmative/negated transfer, TTPD and CCS", "analysis", _flag)
+                                         "matrices, affirmative/negated transfer, TTPD and CCS", "analysis", boolean)
     matrix_probes: tuple[str, ...] = option(MATRIX_PROBES, "probes of the generalization matrices and the polarity "
                                                            f"transfer, from {','.join(MATRIX_PROBES)}", "analysis",
-                                            _matrix_probes, read_names)
+                                            names_of(MATRIX_PROBES, "probe kind", " for the generalization analyses"),
+                                            read_names)
     ccs_seeds: int = option(5, "CCS probes (seeds) per layer, trained without labels on pairs of a statement and "
                                "its negation; 0: none", "analysis",
-                            _within(_count_or_zero, 0, 100, "each seed trains CCS at every layer again"), _read_int)
+                            within(count_or_zero, 0, 100, "each seed trains CCS at every layer again"), read_int)
 
     def __post_init__(self) -> None:
-        for spec in fields(self):
-            try:
-                value = spec.metadata["check"](getattr(self, spec.name))
-            except ValueError as error:
-                raise ValueError(f"StudyConfig.{spec.name}: {error}") from None
-            object.__setattr__(self, spec.name, value)
+        check_fields(self)
         if self.device is not None:
-            from probing.model.loading import check_device  # torch: only when a device is asked for
+            from probing.model.devices import check_device  # torch: only when a device is asked for
 
             check_device(self.device)
 
@@ -277,7 +120,7 @@ class StudyConfig:
         """Where probes train: the given device, else CUDA when there is one."""
         if self.device is not None:
             return self.device
-        from probing.model.loading import default_device
+        from probing.model.devices import default_device
 
         return default_device()
 
@@ -297,12 +140,23 @@ class StudyConfig:
             )
 
     def probe_config(self, kind: str) -> ProbeConfig:
-        """The training settings of a ``kind`` probe: the fields ProbeConfig shares with this one, by name."""
-        from probing.probes.estimators import ProbeConfig
-
-        shared = {spec.name for spec in fields(ProbeConfig)} & {spec.name for spec in fields(self)}
+        """The training settings of a ``kind`` probe: the study's :data:`~probing.probes.params.TRAINING`
+        options, and its linear solver for the linear probe."""
         solver = self.linear_solver if kind == "linear" else "adam"
-        return ProbeConfig(kind=kind, solver=solver, **{name: getattr(self, name) for name in shared})
+        return ProbeConfig(kind=kind, solver=solver, **{name: getattr(self, name) for name in TRAINING})
+
+    def statements(self, reporter: Reporter | None = None) -> StatementSet:
+        """The statements this config names (dataset, polarity, duplicates and conflicts as it says); kept
+        repeated statements get a note. No torch is imported, so a missing file fails at once."""
+        from probing.data.datasets import load_dataset
+
+        dataset = load_dataset(self.dataset, drop_duplicates=self.drop_duplicates, polarity=self.polarity,
+                               drop_conflicts=self.drop_conflicts)
+        if dataset.duplicates.count and not self.drop_duplicates and reporter is not None:
+            example, lines = next(iter(dataset.duplicates.where.items()))
+            reporter.note(f"{dataset.duplicates.count} repeated statement(s) kept, e.g. {example!r} on lines "
+                          f"{lines}; --drop-duplicates removes them")
+        return dataset
 
     def model_spec(self) -> ModelSpec:
         from probing.model.loading import ModelSpec
@@ -330,37 +184,49 @@ class StudyConfig:
         return cls(**data)
 
 
+def _layer(value: Any) -> int:
+    return _layers((value,))[0]
+
+
+def _alphas(value: Any) -> tuple[float, ...]:
+    return tuple(_finite_alpha(alpha) for alpha in distinct(value, "alpha", "-2,-1,0,1,2"))
+
+
+def _finite_alpha(value: Any) -> float:
+    number = real(value)
+    if not math.isfinite(number):
+        raise ValueError(f"alphas must be finite numbers, got {number}")
+    return number
+
+
+def _statement_count(value: Any) -> int:
+    if count(value) < 2:
+        raise ValueError(f"statements must be >= 2 (one true, one false), got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class SteeringConfig:
     """A steering experiment: the direction read at ``probe_layer``, added at ``layers`` (default: that
     layer and the two before it) at ``position`` tokens, for each of ``alphas`` and ``directions``,
-    measured on ``statements`` held-out statements. The command line and the Steer page take their
-    defaults from here."""
+    measured on ``statements`` held-out statements. The ``steer`` command's flags and the Steer page's
+    defaults come from these fields, as a study's come from :class:`StudyConfig`'s."""
 
-    probe_layer: int = -9
-    layers: tuple[int, ...] | None = None
-    alphas: tuple[float, ...] = (-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0)
-    directions: tuple[str, ...] = ("mass_mean", "linear", "random", "shuffled")
-    statements: int = 200
-    position: str = "statement"
+    probe_layer: int = option(-9, "layer the directions are fitted at", "steering", _layer, read_int)
+    layers: tuple[int, ...] | None = option(None, "layers whose blocks get the vector (default: the probe layer and "
+                                                  "the two before it)", "steering", optional(_layers), read_ints)
+    alphas: tuple[float, ...] = option((-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0),
+                                       "multiples of the class-mean distance to add", "steering", _alphas,
+                                       read_floats)
+    directions: tuple[str, ...] = option(("mass_mean", "linear", "random", "shuffled"),
+                                         f"from {','.join(STEER_DIRECTIONS)}; random and shuffled are the controls",
+                                         "steering", names_of(STEER_DIRECTIONS, "direction"), read_names)
+    statements: int = option(200, "held-out statements to measure on", "steering", _statement_count, read_int)
+    position: str = option("statement", "tokens that get the vector: the statement's, the prompt's last, or all",
+                           "steering", one_of(STEER_POSITIONS), choices=STEER_POSITIONS)
 
     def __post_init__(self) -> None:
-        try:
-            _layers((self.probe_layer,))
-            if self.layers is not None:
-                object.__setattr__(self, "layers", _layers(self.layers))
-            alphas = _distinct(self.alphas, "alpha", "-2,-1,0,1,2")
-            object.__setattr__(self, "alphas", tuple(_non_finite_refused(a) for a in alphas))
-            directions = _distinct(self.directions, "direction", ",".join(STEER_DIRECTIONS))
-            unknown = [d for d in directions if d not in STEER_DIRECTIONS]
-            if unknown:
-                raise ValueError(f"unknown direction(s) {unknown}; choose from {','.join(STEER_DIRECTIONS)}")
-            _count(self.statements)
-            if self.statements < 2:
-                raise ValueError(f"statements must be >= 2 (one true, one false), got {self.statements}")
-            _one_of(STEER_POSITIONS)(self.position)
-        except ValueError as error:
-            raise ValueError(f"SteeringConfig: {error}") from None
+        check_fields(self)
 
     @property
     def steered_layers(self) -> tuple[int, ...]:
@@ -370,10 +236,3 @@ class SteeringConfig:
         """Plain JSON values, with the layers actually steered."""
         return {"probe_layer": self.probe_layer, "layers": list(self.steered_layers), "alphas": list(self.alphas),
                 "directions": list(self.directions), "statements": self.statements, "position": self.position}
-
-
-def _non_finite_refused(value: Any) -> float:
-    number = _number(value)
-    if not math.isfinite(number):
-        raise ValueError(f"alphas must be finite numbers, got {number}")
-    return number

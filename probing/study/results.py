@@ -1,5 +1,6 @@
-"""A study's results (:class:`StudyResult`) and their folder: CSV and Markdown tables, ``config.json``,
-``probes/<kind>_layer<L>.pt``. ``reproduce`` writes one, ``score`` and the dashboard read one.
+"""A study's results (:class:`StudyResult`): its tables, saved to and loaded from a results folder
+(:mod:`probing.study.folder` says which files it holds). ``reproduce`` writes one, ``score`` and the
+dashboard read one.
 
 No pickle: tables are CSV, the config JSON, and probes plain state dicts loaded with
 ``torch.load(weights_only=True)``. torch is imported only where probes are saved or loaded, so
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -22,24 +22,17 @@ import pandas as pd
 
 from probing.study.config import StudyConfig, check_device_name
 from probing.constants import NIE_MIN_Z
+from probing.formatting import markdown_table
+from probing.study.folder import (
+    CONFIG_FILE, PROBE_FILE, PROBES_DIR, TABLE_FILES, ResultsError, load_probe, output_files, probe_reads,
+    read_config, recorded_files, save_probes, written_here,
+)
 
 if TYPE_CHECKING:
     from probing.probes.estimators import Probe
 
 PACKAGES = ("torch", "transformers", "accelerate", "numpy", "pandas", "scikit-learn", "diskcache", "gguf")
-PROBES_DIR = "probes"
-CONFIG_FILE = "config.json"
-CONFIG_KEYS = (("model", "name"), ("model", "device"), ("model", "dtype"), ("position",), ("cache",))
-"""What ``score`` reads from a results folder's config.json."""
-TABLE_FILES = {"results": "per_topic.csv", "dynamics": "dynamics.csv", "directions_cosine": "directions_cosine.csv",
-               "directions_sign": "directions_sign.csv", "directions_matrices": "directions_matrices.csv",
-               "generalization": "generalization.csv", "generalization_errors": "generalization_errors.csv.gz",
-               "ccs": "ccs.csv", "statements": "statements.csv", "steering": "steering.csv"}
-"""StudyResult field -> its file (the errors, one row per misclassified statement and transfer, compressed)."""
 MARKDOWN_TABLES = ("directions_cosine", "directions_sign")
-MARKDOWN_FILES = ("accuracy_mean.md", "accuracy_max.md", "accuracy_random.md", "directions_cosine.md",
-                  "directions_sign.md", "generalization.md", "steering.md")
-ACCURACY_TABLES = ("accuracy_mean", "accuracy_max", "accuracy_random")
 TEXT_COLUMNS = ("model", "probe", "split", "heldout", "split_a", "split_b", "analysis", "train", "test", "statement",
                 "topic", "polarity", "direction", "layers", "position")
 """Columns read back as text, whatever they look like (a topic may be called "1" or "nan")."""
@@ -48,38 +41,6 @@ GRID_KEYS = ("layers", "probes", "seeds", "split", "epochs", "lr", "batch_size",
 """The options config.json has recorded under "grid" since the first version (with "device")."""
 RECORD_KEYS = ("position", "cache", "grid", "seeds", "study", "files")
 """config.json entries written from the config and the save; the rest of the file is the study's ``meta``."""
-OUTPUT_FILES = frozenset({*TABLE_FILES.values(), *(f"{stem}.csv" for stem in ACCURACY_TABLES), *MARKDOWN_FILES})
-"""Every file a results folder may hold besides config.json and the probes."""
-PROBE_FILE = re.compile(rf"{PROBES_DIR}/[a-z_]+_layer-?\d+\.pt")
-PROBE_READS = ("layer", "kind", "position", "fingerprint", "dtype")
-"""What a probe file records about the activations its probe was trained on (under "reads")."""
-
-
-class ResultsError(ValueError):
-    """A results folder that cannot be used, with what to do about it."""
-
-
-def error_text(error: Exception) -> str:
-    """An error's message for the command line and the dashboard; an operating-system error ("[Errno 13]
-    Permission denied: 'x'") as the path and what went wrong, with what to check."""
-    if not isinstance(error, OSError) or error.errno is None:
-        return str(error)
-    where = " and ".join(str(name) for name in (error.filename, error.filename2) if name is not None) or "a file"
-    return (f"{where}: {(error.strerror or 'failed').lower()} (check that the path exists, is the kind of file or "
-            "folder the option takes, and that you may read and write it)")
-
-
-def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub-style Markdown table (numbers rounded to ``digits``)."""
-    def cell(value) -> str:
-        if isinstance(value, (float, np.floating)):
-            return "-" if np.isnan(value) else f"{value:.{digits}f}"
-        return str(value)
-
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
 
 
 def package_versions() -> dict[str, str]:
@@ -135,175 +96,6 @@ def read_table(path: Path) -> pd.DataFrame:
     return frame
 
 
-def probe_path(out: Path, layer: int, kind: str) -> Path:
-    return out / PROBES_DIR / f"{kind}_layer{layer}.pt"
-
-
-def save_probes(probes: dict[tuple[int, str], Probe], out: Path, reads: dict[str, Any]) -> set[str]:
-    """Write each probe as ``probes/<kind>_layer<L>.pt`` with what it read (``reads``: token position,
-    model fingerprint and dtype; its layer and kind are added) under "reads"; the files' folder-relative names."""
-    import torch
-
-    (out / PROBES_DIR).mkdir(parents=True, exist_ok=True)
-    for (layer, kind), probe in probes.items():
-        torch.save({**probe.to_state(), "reads": {**reads, "layer": layer, "kind": kind}},
-                   probe_path(out, layer, kind))
-    return {probe_path(out, layer, kind).relative_to(out).as_posix() for layer, kind in probes}
-
-
-def probe_reads(config: StudyConfig, meta: dict[str, Any]) -> dict[str, Any]:
-    """What a study's probes read (``PROBE_READS`` but layer and kind, which each file adds): the token
-    position, and the model's fingerprint and dtype as ``meta`` records them (None where it does not)."""
-    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
-    return {"position": config.position, "fingerprint": model.get("fingerprint"), "dtype": model.get("dtype")}
-
-
-def is_output_name(name: str) -> bool:
-    """Whether ``name`` (relative to a results folder, with /) is a file a results folder may hold."""
-    return name in OUTPUT_FILES or name == CONFIG_FILE or PROBE_FILE.fullmatch(name) is not None
-
-
-def written_here(folder: Path) -> set[str]:
-    """The files of ``folder`` that this tool wrote, by its config.json (:func:`recorded_files`); nothing
-    without a readable one."""
-    try:
-        return recorded_files(json.loads((folder / CONFIG_FILE).read_text()), folder)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return set()
-
-
-def recorded_files(record: Any, folder: Path) -> set[str]:
-    """The files of ``folder`` its config.json ``record`` says this tool wrote: its "files" (only names a results
-    folder holds, so a copied record cannot name others) or, in a folder written before the record listed them,
-    every file of those names it holds. Nothing for a record of no study."""
-    if not isinstance(record, dict):
-        return set()
-    if isinstance(record.get("files"), list):
-        return {name for name in record["files"] if isinstance(name, str) and is_output_name(name)}
-    if "study" in record or "grid" in record:  # written before "files": its files of these names are its own
-        return set(output_files(folder))
-    return set()
-
-
-def output_files(folder: Path) -> list[str]:
-    """The files in ``folder`` whose names a results folder's files have (config.json aside)."""
-    names = [path.name for path in folder.iterdir() if path.is_file()] if folder.is_dir() else []
-    probes = folder / PROBES_DIR
-    if probes.is_dir():
-        names += [f"{PROBES_DIR}/{path.name}" for path in probes.iterdir() if path.is_file()]
-    return sorted(name for name in names if is_output_name(name) and name != CONFIG_FILE)
-
-
-def check_results_out(out: str | Path, dataset: str | None, *, overwrite: bool = False) -> Path:
-    """``out`` (``~`` expanded) if results may be written there without losing a file: refuses a file, a
-    folder holding the input statements, another study's folder, and files of the results' names that this
-    tool did not write there (all but the first with ``overwrite``); an input file results would write over,
-    always. Checked before anything is extracted or trained."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, but results go into a folder: pass a folder (it is created if "
-                         "missing)")
-    if not out.is_dir():
-        above = next(folder for folder in out.absolute().parents if folder.exists())
-        if not above.is_dir():
-            raise ValueError(f"--out {out} cannot be made: {above} is a file. Pass a folder outside it")
-        return out
-    again = "pass a new folder, or add --overwrite to write there anyway (files this tool did not write are kept)"
-    source = Path(dataset).expanduser() if dataset and dataset != "builtin" else None  # else none on disk
-    if source is not None and source.exists() and (source if source.is_dir() else source.parent).resolve() == \
-            out.resolve():
-        if source.is_file() and source.name in OUTPUT_FILES:
-            raise ValueError(f"--out {out} holds the input statements {source.name}, which the results would write "
-                             "over: pass another folder for --out")
-        if not overwrite:
-            raise ValueError(f"--out {out} is the folder of the input statements ({source}): {again}")
-    if overwrite:
-        return out
-    if (out / CONFIG_FILE).is_file():
-        raise ValueError(f"--out {out} holds another study (its {CONFIG_FILE}): {again}, replacing its results")
-    foreign = sorted(set(output_files(out)) - written_here(out))
-    if foreign:
-        raise ValueError(f"--out {out} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which "
-                         f"this tool did not write and the results would replace: {again}")
-    return out
-
-
-def config_file(folder: str | Path) -> Path:
-    """``folder``'s config.json, or an error saying what ``folder`` is instead of a results folder."""
-    folder = Path(folder).expanduser()
-    written = "pass a folder written by `python -m probing reproduce --out DIR` or the dashboard"
-    if not folder.exists():
-        raise FileNotFoundError(f"{folder} is not a results folder: there is no such folder; {written}")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is a file, not a results folder: {written}")
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        data = sorted(file.name for file in folder.glob("*.csv"))
-        if data:
-            raise FileNotFoundError(
-                f"{folder} is not a results folder (no {CONFIG_FILE}) but holds CSV files such as {data[0]}: "
-                f"statements are passed with --dataset; for --results {written}")
-        raise FileNotFoundError(f"{folder} is not a results folder (no {CONFIG_FILE}): {written}, or run "
-                                "`python -m probing reproduce` first")
-    return path
-
-
-def read_config(folder: str | Path) -> dict:
-    """A results folder's ``config.json``, with the entries ``score`` needs (no torch needed)."""
-    path = config_file(folder)
-    rerun = f"Rerun `python -m probing reproduce --out {path.parent} --overwrite` to rewrite it."
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ResultsError(f"{path} is not valid JSON ({error}). {rerun}") from None
-    for keys in CONFIG_KEYS:
-        entry = config
-        for depth, key in enumerate(keys):
-            if not isinstance(entry, dict) or key not in entry:
-                raise ResultsError(
-                    f"{path} has no {'.'.join(keys[: depth + 1])!r} entry: the folder may have been "
-                    f"written by another version of this tool, or edited. {rerun}"
-                )
-            entry = entry[key]
-    return config
-
-
-def _load_probe(path: Path, folder: Path, record: dict[str, Any]) -> tuple[tuple[int, str], Probe, bool]:
-    """The probe of ``path``, its (layer, kind), and whether its file records what it read (older files do
-    not); refused where that, or its kind, disagrees with the file's name or ``record`` (from config.json)."""
-    import torch
-
-    from probing.probes.estimators import Probe
-
-    retrain = (f"Delete it to score with the other probes, or rerun `python -m probing reproduce --out {folder} "
-               "--overwrite` to retrain it.")
-    try:
-        kind, number = path.stem.rsplit("_layer", 1)
-        layer = int(number)
-        state = torch.load(path, weights_only=True)
-        probe = Probe.from_state(state)
-    except torch.serialization.pickle.UnpicklingError:  # torch's advice to load it unsafely is not relayed
-        raise ResultsError(f"{path} is not a probe file this tool wrote (it holds Python objects or other data, "
-                           f"which are never loaded). {retrain}") from None
-    except Exception as error:  # noqa: BLE001 - any damage becomes one message naming the file
-        detail = str(error).strip().splitlines()
-        reason = f"{type(error).__name__}: {detail[0][:200]}" if detail else type(error).__name__
-        raise ResultsError(f"{path} is damaged or not a probe saved by `reproduce` ({reason}). {retrain}") from error
-    reads = state.get("reads")
-    expected = {**record, "layer": layer, "kind": kind}
-    if probe.kind != kind:
-        raise ResultsError(f"{path} holds a {probe.kind} probe, not the {kind} probe its name says. {retrain}")
-    if not isinstance(reads, dict):
-        return (layer, kind), probe, False
-    for key in PROBE_READS:
-        if expected.get(key) is not None and reads.get(key) != expected[key]:
-            raise ResultsError(
-                f"{path} was trained on activations of {key} {reads.get(key)!r}, but its name or "
-                f"{folder / CONFIG_FILE} says {expected[key]!r}: the probe is from another study, or the record "
-                f"was edited. {retrain}")
-    return (layer, kind), probe, True
-
-
 def _config_from_record(record: dict, folder: Path) -> StudyConfig:
     """The StudyConfig of a config.json: its "study" entry or, in folders written before there was
     one, the "grid" entry and the top-level keys. A device this machine lacks (a folder made on a
@@ -330,7 +122,7 @@ def _config_from_record(record: dict, folder: Path) -> StudyConfig:
 
 def _device_here(device: str) -> bool:
     """Whether this machine has ``device`` (a malformed name is left for StudyConfig to refuse)."""
-    from probing.model.loading import check_device
+    from probing.model.devices import check_device
 
     try:
         check_device_name(device)
@@ -544,7 +336,7 @@ class StudyResult:
             tables[name] = frame
         meta = {key: value for key, value in record.items() if key not in RECORD_KEYS}
         reads = probe_reads(config, meta)
-        loaded = [_load_probe(folder / name, folder, reads) for name in sorted(owned)
+        loaded = [load_probe(folder / name, folder, reads) for name in sorted(owned)
                   if PROBE_FILE.fullmatch(name) and (folder / name).is_file()]
         notes = []
         if not all(recorded for *_, recorded in loaded):

@@ -5,6 +5,7 @@ The fact tables are in ``data/``, the generator (how statements are written, and
 neither their words nor their shape give the label away) in :mod:`probing.data.builtin.generator`.
 """
 
-from probing.data.builtin.generator import BUILTIN_TOPICS, NEGATED_TEMPLATES, TEMPLATES, fact_table, load_builtin
+from probing.data.builtin.generator import BUILTIN_TOPICS, fact_table, load_builtin
+from probing.data.builtin.templates import NEGATED_TEMPLATES, TEMPLATES
 
 __all__ = ["BUILTIN_TOPICS", "NEGATED_TEMPLATES", "TEMPLATES", "fact_table", "load_builtin"]
