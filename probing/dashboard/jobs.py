@@ -90,14 +90,14 @@ class ModelHolder:
         """The cached activations of the current model at ``position`` (one object per position)."""
         from probing.model.sources import ModelLoadError
         from probing.study.config import StudyConfig
+        from probing.store.activations import default_token_budget
         from probing.study.study import study_activations
 
         with self._lock:
             if self.current is None:
                 raise ModelLoadError("no model is loaded")
             if position not in self._activations:
-                # Small batches on CPU: the progress bar moves every ~30 statements, at the same speed.
-                budget = None if self.current.spec.resolved_device.startswith("cuda") else 512
+                budget = default_token_budget(self.current.spec.resolved_device, interactive=True)
                 self._activations[position] = study_activations(
                     StudyConfig(position=position), model=self.current, cache=self.cache_dir, token_budget=budget)
             return self._activations[position]

@@ -142,6 +142,15 @@ def run_batch(model: LoadedModel, batch: Batch, position: str) -> np.ndarray:
     return torch.stack(picked, dim=1).cpu().numpy()
 
 
+def default_token_budget(device: str, interactive: bool = False) -> int:
+    """Tokens a batch of the extraction holds: 16,384 on CUDA, 1,024 on a CPU, and
+    512 on a CPU when someone watches a progress bar (``interactive``: the dashboard's bar then moves every
+    ~30 statements, at the same speed)."""
+    if device.startswith("cuda"):
+        return 16384
+    return 512 if interactive else 1024
+
+
 class Activations:
     """Activations of one model at one token position, backed by the disk cache.
 
@@ -170,7 +179,7 @@ class Activations:
         self.position = position
         self.cache_dir = Path(cache_dir)
         self._model = model
-        self.token_budget = token_budget or (16384 if self.spec.resolved_device.startswith("cuda") else 1024)
+        self.token_budget = token_budget or default_token_budget(self.spec.resolved_device)
         self.max_tokens = max_tokens
         self.fingerprint = model.fingerprint if model is not None else self.spec.fingerprint()
         namespace = hashlib.sha256(f"{self.fingerprint}|{position}|v1".encode()).hexdigest()[:24]
