@@ -21,7 +21,6 @@ from probing.data.builtin import load_builtin
 from probing.analyses.directions import pca_points
 from probing.analyses.grid import accuracy_long, accuracy_table, evaluate_probe, make_split
 from probing.study.assemble import finish_study
-from probing.study.study import Study
 from probing.formatting import markdown_table
 
 # Shared with tests/test_app.py and tests/test_browser.py: the embedded model is converted once.
@@ -44,12 +43,11 @@ def grid(engine):
     _, dataset, activations = engine
     load = lambda layer: activations.layer(dataset.statements, layer)  # noqa: E731
     config = dict(layers=(-5, -1), probes=("linear", "tiny"), epochs=3)
-    category = run_grid(dataset, load, StudyConfig(split="category", **config))
+    category = run_grid(dataset, load, StudyConfig(split="category", **config), final=True)
     random = run_grid(dataset, load, StudyConfig(split="random", **config))
     study_config = StudyConfig(with_random=True, **config)
     study = finish_study(dataset, activations, study_config, {"category": category, "random": random},
-                         final_probes=Study(study_config, dataset=dataset, activations=activations)
-                         .train_final_probes())
+                         final_probes=category.final_probes)
     return SimpleNamespace(category=category, random=random, study=study)
 
 

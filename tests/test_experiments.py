@@ -10,9 +10,10 @@ from probing.analyses.directions import (
 )
 from probing.data.statements import StatementSet
 from probing.analyses.grid import (
-    Cell, category_splits, check_splits, evaluate_probe, make_split, make_splits, random_split, run_grid,
+    Cell, category_splits, check_splits, evaluate_probe, final_task, make_split, make_splits, random_split, run_grid,
     text_only_accuracy, train_cells,
 )
+from probing.probes.estimators import fit_many
 
 
 SMALL_GRID = StudyConfig(layers=(-1, -9), probes=("linear", "tiny", "mass_mean"), seeds=2, epochs=2)
@@ -24,8 +25,25 @@ def small_grid(small_saplma, model, shared_cache):
     texts = small_saplma.statements
     finished, epochs = [], []
     result = run_grid(small_saplma, lambda layer: activations.layer(texts, layer), SMALL_GRID,
-                      model_name="embedded", on_result=finished.append, on_epoch=epochs.append)
+                      model_name="embedded", on_result=finished.append, on_epoch=epochs.append, final=True)
     return result, finished, epochs
+
+
+def test_the_final_probes_trained_in_the_grid_s_stacks_equal_those_trained_alone(small_grid, small_saplma, model,
+                                                                                 shared_cache):
+    """Each (layer, kind) stack also trains the probe on every statement that ``score`` uses; a probe is the
+    same in a stack as alone, so the final probes are those a separate fit on every statement gives."""
+    result, finished, _ = small_grid
+    assert sorted(result.final_probes) == sorted((layer, kind) for layer in SMALL_GRID.layers
+                                                 for kind in SMALL_GRID.probes)
+    assert len(finished) == len(result.results)  # no result row for a final probe
+    features = Activations(model=model, cache_dir=shared_cache).layer(small_saplma.statements, -9)
+    for kind in SMALL_GRID.probes:
+        (alone,) = fit_many(features, [final_task(small_saplma)], SMALL_GRID.probe_config(kind))
+        stacked = result.final_probes[(-9, kind)]
+        for mine, theirs in zip([stacked.mean_, stacked.scale_, *stacked.weights_, *stacked.biases_],
+                                [alone.mean_, alone.scale_, *alone.weights_, *alone.biases_], strict=True):
+            np.testing.assert_array_equal(mine, theirs)
 
 
 def test_category_splits_hold_each_topic_out(saplma):

@@ -105,6 +105,8 @@ class GridResult:
     dynamics: pd.DataFrame
     probes: dict[tuple[int, str, str, int], Probe] = field(default_factory=dict, repr=False)
     shuffled_probes: dict[tuple[int, str, str, int], Probe] = field(default_factory=dict, repr=False)
+    final_probes: dict[tuple[int, str], Probe] = field(default_factory=dict, repr=False)
+    """With ``run_grid(final=True)``: per (layer, kind), the probe trained on every statement."""
 
     def accuracy_table(self, statistic: str = "mean") -> pd.DataFrame:
         """Rows = probe kinds, columns = layers (as in docs/reference.md), over splits and seeds."""
@@ -257,6 +259,7 @@ def train_cells(
     model_name: str = "",
     on_epoch: EpochRecord | None = None,
     text_only: Mapping[tuple[str, str], float] | None = None,
+    final: list[Probe] | None = None,
 ) -> list[CellResult]:
     """Train the ``kind`` probes of ``cells`` on one layer's ``features`` together, with their controls.
 
@@ -265,12 +268,16 @@ def train_cells(
     carry model, layer, probe, split, heldout, seed, accuracy, auroc, n_train, n_test and, with
     ``config.controls``, text_only_accuracy and shuffled_accuracy. ``text_only`` holds
     text-only accuracies already computed, by (split kind, split name); the rest are computed here.
+    Given a list as ``final``, the study's final probe of (layer, kind), trained on every statement
+    (:func:`final_task`), joins the stack and is appended to it.
     """
     labels = dataset.labels
     tasks = [cell_task(cell, labels) for cell in cells]
     records: list[list[dict]] = [[] for _ in cells]
 
     def record_epoch(member: int, record: dict) -> None:
+        if member == len(cells):  # the final probe: no cell, no history
+            return
         split, seed = cells[member].split, cells[member].seed
         tagged = {"layer": layer, "probe": kind, "split": split.kind, "heldout": split.name, "seed": seed, **record}
         records[member].append(tagged)
@@ -278,7 +285,10 @@ def train_cells(
             on_epoch(tagged)
 
     probe_config = config.probe_config(kind)
-    fitted = fit_many(features, tasks, probe_config, on_epoch=record_epoch, device=config.resolved_device)
+    stack = tasks if final is None else [*tasks, final_task(dataset)]
+    fitted = fit_many(features, stack, probe_config, on_epoch=record_epoch, device=config.resolved_device)
+    if final is not None:
+        final.append(fitted.pop())
     shuffled: list[Probe | None] = (
         fit_many(features, [shuffled_label_task(task) for task in tasks], probe_config, device=config.resolved_device)
         if config.controls else [None] * len(cells))
@@ -302,6 +312,11 @@ def train_cells(
     return results
 
 
+def final_task(dataset: StatementSet) -> Task:
+    """The task of a study's final probes: every statement, seed 0, nothing held out (what ``score`` uses)."""
+    return Task(np.arange(len(dataset)), dataset.labels, seed=0)
+
+
 def run_grid(
     dataset: StatementSet,
     load_layer: LayerLoader,
@@ -310,9 +325,11 @@ def run_grid(
     on_result: Callable[[dict], None] | None = None,
     on_epoch: EpochRecord | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    final: bool = False,
 ) -> GridResult:
     """Train every (layer, probe kind, split, seed) of ``config.split``: per layer and kind, all
-    splits x seeds train together (:func:`train_cells`).
+    splits x seeds train together (:func:`train_cells`), and with ``final`` the study's final probe
+    of that (layer, kind) in the same stack (``GridResult.final_probes``; one more count each).
 
     ``on_result`` gets each finished result row, ``on_epoch`` each history record
     (with layer, probe, split, heldout and seed), ``on_progress`` (done, total) probe counts.
@@ -321,24 +338,31 @@ def run_grid(
     check_splits(dataset, splits, config.split)
     text_only = {(s.kind, s.name): text_only_accuracy(dataset, s) for s in splits} if config.controls else None
     cells = [Cell(split, seed) for split in splits for seed in range(config.seeds)]
-    total = len(config.layers) * len(config.probes) * len(cells)
+    total = len(config.layers) * len(config.probes) * (len(cells) + final)
     trained: list[CellResult] = []
+    finals: dict[tuple[int, str], Probe] = {}
     for layer in config.layers:
         features = load_layer(layer)
         for kind in config.probes:
+            stacked: list[Probe] | None = [] if final else None
             for result in train_cells(features, dataset, layer, kind, cells, config, model_name=model_name,
-                                      on_epoch=on_epoch, text_only=text_only):
+                                      on_epoch=on_epoch, text_only=text_only, final=stacked):
                 trained.append(result)
                 if on_result:
                     on_result(result.row)
                 if on_progress:
-                    on_progress(len(trained), total)
+                    on_progress(len(trained) + len(finals), total)
+            if stacked:
+                finals[(layer, kind)] = stacked[0]
+                if on_progress:
+                    on_progress(len(trained) + len(finals), total)
     dynamics = [result.dynamics for result in trained if not result.dynamics.empty]
     return GridResult(
         pd.DataFrame([result.row for result in trained]),
         pd.concat(dynamics, ignore_index=True) if dynamics else pd.DataFrame(),
         {result.key: result.probe for result in trained},
         {result.key: result.shuffled for result in trained if result.shuffled is not None},
+        finals,
     )
 
 

@@ -71,7 +71,7 @@ def finish_study(
 ) -> StudyResult:
     """A StudyResult from finished grids, by split kind, the study's own first (``{"category": ...,
     "random": ...}``; the recorded config says so): their rows and dynamics, the directions of the
-    category grid, and the final probes (:func:`train_final_probes`)."""
+    category grid, and the final probes (``GridResult.final_probes``)."""
     if not grids:
         raise ValueError("finish_study needs at least one finished grid")
     split = next(iter(grids))

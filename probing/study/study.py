@@ -26,7 +26,7 @@ from probing.analyses.scoring import score_statements
 from probing.analyses.steering import run_steering
 from probing.data.statements import StatementSet
 from probing.model.loading import LoadedModel, ModelSpec, check_loadable
-from probing.probes.estimators import Probe, Task, fit_many
+from probing.probes.estimators import Probe
 from probing.store.activations import Activations
 from probing.store.folders import node_stores
 from probing.store.merge import NamespaceMerge
@@ -161,16 +161,18 @@ class Study:
         config, dataset = self.config, self.dataset
         started = time.perf_counter()
         extracted = self.extract()
+        # The final probes (every statement, for ``score``) train in the first grid's stacks.
         per_kind = len(config.layers) * len(config.probes)
-        sizes = [per_kind * config.seeds * len(make_splits(dataset, kind)) for kind in config.splits]
-        total = sum(sizes) + per_kind
+        sizes = [per_kind * (config.seeds * len(make_splits(dataset, kind)) + (kind == config.split))
+                 for kind in config.splits]
+        total = sum(sizes)
         self.reporter.set_phase(TRAINING, total, unit="probes")
         grids: dict[str, GridResult] = {}
         for kind, offset in zip(config.splits, np.cumsum([0, *sizes]).tolist()):
             grids[kind] = run_grid(dataset, self.layer, replace(config, split=kind),
                                    model_name=self.activations.spec.name, on_result=self.reporter.add_record,
-                                   on_progress=self._counted_from(offset, total))
-        final = self.train_final_probes(self._counted_from(sum(sizes), total))
+                                   on_progress=self._counted_from(offset, total), final=kind == config.split)
+        final = grids[config.split].final_probes
         study = finish_study(dataset, self.activations, config, grids, final_probes=final, extracted=extracted,
                              seconds=time.perf_counter() - started, command=self.command)
         return self._with_generalization(study) if config.generalization else study
@@ -185,21 +187,6 @@ class Study:
         result = self._run()
         result.save(out)
         return result
-
-    def train_final_probes(self, on_progress: Callable[[int, int], None] | None = None
-                           ) -> dict[tuple[int, str], Probe]:
-        """One probe per (layer, kind) trained on every statement: what ``score`` uses."""
-        config = self.config
-        task = Task(np.arange(len(self.dataset)), self.dataset.labels, seed=0)
-        probes = {}
-        for layer in config.layers:
-            features = self.layer(layer)
-            for kind in config.probes:
-                (probes[(layer, kind)],) = fit_many(features, [task], config.probe_config(kind),
-                                                   device=config.resolved_device)
-                if on_progress:
-                    on_progress(len(probes), len(config.layers) * len(config.probes))
-        return probes
 
     def cell_plan(self, layer: int, kind: str, heldout: str) -> tuple[Split, StudyConfig]:
         """The split holding out ``heldout`` and the config of the one cell (layer, kind) trained on it, refused
