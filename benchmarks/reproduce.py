@@ -5,7 +5,7 @@ Phases: loading the statements and the model; extraction (what the cache lacks);
 the final probes (one per layer and kind, trained on every statement for ``score``), which train in
 the grid's stacks; directions and the rest of the study; saving the results folder. Beside them, the
 square-matmul rates of this run in float32 and bfloat16 (the bound the grid benchmark divides FLOPs
-by) and ``reproduce`` as a multiple of ``run_grid`` alone, timed first in the same process (issue
+by) and ``reproduce`` as a multiple of ``run_grid`` alone, timed after it in the same process (issue
 22's target: at most 1.15).
 
     python -m benchmarks.reproduce                    # SAPLMA, conflicts dropped, warm cache
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--cache", default=BENCH_CACHE)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--no-controls", action="store_true")
-    parser.add_argument("--no-baseline", action="store_true", help="skip timing run_grid alone first")
+    parser.add_argument("--no-baseline", action="store_true", help="skip timing run_grid alone afterwards")
     args = parser.parse_args()
     print_machine()
     rates = {name: matmul_flops(dtype) / 1e9 for name, dtype in (("float32", torch.float32),
@@ -62,14 +62,6 @@ def main() -> None:
 
     config = StudyConfig(dataset=args.dataset, drop_conflicts=True, seeds=args.seeds, controls=not args.no_controls,
                          cache=args.cache)
-    dataset = config.statements()
-    grid_alone = None
-    if not args.no_baseline:  # what benchmarks/grid.py times: run_grid alone, from the warm cache
-        baseline = Study(config, dataset=dataset, activations=study_activations(config))
-        began = time.perf_counter()
-        run_grid(dataset, baseline.layer, config)
-        grid_alone = time.perf_counter() - began
-
     start = time.perf_counter()
     clock, final_probes = Clock(), len(config.layers) * len(config.probes)
     study = Study(config, dataset=config.statements(), reporter=clock,
@@ -80,6 +72,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         result.save(folder)
     saved = time.perf_counter()
+    grid_alone = None
+    if not args.no_baseline:  # what benchmarks/grid.py times: run_grid alone, warm as the study left it
+        began = time.perf_counter()
+        run_grid(study.dataset, study.layer, config)
+        grid_alone = time.perf_counter() - began
 
     counts = clock.counts
     extract_end = clock.extract_end or loaded
