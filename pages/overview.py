@@ -23,13 +23,14 @@ if ctx.model is None and ctx.study is not None:
 elif require_ready(ctx):
     info = ctx.model.describe()
     st.subheader("Model")
-    cols = st.columns(6)
+    # Two rows of three: six cards in one row cut their values short ("embed…", "cpu · b…").
+    cols = [*st.columns(3), *st.columns(3)]
     cols[0].metric("Model", info["model"], help=str(info["source"]))
-    cols[1].metric("Blocks", info["blocks"], help=f"{ctx.model.n_hidden_states} hidden states: embeddings + one per block")
-    cols[2].metric("Width", f"{info['width']:,}")
-    cols[3].metric("Parameters", f"{info['parameters'] / 1e6:,.0f} M")
-    cols[4].metric("Device", f"{info['device']} · {info['dtype']}")
-    cols[5].metric("Memory", f"{info['memory_gb']:.2f} GB")
+    cols[1].metric("Device", f"{info['device']} · {info['dtype']}")
+    cols[2].metric("Memory", f"{info['memory_gb']:.2f} GB")
+    cols[3].metric("Blocks", info["blocks"], help=f"{ctx.model.n_hidden_states} hidden states: embeddings + one per block")
+    cols[4].metric("Width", f"{info['width']:,}")
+    cols[5].metric("Parameters", f"{info['parameters'] / 1e6:,.0f} M")
 
     dataset = ctx.dataset
     st.subheader(f"Statements: {dataset.name}")

@@ -185,6 +185,10 @@ def test_end_to_end(page):
     page.get_by_text(f"{N} of {N}").wait_for(timeout=LONG)
     no_exception(page)
     assert page.get_by_text("576").first.is_visible()
+    cut = page.eval_on_selector_all('[data-testid="stMetricValue"]', """cards => cards.filter(card =>
+        [card, ...card.querySelectorAll("*")].some(part => part.scrollWidth > part.clientWidth + 1))
+        .map(card => card.innerText)""")
+    assert cut == [], f"metric cards whose value does not fit: {cut}"
     shot(page, "overview")
 
     # Train a probe and watch the live chart
