@@ -18,13 +18,17 @@ import argparse
 import os
 import tempfile
 import time
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
 from benchmarks._common import BENCH_CACHE, SAPLMA_DATA, SAPLMA_HELP, matmul_flops, peak_rss_mb, print_machine, table
-from probing.analyses.grid import run_grid
+from benchmarks.grid import count_lbfgs_rounds, training_flops
+from probing.analyses.grid import final_task, make_splits, run_grid
+from probing.probes.adam import training_dtype
+from probing.probes.lbfgs import LBFGS_STACK
 from probing.model.loading import load_model
 from probing.study.config import StudyConfig
 from probing.study.reporter import EXTRACTING, TRAINING, Reporter
@@ -62,6 +66,7 @@ def main() -> None:
 
     config = StudyConfig(dataset=args.dataset, drop_conflicts=True, seeds=args.seeds, controls=not args.no_controls,
                          cache=args.cache)
+    rounds = count_lbfgs_rounds()  # the linear probes' L-BFGS rounds of the study, for its FLOPs
     start = time.perf_counter()
     clock, final_probes = Clock(), len(config.layers) * len(config.probes)
     study = Study(config, dataset=config.statements(), reporter=clock,
@@ -69,6 +74,7 @@ def main() -> None:
     loaded = time.perf_counter()
     result = study.run()
     studied = time.perf_counter()
+    study_rounds = rounds[0]
     with tempfile.TemporaryDirectory() as folder:
         result.save(folder)
     saved = time.perf_counter()
@@ -83,14 +89,31 @@ def main() -> None:
     phases = [("load statements and model", start, loaded), ("extract", loaded, extract_end),
               ("grid and final probes (one stack per layer and kind)", extract_end, counts[-1][0]),
               ("directions and the rest", counts[-1][0], studied), ("save", studied, saved)]
-    rows = [{"phase": name, "seconds": f"{end - begin:.1f}", "share": f"{(end - begin) / (saved - start):.0%}"}
+    bound = grid_bound_seconds(study, config, study_rounds, rates)
+    rows = [{"phase": name, "seconds": f"{end - begin:.1f}", "share": f"{(end - begin) / (saved - start):.0%}",
+             "share of its bound": f"{bound / (end - begin):.0%}" if name.startswith("grid") else ""}
             for name, begin, end in phases]
-    print(table(rows, ["phase", "seconds", "share"]))
+    print(table(rows, ["phase", "seconds", "share", "share of its bound"]))
     against = (f" = {(saved - start) / grid_alone:.2f} x the grid's training alone ({grid_alone:.1f} s, run_grid "
                "without the final probes)") if grid_alone else ""
     print(f"\nreproduce {saved - start:.1f} s{against}; {counts[-1][2] - final_probes} grid probes and "
           f"{final_probes} final probes; matmul rate {rates['float32']:.0f} GFLOP/s float32, "
           f"{rates['bfloat16']:.0f} bfloat16; peak RSS {peak_rss_mb():,.0f} MB")
+
+def grid_bound_seconds(study: Study, config: StudyConfig, lbfgs_rounds: int, rates: dict[str, float]) -> float:
+    """Seconds the grid's and final probes' training matmuls take at the measured square-matmul rate of the
+    dtype each kind trains in (the FLOPs ``benchmarks/grid.py`` counts; the controls' stacks as many again)."""
+    splits = make_splits(study.dataset, config.split)
+    final = SimpleNamespace(train=final_task(study.dataset).train, test=[])  # every statement, nothing held out
+    width = study.layer(config.layers[0]).shape[1]
+    seconds = 0.0
+    for kind in config.probes:
+        solver = config.probe_config(kind).solver
+        flops = (training_flops(kind, solver, width, splits, config.seeds, config.epochs) * (1 + config.controls)
+                 + training_flops(kind, solver, width, [final], 1, config.epochs)) * len(config.layers)
+        seconds += flops / (rates[str(training_dtype(kind, config.resolved_device)).removeprefix("torch.")] * 1e9)
+    linear = lbfgs_rounds * 2 * 2 * LBFGS_STACK * len(study.dataset) * (width + 1)  # as benchmarks/grid.py counts
+    return seconds + linear / (rates["float32"] * 1e9)
 
 if __name__ == "__main__":
     main()
