@@ -109,13 +109,12 @@ class Study:
 
     # ------------------------------------------------------------------------- activations
 
-    def check(self, config: StudyConfig | None = None) -> None:
+    def check(self) -> None:
         """Refuse splits no probe can train on and layers the model lacks: before an extraction that may
         take hours."""
-        config = config or self.config
-        for kind in config.splits:
+        for kind in self.config.splits:
             check_splits(self.dataset, make_splits(self.dataset, kind), kind)
-        config.check_layers(self.activations.n_hidden_states)
+        self.config.check_layers(self.activations.n_hidden_states)
 
     def merge_nodes(self) -> list[NamespaceMerge]:
         """Copy what the node folders of a multi-node extraction hold into the cache, once per study (a
