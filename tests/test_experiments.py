@@ -136,7 +136,7 @@ def test_within_topic_splits_stay_inside_their_topic_and_keep_groups_whole(saplm
 def test_auroc_matches_scikit_learn_with_ties():
     from sklearn.metrics import roc_auc_score
 
-    from probing.analyses.grid import auroc
+    from probing.analyses.uncertainty import auroc
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 500)

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline, make_union
 
+from probing.analyses.uncertainty import auroc
 from probing.study.config import StudyConfig
 from probing.constants import PROBE_KINDS, SPLIT_KINDS
 from probing.probes.estimators import Probe, Task, fit_many
@@ -398,13 +398,3 @@ def shuffled_label_task(task: Task) -> Task:
     """The shuffled-label control of ``task``: its training rows with permuted labels, and a seed of its own."""
     seed = task.seed + 7
     return Task(task.train, np.random.default_rng(seed).permutation(task.y_train), seed=seed)
-
-
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve from average ranks (Mann-Whitney U); NaN with one class."""
-    positives = labels == 1
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if not n_pos or not n_neg:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
