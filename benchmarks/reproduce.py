@@ -100,6 +100,7 @@ def main() -> None:
           f"{final_probes} final probes; matmul rate {rates['float32']:.0f} GFLOP/s float32, "
           f"{rates['bfloat16']:.0f} bfloat16; peak RSS {peak_rss_mb():,.0f} MB")
 
+
 def grid_bound_seconds(study: Study, config: StudyConfig, lbfgs_rounds: int, rates: dict[str, float]) -> float:
     """Seconds the grid's and final probes' training matmuls take at the measured square-matmul rate of the
     dtype each kind trains in (the FLOPs ``benchmarks/grid.py`` counts; the controls' stacks as many again)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+
 def error_text(error: Exception) -> str:
     """An error's message for the command line and the dashboard; an operating-system error ("[Errno 13]
     Permission denied: 'x'") as the path and what went wrong, with what to check."""

@@ -11,7 +11,6 @@ from probing.store.encoding import NonFiniteActivations
 from support import TEXTS, interrupt_after_first_batch
 
 
-
 # Batched vs one-at-a-time: largest difference allowed, as a fraction of the layer's largest value.
 # Padding changes the shapes of the matrix products, hence their rounding: float32 differs by ~6e-7,
 # bfloat16 (8-bit mantissa) by ~1.2e-2 on this model.

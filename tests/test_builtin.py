@@ -359,7 +359,6 @@ def test_groups_hold_whole_subjects_and_balance_every_object(full):
     assert (f.groupby("topic").group.nunique() >= 10).all()
 
 
-
 def test_a_small_set_still_has_several_groups_per_topic():
     # 24 statements per topic are 6 facts: smaller blocks keep three groups in every topic, so a
     # group-held-out split (the within-topic split, the generalization diagonal) has both sides.

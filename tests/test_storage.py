@@ -14,7 +14,6 @@ from probing.store.store import CorruptEntry
 from support import TEXTS
 
 
-
 @pytest.fixture(scope="module")
 def statements(small_saplma):
     """120 real statements: three chunks of 85, 34 and 1 rows (the first two stored as files)."""

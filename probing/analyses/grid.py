@@ -95,8 +95,6 @@ def random_split(dataset: StatementSet, test_fraction: float = 0.2, seed: int = 
     return Split(RANDOM_SPLIT, train, test, RANDOM_SPLIT)
 
 
-
-
 @dataclass
 class GridResult:
     """Tidy results of a grid: one row per probe, histories, and the fitted probes."""

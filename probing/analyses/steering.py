@@ -39,7 +39,6 @@ from probing.model.loading import LoadedModel
 from probing.analyses.scoring import ASK_TEMPLATE, check_statement
 
 
-
 @dataclass(frozen=True)
 class SteeringDirection:
     """A direction in one layer's activation space, scaled so that ``alpha = 1`` moves a statement by the

@@ -112,8 +112,6 @@ def out_of_memory_is_an_error(config: StudyConfig) -> Iterator[None]:
             "extracted so far are cached, so the same command resumes") from None
 
 
-
-
 def cmd_data(args: argparse.Namespace) -> int:
     with ConsoleReporter() as reporter:
         dataset = study_config(args).statements(reporter)
@@ -270,8 +268,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def _migrate(folder: Path) -> int:
     from probing.store.folders import node_stores, store_folder
     from probing.store.migration import migrate
@@ -290,8 +286,6 @@ def _migrate(folder: Path) -> int:
               if done.keys or done.values or done.claims or done.refused else
               f"{done.database}: already in the current format, nothing to do")
     return 0
-
-
 
 
 def _print_generalization(result) -> None:

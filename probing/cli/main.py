@@ -21,6 +21,7 @@ from probing.cli.output import warning_line
 from probing.options import read_names
 from probing.study.config import SteeringConfig, StudyConfig
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=program(), description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)

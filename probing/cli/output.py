@@ -10,6 +10,7 @@ from typing import TextIO
 
 from probing.study.reporter import Reporter
 
+
 def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings (a repaired cache, say) as one ``warning: ...`` line, not Python's file:line format."""
     print(f"warning: {message}", file=sys.stderr)

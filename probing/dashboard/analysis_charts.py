@@ -10,6 +10,7 @@ import pandas as pd
 
 from probing.dashboard.charts import ACCURACY_SCALE, FALSE_COLOR, LABEL_SCALE, SERIES_COLORS, TRUE_COLOR, probe_order
 
+
 def pca_chart(points: pd.DataFrame, explained=None, layer: int | None = None) -> alt.Chart:
     """First two principal components; colour = label, shape = topic."""
     ex = list(explained) if explained is not None else [np.nan, np.nan]
