@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from probing.cli.options import launcher_node, launcher_shard, local_rank, program, steering_config, study_config
 from probing.cli.output import ConsoleReporter, size_text
 from probing.study.config import StudyConfig
+from probing.study.folder import CONFIG_FILE
+from probing.study.reporter import MERGING
 
 if TYPE_CHECKING:
     from probing.study.results import StudyResult
@@ -169,7 +171,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     result = _open_results(args, "model, token position and study")
     folder, recorded = result.folder, result.config.dataset
     if args.dataset is None and recorded != "builtin":
-        raise ValueError(f"{folder / 'config.json'} records the statements {recorded}, and a results folder's paths "
+        raise ValueError(f"{folder / CONFIG_FILE} records the statements {recorded}, and a results folder's paths "
                          f"are never opened: pass them with --dataset (the study read {recorded})")
     from probing.study.results import steering_notes, steering_shown
     from probing.formatting import markdown_table
@@ -229,7 +231,7 @@ def _merge(destination: Path, sources: list[Path]) -> None:
     from probing.study.study import merge_lines
 
     with ConsoleReporter() as reporter:
-        reporter.set_phase("merging")
+        reporter.set_phase(MERGING)
         reports = merge_stores(destination, sources, on_progress=reporter.progress)
     for line in merge_lines(reports, destination, sources):
         print(line, file=sys.stderr)
@@ -237,6 +239,7 @@ def _merge(destination: Path, sources: list[Path]) -> None:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from probing.store.folders import node_stores, store_folder
+    from probing.store.format import DATABASE
     from probing.store.reading import describe_meta, describe_store, size_on_disk
 
     if args.cache_command == "migrate":
@@ -251,7 +254,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; pass a cache folder such as cache/")
-    stores = [store_folder(folder)] + ([] if (folder / "cache.db").is_file() else node_stores(folder))
+    stores = [store_folder(folder)] + ([] if (folder / DATABASE).is_file() else node_stores(folder))
     total = 0
     for store in stores:
         size = size_on_disk(store) if store.is_dir() else 0

@@ -114,8 +114,8 @@ def same_model(a: ModelSpec, b: ModelSpec) -> bool:
 
 PHASE_LABELS = {reporter.MERGING: "Merging the node folders of a multi-node extraction",
                 reporter.EXTRACTING: "Extracting activations", reporter.TRAINING: "Training probes",
-                reporter.ANALYSING: "Training the probes of each layer", reporter.STEERING: "Steering: batched forward passes",
-                reporter.SAVING: "Saving"}
+                reporter.ANALYSING: "Training the probes of each layer",
+                reporter.STEERING: "Steering: batched forward passes", reporter.SAVING: "Saving"}
 """What the page shows for each phase a study announces."""
 
 
@@ -140,7 +140,6 @@ class Job(reporter.Reporter):
     result: object = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # warnings raised by the work, e.g. a repaired cache
-    notes: list[str] = field(default_factory=list)  # the study's notes, e.g. what a merge of node folders did
     params: dict = field(default_factory=dict)
     unit: str = "statements"
     thread: threading.Thread | None = field(default=None, repr=False)
@@ -165,9 +164,6 @@ class Job(reporter.Reporter):
     def set_phase(self, phase: str, total: int = 0, unit: str = "statements") -> None:
         self.phase, self.done, self.total, self.phase_started = PHASE_LABELS.get(phase, phase), 0, total, time.monotonic()
         self.unit = unit
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
 
     def progress(self, done: int, total: int) -> None:
         self.done, self.total = done, total
