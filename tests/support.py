@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from probing.study.folder import TABLE_FILES
-from probing.study.reporter import Reporter
+from probing.study.reporter import NoteList
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -99,11 +99,12 @@ def interrupt_after_first_batch(activations, texts) -> int:
     return kept
 
 
-class Recorder(Reporter):
+class Recorder(NoteList):
     """A reporter that keeps what a study told it: (phase, done, total) counts, records and notes."""
 
     def __init__(self) -> None:
-        self.phase, self.counts, self.records, self.notes = "", [], [], []
+        super().__init__()
+        self.phase, self.counts, self.records = "", [], []
 
     def set_phase(self, phase: str, total: int = 0, unit: str = "statements") -> None:
         self.phase = phase
@@ -113,9 +114,6 @@ class Recorder(Reporter):
 
     def add_record(self, record: dict) -> None:
         self.records.append(record)
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
 
     def counted(self, phase: str) -> list[tuple[int, int]]:
         return [(done, total) for name, done, total in self.counts if name == phase]
