@@ -1,6 +1,7 @@
 """Compare two studies: grids side by side on one scale, their difference with layers aligned by relative
 depth (or by index), and both models' truth-direction statistics on one chart."""
 
+import math
 from pathlib import Path
 
 import streamlit as st
@@ -50,6 +51,7 @@ st.caption("The study compares Llama-2-7B with 13B: is truth more linear in the 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
 from probing.dashboard import analysis_charts, charts  # noqa: E402
 from probing.analyses.compare import compare_studies  # noqa: E402
+from probing.analyses.differences import cell_difference  # noqa: E402
 from probing.analyses.grid import accuracy_long  # noqa: E402
 from probing.study.reporter import NoteList  # noqa: E402
 from probing.study.study import Study  # noqa: E402
@@ -127,11 +129,40 @@ else:
             st.info("No layer index is in both studies: align by relative depth.")
         else:
             show_chart(analysis_charts.difference_heatmap(pairs, f"B - A, layers aligned by {align}"), key="compare_difference")
-            st.dataframe(pairs.round(3), hide_index=True)
+            st.dataframe(pairs.round(4), hide_index=True)
+            if "verdict" in pairs:
+                st.caption("Paired tests on the same held-out statements: lower and upper bound the 95 % interval "
+                           "of B - A (paired bootstrap over statements), p_value is McNemar's (one seed per probe); "
+                           "a difference is beyond noise where its interval excludes 0.")
+        for note in comparison.notes:
+            st.info(f"No paired tests: {note}.")
         if not comparison.directions.empty:
             show_chart(analysis_charts.depth_directions_chart(comparison.directions), key="compare_directions")
             st.caption("Do the directions learned on different category splits agree? Both models against "
                        "relative depth.")
+
+        st.subheader("Two cells of one study")
+        study = ctx.study or a
+        cells = study.split_results()[["layer", "probe"]].drop_duplicates()
+        layers, kinds = sorted(set(cells["layer"])), list(dict.fromkeys(cells["probe"]))
+        st.caption(f"Is one probe better than another in `{study.folder.name}` (the open study, else A), beyond "
+                   "the noise of which statements were held out? B - A on the same statements.")
+        if layers:
+            p1, p2, p3, p4 = st.columns(4)
+            cell_a = (p1.selectbox("Layer of A", layers, key="cell_layer_a"), p2.selectbox("Kind of A", kinds,
+                                                                                           key="cell_kind_a"))
+            cell_b = (p3.selectbox("Layer of B", layers, index=len(layers) - 1, key="cell_layer_b"),
+                      p4.selectbox("Kind of B", kinds, index=len(kinds) - 1, key="cell_kind_b"))
+            try:
+                test = cell_difference(study, cell_a, cell_b)
+            except ValueError as error:
+                st.info(f"No paired test: {error_text(error)}")
+            else:
+                st.metric(f"B - A: {test['verdict']}", f"{test['difference']:+.3f}",
+                          help=f"accuracy {test['accuracy_a']:.3f} (A) and {test['accuracy_b']:.3f} (B)")
+                p_value = "" if math.isnan(test["p_value"]) else f", McNemar's p = {test['p_value']:.3g}"
+                st.caption(f"95 % interval [{test['lower']:+.3f}, {test['upper']:+.3f}] over {test['statements']:,} "
+                           f"held-out statements{p_value}.")
 
         st.subheader("One statement, both models")
         text = st.text_input("Statement", EXAMPLES[1], key="compare_text")

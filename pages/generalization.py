@@ -129,7 +129,8 @@ elif has_results and not busy:
         show_chart(analysis_charts.polarity_chart(results), key="gen_polarity")
         st.caption("Trained on the affirmative statements of most facts, tested on held-out facts: a probe "
                    "that reads affirmation rather than truth falls below 0.5 on negated statements. TTPD "
-                   "trained on both polarities is meant to hold on each.")
+                   "trained on both polarities is meant to hold on each. Error bars: 95 % Wilson intervals over "
+                   "the held-out statements.")
         st.dataframe(polarity.round(3), hide_index=True)
 
     st.subheader("CCS: a truth direction without labels")

@@ -19,6 +19,7 @@ st.caption("Every layer x probe kind, trained on all topics but one and tested o
 from probing import PROBE_KINDS  # noqa: E402
 from probing.dashboard import charts  # noqa: E402
 from probing.analyses.grid import accuracy_long  # noqa: E402
+from probing.analyses.intervals import best_layer_lines  # noqa: E402
 from probing.dashboard.workflows import grid_work, partial_results  # noqa: E402
 
 busy = job_running()
@@ -86,17 +87,21 @@ elif study is not None and not busy:
     split = study.config.split
     main = study.split_results(split)
     layers_done, probes_done = list(study.config.layers), list(study.config.probes)
+    intervals = study.accuracy_intervals()
+    best = study.best_layers(split)
     st.caption(f"From the results folder `{study.folder.name}` (in `{study.folder.parent}`).")
     left, right = st.columns(2)
     with left:
         event = show_chart(
-            charts.accuracy_heatmap(accuracy_long(main, "mean"), f"Mean accuracy over {split} splits",
-                                    layers_done, probes_done, selection="cell"),
+            charts.accuracy_heatmap(intervals[intervals["split"] == split], f"Mean accuracy over {split} splits",
+                                    layers_done, probes_done, selection="cell", best=best),
             key="grid_mean", on_select="rerun", selection_mode="cell")
-        st.caption("Click a cell to see its per-topic accuracy and training curves below.")
+        st.caption("Click a cell to see its per-topic accuracy, training curves and calibration below. "
+                   "The tooltip gives the 95 % interval over held-out statements; ★ marks a best layer that a "
+                   "paired test tells from the runner-up.")
     with right:
         if "random" in study.splits and split != "random":
-            show_chart(charts.accuracy_heatmap(accuracy_long(study.split_results("random")), "Random split accuracy",
+            show_chart(charts.accuracy_heatmap(intervals[intervals["split"] == "random"], "Random split accuracy",
                                                layers_done, probes_done), key="grid_random_chart")
             st.caption("Same probes on a random 80/20 split: what they reach in distribution.")
     left2, right2 = st.columns(2)
@@ -114,6 +119,17 @@ elif study is not None and not busy:
             controls = main.groupby("heldout", sort=False)[["text_only_accuracy"]].first()
             st.markdown("**Text-only control per held-out topic** (same split, words only)")
             st.dataframe(controls.T.round(3), hide_index=True)
+
+    st.subheader("Accuracy by layer")
+    show_chart(charts.layer_accuracy_chart(intervals[intervals["split"] == split], best,
+                                           f"Mean accuracy over {split} splits, 95 % intervals"), key="grid_layers")
+    if intervals["accuracy_lower"].isna().all():
+        st.caption("This folder was written before predictions were kept: no intervals, no test of the best layer.")
+    elif len(best):
+        st.markdown("**Best layer per probe kind** (a diamond where a paired bootstrap on the same statements tells "
+                    "it from the runner-up; difference [95 % interval]):\n" + "\n".join(best_layer_lines(best)))
+    st.caption("Error bars: 95 % bootstrap intervals over the held-out statements (seeds of a split kept together); "
+               "they do not cover retraining on other topics or other data.")
 
     st.subheader("Inspect a cell")
     picked = (event.selection.get("cell") or []) if event is not None else []
@@ -136,3 +152,22 @@ elif study is not None and not busy:
     with b:
         show_chart(charts.grid_curves_chart(study.cell_dynamics(cell_layer, cell_probe), study.config.epochs),
                    key="cell_curves")
+    calibration = study.calibration()
+    bins = calibration[(calibration["split"] == split) & (calibration["layer"] == cell_layer)
+                       & (calibration["probe"] == cell_probe)]
+    if len(bins):
+        st.markdown(f"**Calibration of {cell_probe} at layer {cell_layer}** (held-out statements of every {split} "
+                    "split and seed)")
+        c, m = st.columns([3, 2])
+        with c:
+            show_chart(charts.reliability_chart(bins, "Reliability: predicted P(true) vs share true"),
+                       key="cell_reliability")
+        with m:
+            ece = bins.groupby("scaling", sort=False)["ece"].first()
+            st.metric("ECE, raw P(true)", f"{ece['raw']:.3f}")
+            if "scaled" in ece:
+                st.metric("ECE, temperature-scaled", f"{ece['scaled']:.3f}", f"{ece['scaled'] - ece['raw']:+.3f}",
+                          delta_color="inverse")
+            st.caption("P(true) = sigmoid(probe score), as the statement page shows it. Scaled: each probe's score "
+                       "divided by a temperature fitted on its own training statements, so both are held-out "
+                       "numbers. ECE: the mean gap between predicted and observed share true, weighted by bin size.")

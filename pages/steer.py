@@ -125,7 +125,8 @@ if require_ready(ctx):
                                                     include_groups=False)
             st.caption(f"From `{study.folder.name}`: layers {table['layers'].iloc[0]}, direction from layer "
                        f"{table['layer'].iloc[0]}, {table['statements'].iloc[0]} statements. Shift of the mean "
-                       "answer per unit alpha: " + ", ".join(f"{k} {v:+.4f}" for k, v in slope.items()) + ".")
+                       "answer per unit alpha: " + ", ".join(f"{k} {v:+.4f}" for k, v in slope.items()) + ". Error bars: "
+                       "95 % intervals of each mean over the statements.")
             st.dataframe(steering_shown(table).round(4), hide_index=True)
             for note in steering_notes(table):
                 st.info(note)

@@ -68,8 +68,9 @@ def test_grid_returns_tidy_rows_with_controls(small_grid, small_saplma):
     result, finished, epochs = small_grid
     rows = result.results
     assert len(rows) == 2 * 3 * 6 * 2 == len(finished)
-    assert list(rows.columns) == ["model", "layer", "probe", "split", "heldout", "seed", "accuracy", "auroc",
-                                  "n_train", "n_test", "text_only_accuracy", "shuffled_accuracy"]
+    assert list(rows.columns) == ["model", "layer", "probe", "split", "heldout", "seed", "accuracy", "accuracy_lower",
+                                  "accuracy_upper", "auroc", "auroc_lower", "auroc_upper", "n_train", "n_test",
+                                  "temperature", "text_only_accuracy", "shuffled_accuracy"]
     assert (rows["split"] == "category").all() and (result.dynamics["split"] == "category").all()
     assert rows["accuracy"].between(0, 1).all() and rows["auroc"].between(0, 1).all()
     assert rows["shuffled_accuracy"].mean() == pytest.approx(0.5, abs=0.08)

@@ -8,7 +8,9 @@ last block's output): layer -9 of a 30-block model (depth 22/30 = 0.73) sits wit
 
 Two studies are comparable when they read the same statements at the same token with the same
 probe settings; :func:`differences` names what differs, and :func:`compare_studies` refuses such a
-pair unless asked to show it anyway (with the differences as warnings).
+pair unless asked to show it anyway (with the differences as warnings). Where both folders hold
+per-statement predictions of the same statements, each difference comes with a paired test
+(:mod:`probing.analyses.differences`): its 95 % interval, McNemar's p-value and a verdict.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from probing.analyses.differences import study_differences
 from probing.analyses.grid import accuracy_long
 from probing.formatting import markdown_table
 
@@ -69,14 +72,16 @@ def differences(a: StudyResult, b: StudyResult) -> list[str]:
 @dataclass
 class Comparison:
     """Two studies' grids and directions, aligned. ``by_depth`` and ``by_index``: probe, layer_a,
-    layer_b, depth_a, depth_b, accuracy_a, accuracy_b, difference (b - a); ``directions``: model,
-    probe, layer, depth, cosine, sign_equality; ``warnings``: the differences shown anyway."""
+    layer_b, depth_a, depth_b, accuracy_a, accuracy_b, difference (b - a) and, where the paired tests
+    ran, statements, lower, upper, p_value, verdict; ``directions``: model, probe, layer, depth, cosine,
+    sign_equality; ``warnings``: the differences shown anyway; ``notes``: why there are no paired tests."""
 
     names: tuple[str, str]
     by_depth: pd.DataFrame
     by_index: pd.DataFrame
     directions: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _hidden_states(study: StudyResult) -> int:
@@ -123,6 +128,11 @@ def compare_studies(a: StudyResult, b: StudyResult, allow_mismatch: bool = False
     by_index = _paired(grid_a, grid_b, pd.DataFrame({
         "layer_a": shared, "layer_b": shared, "depth_a": [relative_depth(x, n_a) for x in shared],
         "depth_b": [relative_depth(x, n_b) for x in shared]}))
+    notes = []
+    try:
+        by_depth, by_index = study_differences(a, b, by_depth), study_differences(a, b, by_index)
+    except ValueError as error:
+        notes.append(str(error))
     names = tuple(study.meta.get("model", {}).get("name", "?") for study in (a, b))
     if names[0] == names[1]:
         names = (f"{names[0]} (A)", f"{names[1]} (B)")
@@ -135,7 +145,7 @@ def compare_studies(a: StudyResult, b: StudyResult, allow_mismatch: bool = False
             directions.append({"model": name, "probe": row.probe, "layer": row.layer,
                                "depth": relative_depth(row.layer, n), "cosine": row.mean,
                                "sign_equality": sign.get((row.probe, row.layer), np.nan)})
-    return Comparison(names, by_depth, by_index, pd.DataFrame(directions), found)
+    return Comparison(names, by_depth, by_index, pd.DataFrame(directions), found, notes)
 
 
 def comparison_markdown(comparison: Comparison) -> str:
@@ -144,6 +154,11 @@ def comparison_markdown(comparison: Comparison) -> str:
     parts = [f"# {a} (A) vs {b} (B)\n"]
     if comparison.warnings:
         parts.append("**Not comparable, shown anyway:** " + "; ".join(comparison.warnings) + "\n")
+    parts += [f"**No paired tests:** {note}\n" for note in comparison.notes]
+    if "verdict" in comparison.by_depth:
+        parts.append("Paired tests on the same held-out statements: lower and upper bound the 95 % interval of "
+                     "the difference (B - A, paired bootstrap); p_value is McNemar's (one seed per probe); the "
+                     "difference is beyond noise where the interval excludes 0.\n")
     parts += ["## Mean accuracy over the category splits, layers aligned by relative depth\n",
               markdown_table(comparison.by_depth)]
     if not comparison.by_index.empty:

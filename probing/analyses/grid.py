@@ -26,7 +26,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline, make_union
 
-from probing.analyses.uncertainty import auroc
+from probing.analyses.uncertainty import auroc, auroc_delong_interval, fit_temperature, wilson_interval
 from probing.study.config import StudyConfig
 from probing.constants import PROBE_KINDS, SPLIT_KINDS
 from probing.probes.estimators import Probe, Task, fit_many
@@ -97,10 +97,12 @@ def random_split(dataset: StatementSet, test_fraction: float = 0.2, seed: int = 
 
 @dataclass
 class GridResult:
-    """Tidy results of a grid: one row per probe, histories, and the fitted probes."""
+    """Tidy results of a grid: one row per probe, histories, held-out predictions, and the fitted probes."""
 
     results: pd.DataFrame
     dynamics: pd.DataFrame
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """One row per held-out statement per probe (:data:`PREDICTION_COLUMNS`)."""
     probes: dict[tuple[int, str, str, int], Probe] = field(default_factory=dict, repr=False)
     shuffled_probes: dict[tuple[int, str, str, int], Probe] = field(default_factory=dict, repr=False)
     final_probes: dict[tuple[int, str], Probe] = field(default_factory=dict, repr=False)
@@ -214,6 +216,22 @@ def text_only_accuracy(dataset: StatementSet, split: Split) -> float:
     return float((model.predict(texts[split.test]) == labels[split.test]).mean())
 
 
+PREDICTION_COLUMNS = ("layer", "probe", "split", "heldout", "seed", "row", "label", "score")
+"""A held-out prediction: the cell, the statement (``row``: its index in the dataset), its label and the
+probe's decision function (P(true) = sigmoid(score); predicted true iff score > 0, as ``accuracy``)."""
+SCORE_DIGITS = 6
+TEMPERATURE_STATEMENTS = 2000
+
+
+def significant(values: np.ndarray, digits: int = SCORE_DIGITS) -> np.ndarray:
+    """``values`` rounded to ``digits`` significant digits as float64 (each the double nearest its
+    decimal, so it is written and read back exactly; a sign is never lost)."""
+    values = np.asarray(values, dtype=np.float64)
+    magnitude = np.floor(np.log10(np.abs(np.where(values == 0, 1.0, values))))
+    scale = 10.0 ** np.abs(digits - 1 - magnitude)  # an exact power of ten, so one division rounds correctly
+    return np.where(digits - 1 - magnitude >= 0, np.round(values * scale) / scale, np.round(values / scale) * scale)
+
+
 @dataclass(frozen=True)
 class Cell:
     """One probe of a grid within its (layer, kind): a split and a seed."""
@@ -224,7 +242,8 @@ class Cell:
 
 @dataclass
 class CellResult:
-    """A trained cell: its probe, its shuffled-label control, its result row and its training history."""
+    """A trained cell: its probe, its shuffled-label control, its result row, its training history and its
+    held-out predictions (:data:`PREDICTION_COLUMNS`)."""
 
     layer: int
     kind: str
@@ -233,6 +252,7 @@ class CellResult:
     shuffled: Probe | None
     row: dict
     dynamics: pd.DataFrame  # the history records, tagged with layer, probe, split, heldout, seed
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def key(self) -> tuple[int, str, str, int]:
@@ -263,7 +283,9 @@ def train_cells(
 
     The one recipe for a probe of a study: the grid calls it per (layer, kind), the dashboard's
     Train page with one cell; a probe is the same, bit for bit, in a stack or alone. Result rows
-    carry model, layer, probe, split, heldout, seed, accuracy, auroc, n_train, n_test and, with
+    carry model, layer, probe, split, heldout, seed, accuracy with its 95 % Wilson interval
+    (accuracy_lower, accuracy_upper), auroc with DeLong's (auroc_lower, auroc_upper), n_train, n_test,
+    the temperature that calibrates the probe on its training statements (for calibration.csv) and, with
     ``config.controls``, text_only_accuracy and shuffled_accuracy. ``text_only`` holds
     text-only accuracies already computed, by (split kind, split name); the rest are computed here.
     Given a list as ``final``, the study's final probe of (layer, kind), trained on every statement
@@ -296,18 +318,39 @@ def train_cells(
         split = cell.split
         X_test, y_test = features[split.test], labels[split.test]
         scores = probe.decision_function(X_test)  # once: accuracy is (score > 0), as in predict
+        correct = int(((scores > 0).astype(int) == y_test).sum())
+        lower, upper = wilson_interval(correct, len(y_test))
+        auroc_lower, auroc_upper = auroc_delong_interval(y_test, scores)
         row = {
             "model": model_name, "layer": layer, "probe": kind, "split": split.kind, "heldout": split.name,
-            "seed": cell.seed, "accuracy": float(((scores > 0).astype(int) == y_test).mean()),
-            "auroc": auroc(y_test, scores), "n_train": len(split.train), "n_test": len(split.test),
+            "seed": cell.seed, "accuracy": correct / len(y_test), "accuracy_lower": lower, "accuracy_upper": upper,
+            "auroc": auroc(y_test, scores), "auroc_lower": auroc_lower, "auroc_upper": auroc_upper,
+            "n_train": len(split.train), "n_test": len(split.test),
+            "temperature": cell_temperature(probe, features, labels, cell),
         }
+        predictions = pd.DataFrame(dict(zip(PREDICTION_COLUMNS, (
+            np.full(len(y_test), layer, dtype=np.int64), kind, split.kind, split.name,
+            np.full(len(y_test), cell.seed, dtype=np.int64), split.test.astype(np.int64), y_test.astype(np.int64),
+            significant(scores)))))
         if control is not None:
             if (split.kind, split.name) not in text_only:
                 text_only[split.kind, split.name] = text_only_accuracy(dataset, split)
             row["text_only_accuracy"] = text_only[split.kind, split.name]
             row["shuffled_accuracy"] = control.score(X_test, y_test)
-        results.append(CellResult(layer, kind, cell, probe, control, row, pd.DataFrame(history)))
+        results.append(CellResult(layer, kind, cell, probe, control, row, pd.DataFrame(history), predictions))
     return results
+
+
+def cell_temperature(probe: Probe, features: np.ndarray, labels: np.ndarray, cell: Cell,
+                     most: int = TEMPERATURE_STATEMENTS) -> float:
+    """The temperature calibrating ``probe``'s P(true) on its training statements (``fit_temperature``), from
+    at most ``most`` of them drawn with the cell's seed: one number needs no more, and the forward pass over
+    every training statement would cost more than the rest of a cell's statistics."""
+    train = cell.split.train
+    if len(train) > most:
+        rng = np.random.default_rng(split_seed(cell.seed, cell.split.name))
+        train = np.sort(rng.choice(train, most, replace=False))
+    return fit_temperature(probe.decision_function(features[train]), labels[train])
 
 
 def final_task(dataset: StatementSet) -> Task:
@@ -358,6 +401,7 @@ def run_grid(
     return GridResult(
         pd.DataFrame([result.row for result in trained]),
         pd.concat(dynamics, ignore_index=True) if dynamics else pd.DataFrame(),
+        pd.concat([result.predictions for result in trained], ignore_index=True) if trained else pd.DataFrame(),
         {result.key: result.probe for result in trained},
         {result.key: result.shuffled for result in trained if result.shuffled is not None},
         finals,

@@ -37,6 +37,7 @@ from probing.constants import STEER_POSITIONS as POSITIONS
 from probing.model.layout import adding
 from probing.model.loading import LoadedModel
 from probing.analyses.scoring import ASK_TEMPLATE, check_statement
+from probing.analyses.uncertainty import t_mean_interval
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,8 @@ def dose_response(model: LoadedModel, statements: Sequence[str], labels: np.ndar
     statements, the share of answers whose sign flips, and Geometry of Truth's normalised indirect
     effect (NIE: for alpha > 0 on false statements, (steered - false baseline) / (true baseline - false
     baseline); for alpha < 0 on true statements, the mirror image; 1 = as far as the other class).
+    ``margin_true_lower`` / ``_upper`` (and ``margin_false_...``) bound the 95 % t interval of the mean
+    answer over the statements, the error bars of the dose-response chart.
 
     Answers that are not finite (an absurd alpha overflows the residual stream) are left out of every
     statistic and counted in ``non_finite``. NIE is NaN (undefined) unless the un-steered gap
@@ -243,10 +246,14 @@ def dose_response(model: LoadedModel, statements: Sequence[str], labels: np.ndar
                 nie = (_mean(steered[true, j]) - true_base) / -gap
             else:
                 nie = 0.0
+            (true_lower, true_upper), (false_lower, false_upper) = (t_mean_interval(steered[side, j])
+                                                                    for side in (true, false))
             rows.append({
                 "direction": kind, "layer": direction.layer, "layers": ",".join(map(str, layers)),
                 "position": position, "alpha": float(alpha),
                 "margin_true": _mean(steered[true, j]), "margin_false": _mean(steered[false, j]),
+                "margin_true_lower": true_lower, "margin_true_upper": true_upper,
+                "margin_false_lower": false_lower, "margin_false_upper": false_upper,
                 "shift_true": _mean(shift[true]), "shift_false": _mean(shift[false]),
                 "flipped": _mean(np.sign(steered[finite, j]) != np.sign(base[finite])),
                 "non_finite": int((~finite).sum()), "nie": float(nie), "statements": len(statements),

@@ -47,6 +47,18 @@ def _scores(values: ArrayLike, name: str, size: int) -> np.ndarray:
     return array
 
 
+def _shares(values: ArrayLike, name: str) -> np.ndarray:
+    """A non-empty 1-D float array of values in [0, 1] (0/1 correctness, or a share of seeds right)."""
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not ((array >= 0) & (array <= 1)).all():
+        raise ValueError(f"{name} must lie in [0, 1] (whether, or how often, each statement was classified right)")
+    return array
+
+
 def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1 - level) / 2 * 100
     lower, upper = np.percentile(samples, [tail, 100 - tail])
@@ -81,26 +93,27 @@ def bootstrap_mean_interval(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval for the mean accuracy over splits/seeds.
 
-    ``correct`` holds one 0/1 vector per split (or seed): whether each held-out statement was
-    classified right. Each draw resamples every split's statements with replacement, recomputes
-    each split's accuracy and averages them (unweighted, as a mean over splits is reported).
-    It measures statement-sampling noise only and treats splits as independent: when splits
-    share test statements (seeds on one split) the interval is too narrow, and the spread caused
-    by retraining is not part of it.
+    ``correct`` holds one vector per split: whether each held-out statement was classified right
+    (0/1) or, for several seeds, the share of them that were. Each draw resamples every split's
+    statements with replacement, recomputes each split's accuracy and averages them (unweighted,
+    as a mean over splits is reported). A draw picks each distinct value a multinomial number of
+    times: the same distribution as resampling statements, at a cost that does not grow with
+    them (a grid of hundreds of cells of thousands of statements takes a fraction of a second).
+    It measures statement-sampling noise only and treats splits as independent: seeds given as
+    separate vectors of one split share its statements and make the interval too narrow (give
+    their shares instead), and the spread caused by retraining is not part of it.
     """
     _level(level)
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
-    vectors = [_binary(vector, f"correct[{i}]") for i, vector in enumerate(correct)]
+    vectors = [_shares(vector, f"correct[{i}] (0/1, or shares of seeds right)") for i, vector in enumerate(correct)]
     if not vectors:
         raise ValueError("correct is empty: give one 0/1 vector per split")
     rng = np.random.default_rng(seed)
     means = np.zeros(draws)
     for vector in vectors:
-        for start in range(0, draws, _CHUNK):
-            count = min(_CHUNK, draws - start)
-            indices = rng.integers(0, vector.size, size=(count, vector.size))
-            means[start:start + count] += vector[indices].mean(axis=1)
+        values, counts = np.unique(vector, return_counts=True)
+        means += rng.multinomial(vector.size, counts / vector.size, size=draws) @ values / vector.size
     return _percentiles(means / len(vectors), level)
 
 
@@ -152,6 +165,30 @@ def auroc_interval(
     return _percentiles(areas, level)
 
 
+def auroc_delong_interval(labels: ArrayLike, scores: ArrayLike, level: float = 0.95) -> tuple[float, float]:
+    """DeLong's interval for AUROC: the normal approximation with DeLong's variance, clipped to [0, 1].
+
+    Each statement's placement (the share of the other class it outranks, ties one half) gives the
+    variance, var(placements of true) / n_true + var(placements of false) / n_false, in O(n log n):
+    what a grid of hundreds of cells affords, where :func:`auroc_interval`'s bootstrap takes about a
+    third of a second per cell of 2,000 statements. Assumes independent statements; like the
+    bootstrap it collapses to a point at an AUROC of 0 or 1. NaN where a class has under two statements.
+    """
+    _level(level)
+    y = _binary(labels, "labels", allow_empty=True)
+    s = _scores(scores, "scores", y.size)
+    pos, neg = s[y == 1], s[y == 0]
+    if pos.size < 2 or neg.size < 2:
+        return float("nan"), float("nan")
+    ranks = stats.rankdata(s)
+    outranked = (ranks[y == 1] - stats.rankdata(pos)) / neg.size  # per true statement: share of false ones below
+    outranking = 1 - (ranks[y == 0] - stats.rankdata(neg)) / pos.size  # per false one: share of true ones above
+    area = float(outranked.mean())
+    half = stats.norm.ppf(1 - (1 - level) / 2) * np.sqrt(outranked.var(ddof=1) / pos.size
+                                                         + outranking.var(ddof=1) / neg.size)
+    return max(0.0, float(area - half)), min(1.0, float(area + half))
+
+
 def _paired(correct_a: ArrayLike, correct_b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     a, b = _binary(correct_a, "correct_a"), _binary(correct_b, "correct_b")
     if a.size != b.size:
@@ -184,27 +221,65 @@ def mcnemar_test(correct_a: ArrayLike, correct_b: ArrayLike, exact_below: int = 
 
 
 def paired_bootstrap_difference(
-    correct_a: ArrayLike, correct_b: ArrayLike, draws: int = 2000, seed: int = 0, level: float = 0.95
+    correct_a: ArrayLike, correct_b: ArrayLike, draws: int = 2000, seed: int = 0, level: float = 0.95,
+    strata: ArrayLike | None = None,
 ) -> dict[str, float]:
     """Accuracy of A minus accuracy of B on the same statements, with a paired bootstrap interval.
 
-    Each draw resamples statement indices once and applies them to both vectors, so the
-    correlation between the two classifiers is kept and the interval is narrower than two
-    separate ones would suggest. An interval excluding 0 means the difference is beyond
+    ``correct_a`` and ``correct_b`` hold, per statement, whether each classifier was right (0/1)
+    or the share of its seeds that were. Each draw resamples statement indices once and applies
+    them to both vectors, so the correlation between the two classifiers is kept and the interval
+    is narrower than two separate ones would suggest. With ``strata`` (a split per statement) the
+    statements are resampled within each split and the splits' differences averaged unweighted,
+    as a grid's mean over splits is. An interval excluding 0 means the difference is beyond
     statement-sampling noise (at ``level``); identical vectors give exactly [0, 0].
     """
     _level(level)
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
-    a, b = _paired(correct_a, correct_b)
+    a, b = _shares(correct_a, "correct_a"), _shares(correct_b, "correct_b")
+    if a.size != b.size:
+        raise ValueError(f"paired vectors differ in length: {a.size} and {b.size} statements")
     delta = a - b
+    if strata is None:
+        groups = [delta]
+    else:
+        codes = np.asarray(strata)
+        if codes.shape != delta.shape:
+            raise ValueError(f"strata must name one split per statement ({delta.size}), got shape {codes.shape}")
+        groups = [delta[codes == stratum] for stratum in pd.unique(codes)]
     rng = np.random.default_rng(seed)
-    samples = np.empty(draws)
-    for start in range(0, draws, _CHUNK):
-        count = min(_CHUNK, draws - start)
-        samples[start:start + count] = delta[rng.integers(0, delta.size, (count, delta.size))].mean(axis=1)
-    lower, upper = _percentiles(samples, level)
-    return {"difference": float(delta.mean()), "lower": lower, "upper": upper}
+    samples = np.zeros(draws)
+    for group in groups:
+        for start in range(0, draws, _CHUNK):
+            count = min(_CHUNK, draws - start)
+            samples[start:start + count] += group[rng.integers(0, group.size, (count, group.size))].mean(axis=1)
+    lower, upper = _percentiles(samples / len(groups), level)
+    return {"difference": float(np.mean([group.mean() for group in groups])), "lower": lower, "upper": upper}
+
+
+def t_mean_interval(values: ArrayLike, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval for the mean of ``values`` (e.g. the model's answers to many statements):
+    mean +- t * sd / sqrt(n). Assumes independent values; ``(nan, nan)`` with fewer than two."""
+    _level(level)
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:
+        raise ValueError(f"values must be one-dimensional, got shape {array.shape}")
+    if array.size < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(1 - (1 - level) / 2, array.size - 1) * array.std(ddof=1) / np.sqrt(array.size)
+    return float(array.mean() - half), float(array.mean() + half)
+
+
+def wilson_columns(frame: pd.DataFrame, value: str = "accuracy", n: str = "n_test",
+                   level: float = 0.95) -> pd.DataFrame:
+    """``frame`` with ``{value}_lower`` and ``{value}_upper``: the Wilson interval of each row's
+    accuracy over its ``n`` test statements (the count right is accuracy x n, rounded)."""
+    bounds = [wilson_interval(int(round(accuracy * count)), int(count), level)
+              if np.isfinite(accuracy) and np.isfinite(count) else (np.nan, np.nan)
+              for accuracy, count in zip(frame[value].astype(float), frame[n].astype(float))]
+    lower, upper = zip(*bounds) if bounds else ((), ())
+    return frame.assign(**{f"{value}_lower": list(lower), f"{value}_upper": list(upper)})
 
 
 def _probabilities(p_true: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

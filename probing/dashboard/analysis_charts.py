@@ -1,5 +1,7 @@
 """Altair charts of the analyses beyond the grid: the activations' geometry (PCA, the truth subspace),
 generalization, steering and two models compared. The colours and scales are :mod:`charts`' own.
+Lines carry 95 % intervals as error bars where the table has them (Wilson intervals of accuracies
+over their test statements, t intervals of mean answers).
 """
 
 from __future__ import annotations
@@ -8,7 +10,11 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from probing.analyses.uncertainty import wilson_columns
 from probing.dashboard.charts import ACCURACY_SCALE, FALSE_COLOR, LABEL_SCALE, SERIES_COLORS, TRUE_COLOR, probe_order
+
+INTERVAL_TOOLTIPS = [alt.Tooltip("lower:Q", format=".3f", title="95 % interval from"),
+                     alt.Tooltip("upper:Q", format=".3f", title="95 % interval to")]
 
 
 def pca_chart(points: pd.DataFrame, explained=None, layer: int | None = None) -> alt.Chart:
@@ -43,6 +49,9 @@ def generalization_heatmap(results: pd.DataFrame, layer: int, probe: str, value:
 
     frame = results[(results.analysis == "topics") & (results.layer == layer) & (results.probe == probe)]
     frame = frame[["train", "test", value, "n_train", "n_test"]].rename(columns={value: "value"})
+    interval = value != "auroc"  # an accuracy: a Wilson interval over its test statements
+    if interval:
+        frame = wilson_columns(frame, "value").rename(columns={"value_lower": "lower", "value_upper": "upper"})
     frame["text"] = frame["value"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
     tests = list(dict.fromkeys(frame["test"]))
     trains = [*tests, ALL_OTHERS]
@@ -54,6 +63,7 @@ def generalization_heatmap(results: pd.DataFrame, layer: int, probe: str, value:
     cells = base.mark_rect(stroke="white", strokeWidth=2).encode(
         color=alt.Color("value:Q", scale=ACCURACY_SCALE, legend=alt.Legend(title=names[value], format=".2f")),
         tooltip=["train", "test", alt.Tooltip("value:Q", format=".3f", title=names[value]),
+                 *(INTERVAL_TOOLTIPS if interval else []),
                  alt.Tooltip("n_train:Q", title="trained on"), alt.Tooltip("n_test:Q", title="tested on")])
     if selection:
         chosen = alt.selection_point(name=selection, fields=["train", "test"], on="click", clear="dblclick")
@@ -68,22 +78,33 @@ def generalization_heatmap(results: pd.DataFrame, layer: int, probe: str, value:
 
 
 def polarity_chart(results: pd.DataFrame, value: str = "accuracy") -> alt.LayerChart:
-    """Polarity transfer per layer: a line per (trained on > tested on) polarity, dashed per probe."""
+    """Polarity transfer per layer: a line per (trained on > tested on) polarity, dashed per probe; for
+    accuracy, error bars of its 95 % Wilson interval over the test statements."""
     chosen = results[results.analysis == "polarity"].copy()
     chosen["transfer"] = chosen["train"] + " > " + chosen["test"]
     chosen["value"] = chosen[value]
+    interval = value != "auroc"
+    if interval:
+        chosen = wilson_columns(chosen, "value").rename(columns={"value_lower": "lower", "value_upper": "upper"})
     order = [f"{a} > {b}" for a in ("affirmative", "negated", "all") for b in ("affirmative", "negated")]
-    lines = alt.Chart(chosen).mark_line(point=True).encode(
+    title = value.replace("_", " ")
+    base = alt.Chart(chosen).encode(
         x=alt.X("layer:O", sort=sorted(set(chosen["layer"])), title="layer (from the end)",
                 axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title=value.replace("_", " ")),
         color=alt.Color("transfer:N", sort=order, title="trained on > tested on",
                         scale=alt.Scale(domain=order, range=SERIES_COLORS[:len(order)])),
+        detail="probe:N",
+    )
+    lines = base.mark_line(point=True).encode(
+        y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title=title),
         strokeDash=alt.StrokeDash("probe:N", title="probe"),
-        tooltip=["probe", "layer", "transfer", alt.Tooltip("value:Q", format=".3f"), "n_train", "n_test"],
+        tooltip=["probe", "layer", "transfer", alt.Tooltip("value:Q", format=".3f"),
+                 *(INTERVAL_TOOLTIPS if interval else []), "n_train", "n_test"],
     )
     chance = alt.Chart(pd.DataFrame({"value": [0.5]})).mark_rule(strokeDash=[4, 3], color="#555").encode(y="value:Q")
-    return alt.layer(lines, chance).properties(title="Affirmative and negated statements: transfer per layer",
+    layers = [lines, base.mark_errorbar(ticks=True).encode(y=alt.Y("lower:Q", title=title), y2="upper:Q")] \
+        if interval else [lines]
+    return alt.layer(*layers, chance).properties(title="Affirmative and negated statements: transfer per layer",
                                                width=520, height=300)
 
 
@@ -123,31 +144,45 @@ def steered_answer_chart(margins: dict[str, float]) -> alt.LayerChart:
     return alt.layer(bars, text, zero).properties(title="What the model answers", height=alt.Step(34))
 
 
-def dose_response_chart(table: pd.DataFrame) -> alt.Chart:
+def dose_response_chart(table: pd.DataFrame) -> alt.LayerChart:
     """Mean P(" True") - P(" False") of held-out true and false statements against alpha, a line per
-    direction (the controls, random and shuffled, dashed)."""
-    long = table.melt(id_vars=["direction", "alpha"], value_vars=["margin_true", "margin_false"],
-                      var_name="statements", value_name="margin")
-    long["statements"] = long["statements"].map({"margin_true": "true statements", "margin_false": "false statements"})
+    direction (the controls, random and shuffled, dashed), with error bars of the 95 % interval of
+    each mean where the table has them (steering.csv files of earlier versions do not)."""
+    interval = "margin_true_lower" in table
+    long = pd.concat([table[["direction", "alpha"]].assign(
+        statements=name, margin=table[column],
+        **({"lower": table[f"{column}_lower"], "upper": table[f"{column}_upper"]} if interval else {}))
+        for column, name in (("margin_true", "true statements"), ("margin_false", "false statements"))],
+        ignore_index=True)
     long["kind"] = np.where(long["direction"].isin(["random", "shuffled"]), "control", "direction")
     order = list(dict.fromkeys(table["direction"]))
-    return alt.Chart(long, title="Dose-response: the model's answer on held-out statements").mark_line(point=True).encode(
+    title = 'mean P(" True") - P(" False")'
+    base = alt.Chart(long).encode(
         x=alt.X("alpha:Q", title="alpha (1 = the distance between the false and true class means)"),
-        y=alt.Y("margin:Q", title='mean P(" True") - P(" False")', scale=alt.Scale(zero=False)),
         color=alt.Color("direction:N", sort=order, scale=alt.Scale(range=SERIES_COLORS)),
+        detail="statements:N",
+    )
+    lines = base.mark_line(point=True).encode(
+        y=alt.Y("margin:Q", title=title, scale=alt.Scale(zero=False)),
         strokeDash=alt.StrokeDash("kind:N", scale=alt.Scale(domain=["direction", "control"], range=[[1, 0], [5, 4]]),
                                   title=None),
         shape=alt.Shape("statements:N", title=None),
-        detail="statements:N",
-        tooltip=["direction", "statements", "alpha", alt.Tooltip("margin:Q", format="+.4f")],
-    ).properties(width=560, height=320)
+        tooltip=["direction", "statements", "alpha", alt.Tooltip("margin:Q", format="+.4f"),
+                 *(INTERVAL_TOOLTIPS if interval else [])],
+    )
+    bars = [base.mark_errorbar(ticks=True).encode(y=alt.Y("lower:Q", title=title), y2="upper:Q")] if interval else []
+    return alt.layer(lines, *bars).properties(title="Dose-response: the model's answer on held-out statements",
+                                              width=560, height=320)
 
 
 def difference_heatmap(pairs: pd.DataFrame, title: str) -> alt.LayerChart:
-    """Accuracy of B minus A per probe (rows) and aligned layer pair (columns, "A layer / B layer")."""
+    """Accuracy of B minus A per probe (rows) and aligned layer pair (columns, "A layer / B layer"); where
+    the pairs carry paired tests, a difference beyond noise is marked * and the tooltip shows the test."""
     frame = pairs.copy()
     frame["layers"] = frame["layer_a"].astype(str) + " / " + frame["layer_b"].astype(str)
-    frame["text"] = frame["difference"].map(lambda v: f"{v:+.3f}")
+    tested = "verdict" in frame
+    marks = np.where(frame["verdict"] == "beyond noise", " *", "") if tested else ""
+    frame["text"] = frame["difference"].map(lambda v: f"{v:+.3f}") + marks
     order = list(dict.fromkeys(frame.sort_values("depth_a")["layers"]))
     base = alt.Chart(frame).encode(
         x=alt.X("layers:O", sort=order, title="layer of A / layer of B", axis=alt.Axis(labelAngle=0, orient="top")),
@@ -157,7 +192,9 @@ def difference_heatmap(pairs: pd.DataFrame, title: str) -> alt.LayerChart:
                         legend=alt.Legend(title="B - A", format="+.2f")),
         tooltip=["probe", "layer_a", "layer_b", alt.Tooltip("depth_a:Q", format=".2f"),
                  alt.Tooltip("depth_b:Q", format=".2f"), alt.Tooltip("accuracy_a:Q", format=".3f"),
-                 alt.Tooltip("accuracy_b:Q", format=".3f"), alt.Tooltip("difference:Q", format="+.3f")])
+                 alt.Tooltip("accuracy_b:Q", format=".3f"), alt.Tooltip("difference:Q", format="+.3f"),
+                 *([*INTERVAL_TOOLTIPS, alt.Tooltip("p_value:Q", format=".3g", title="McNemar's p"), "verdict"]
+                   if tested else [])])
     text = base.mark_text(fontSize=13).encode(text="text:N")
     return alt.layer(cells, text).properties(title=title, width=max(180, 80 * len(order)), height=alt.Step(40))
 

@@ -157,24 +157,36 @@ def controls_chart(accuracy: float, text_only: float, shuffled: float) -> alt.La
 
 
 def accuracy_heatmap(long: pd.DataFrame, title: str, layers: list[int] | None = None,
-                     probes: list[str] | None = None, selection: str | None = None) -> alt.LayerChart:
+                     probes: list[str] | None = None, selection: str | None = None,
+                     best: pd.DataFrame | None = None) -> alt.LayerChart:
     """Probe kinds (rows) x layers (columns, -17 .. -1 as in the study) with the accuracy in each cell.
 
-    ``long`` has layer, probe, accuracy (and optionally splits). ``layers``/``probes`` fix the
-    axes so a grid that is still filling in keeps its shape; ``selection`` names a point
-    selection on the cells (fields layer and probe).
+    ``long`` has layer, probe, accuracy (and optionally splits, and accuracy_lower/accuracy_upper:
+    its 95 % interval, shown in the tooltip). ``layers``/``probes`` fix the axes so a grid that is
+    still filling in keeps its shape; ``selection`` names a point selection on the cells (fields
+    layer and probe). ``best`` (``StudyResult.best_layers``) stars each kind's best layer where a paired
+    test tells it from the runner-up.
     """
     frame = long.copy()
     frame["layer"] = frame["layer"].astype(int)
     layer_order = sorted(set(layers or []) | set(frame["layer"]))
     kinds = probe_order(list(probes or []) + list(frame["probe"]))
     frame["label"] = frame["accuracy"].map(lambda v: f"{v:.3f}")
+    if best is not None:
+        starred = {(probe, int(layer)) for probe, layer, shown in
+                   zip(best["probe"], best["best_layer"], best["distinguishable"]) if shown}
+        frame["label"] = [label + " ★" if (probe, layer) in starred else label
+                          for label, probe, layer in zip(frame["label"], frame["probe"], frame["layer"])]
     base = alt.Chart(frame).encode(
         x=alt.X("layer:O", sort=layer_order, scale=alt.Scale(domain=layer_order),
                 axis=alt.Axis(labelAngle=0, orient="top"), title="layer (from the end)"),
         y=alt.Y("probe:N", sort=kinds, scale=alt.Scale(domain=kinds), title=None),
     )
     tooltip = ["probe", "layer", alt.Tooltip("accuracy:Q", format=".3f")]
+    if "accuracy_lower" in frame:
+        frame["interval"] = [f"[{low:.3f}, {high:.3f}]" if np.isfinite(low) else "-"
+                             for low, high in zip(frame["accuracy_lower"], frame["accuracy_upper"])]
+        tooltip.append(alt.Tooltip("interval:N", title="95 % interval"))
     if "splits" in frame:
         tooltip.append(alt.Tooltip("splits:Q", title="splits done"))
     cells = base.mark_rect(stroke="white", strokeWidth=2).encode(
@@ -233,6 +245,57 @@ def cell_topics_chart(per_topic: pd.DataFrame, title: str) -> alt.LayerChart:
         y=alt.Y("topic:N", sort=list(per_topic["topic"])), x="text_only:Q")
     chance = alt.Chart(pd.DataFrame({"accuracy": [0.5]})).mark_rule(strokeDash=[4, 3]).encode(x="accuracy:Q")
     return alt.layer(bars, text, ticks, chance).properties(title=title, height=alt.Step(26), width=320)
+
+
+def layer_accuracy_chart(intervals: pd.DataFrame, best: pd.DataFrame, title: str) -> alt.LayerChart:
+    """Mean accuracy by layer, a line per probe kind with its 95 % interval as error bars; a diamond on
+    each kind's best layer where a paired test tells it from the runner-up (``best``: see
+    ``StudyResult.best_layers``). ``intervals``: probe, layer, accuracy, accuracy_lower, accuracy_upper."""
+    frame = intervals.assign(layer=intervals["layer"].astype(int))
+    order = sorted(set(frame["layer"]))
+    kinds = probe_order(frame["probe"])
+    x = alt.X("layer:O", sort=order, scale=alt.Scale(domain=order), axis=alt.Axis(labelAngle=0),
+              title="layer (from the end)")
+    color = alt.Color("probe:N", sort=kinds, scale=alt.Scale(domain=kinds, range=SERIES_COLORS),
+                      legend=alt.Legend(orient="bottom", title=None))
+    tooltip = ["probe", "layer", alt.Tooltip("accuracy:Q", format=".3f"),
+               alt.Tooltip("accuracy_lower:Q", format=".3f", title="95 % lower"),
+               alt.Tooltip("accuracy_upper:Q", format=".3f", title="95 % upper")]
+    base = alt.Chart(frame)
+    lines = base.mark_line(point=True, strokeWidth=2).encode(
+        x=x, y=alt.Y("accuracy:Q", scale=alt.Scale(zero=False), title="mean held-out accuracy"), color=color,
+        tooltip=tooltip)
+    bars = base.mark_rule(strokeWidth=2).encode(x=x, y="accuracy_lower:Q", y2="accuracy_upper:Q", color=color)
+    marked = best[best["distinguishable"].astype(bool)].rename(columns={"best_layer": "layer"})
+    diamonds = alt.Chart(marked.assign(layer=marked["layer"].astype(int))).mark_point(
+        shape="diamond", size=220, filled=True, opacity=0.9).encode(
+        x=x, y="accuracy:Q", color=color,
+        tooltip=["probe", alt.Tooltip("layer:O", title="best layer"), alt.Tooltip("runner_up:O", title="runner-up"),
+                 alt.Tooltip("difference:Q", format="+.3f"), alt.Tooltip("lower:Q", format="+.3f"),
+                 alt.Tooltip("upper:Q", format="+.3f")])
+    return alt.layer(bars, lines, *([diamonds] if len(marked) else [])).properties(title=title, height=260)
+
+
+def reliability_chart(bins: pd.DataFrame, title: str) -> alt.LayerChart:
+    """Reliability diagram of one (layer, probe kind): per bin of predicted P(true), the share of true
+    statements against the mean prediction (the diagonal is perfect calibration), raw and
+    temperature-scaled, each with its ECE in the legend; point size = statements in the bin.
+    ``bins``: rows of ``StudyResult.calibration()`` for that layer and kind."""
+    frame = bins[bins["n"] > 0].copy()
+    frame["series"] = [f"{scaling} (ECE {ece:.3f})" for scaling, ece in zip(frame["scaling"], frame["ece"])]
+    series = list(dict.fromkeys(frame["series"]))
+    color = alt.Color("series:N", sort=series, scale=alt.Scale(domain=series, range=["#264653", "#f4a261"]),
+                      legend=alt.Legend(orient="bottom", title=None))
+    unit = alt.Scale(domain=[0, 1])
+    points = alt.Chart(frame).mark_line(point=True, strokeWidth=2).encode(
+        x=alt.X("mean_predicted:Q", scale=unit, title="mean predicted P(true)"),
+        y=alt.Y("fraction_true:Q", scale=unit, title="share of statements true"), color=color,
+        tooltip=["series", "bin", "n", alt.Tooltip("mean_predicted:Q", format=".3f"),
+                 alt.Tooltip("fraction_true:Q", format=".3f")])
+    sized = points.mark_circle().encode(size=alt.Size("n:Q", legend=None))
+    diagonal = alt.Chart(pd.DataFrame({"p": [0.0, 1.0]})).mark_line(strokeDash=[4, 3], color="#555").encode(
+        x="p:Q", y="p:Q")
+    return alt.layer(diagonal, points, sized).properties(title=title, width=320, height=300)
 
 
 # ----------------------------------------------------------------------------- directions

@@ -92,6 +92,7 @@ def finish_study(
         meta=meta,
         results=_concat([grid.results for grid in grids.values()]),
         dynamics=_concat([grid.dynamics for grid in grids.values()]),
+        predictions=_concat([grid.predictions for grid in grids.values()]),
         directions_cosine=_concat(cosine), directions_sign=_concat(sign), directions_matrices=_concat(matrices),
         probes=final_probes,
     )
@@ -107,6 +108,7 @@ def cell_study(dataset: StatementSet, activations: Activations, config: StudyCon
         config=as_run(config, dataset, activations),
         meta=study_meta(dataset, activations, seconds=seconds, command=command),
         results=pd.DataFrame([cell.row]), dynamics=cell.dynamics.reset_index(drop=True),
+        predictions=cell.predictions.reset_index(drop=True),
         probes={(cell.layer, cell.kind): cell.probe},
     )
 

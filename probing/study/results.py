@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -179,8 +180,10 @@ class StudyResult:
     """Everything a study computed, as one object that saves to and loads from a results folder.
 
     ``results`` has one row per trained probe (model, layer, probe, split, heldout, seed,
-    accuracy, auroc, n_train, n_test and the two controls), ``split`` telling the category,
-    random and within grids apart; ``dynamics`` one row per history record of those probes;
+    accuracy, auroc, their intervals, n_train, n_test, temperature and the two controls), ``split``
+    telling the category, random and within grids apart; ``dynamics`` one row per history record of
+    those probes; ``predictions`` one row per held-out statement of each of them (layer, probe,
+    split, heldout, seed, row, label, score: see :data:`~probing.analyses.grid.PREDICTION_COLUMNS`);
     the directions tables come from the category grid. ``probes`` are keyed (layer, kind): for a
     grid, probes trained on every statement, which ``score`` and the statement page use.
     ``meta`` holds JSON values: model, dataset, created, command, packages, seconds.
@@ -198,11 +201,14 @@ class StudyResult:
     ccs: pd.DataFrame = field(default_factory=pd.DataFrame)
     statements: pd.DataFrame = field(default_factory=pd.DataFrame)
     steering: pd.DataFrame = field(default_factory=pd.DataFrame)
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
     probes: dict[tuple[int, str], Probe] = field(default_factory=dict, repr=False)
     folder: Path | None = None
     """Where it was saved to or loaded from."""
     notes: list[str] = field(default_factory=list, repr=False)
     """What loading it found to say (older probe files), one line each."""
+    _derived: dict[tuple, pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Tables computed from the predictions (bootstraps take seconds), kept for the pages' reruns."""
 
     def __post_init__(self) -> None:
         # CSV reads numbers back as float64: hold them so from the start, so a loaded copy is equal.
@@ -232,6 +238,56 @@ class StudyResult:
 
         return accuracy_table(self.split_results(split), statistic)
 
+    def _once(self, key: tuple, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """``compute()``, once per StudyResult (the dashboard keeps a loaded one for its reruns)."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
+
+    def _shares(self) -> pd.DataFrame:
+        from probing.analyses.intervals import statement_shares
+
+        return self._once(("shares",), lambda: statement_shares(self.predictions) if len(self.predictions)
+                          else pd.DataFrame())
+
+    def accuracy_intervals(self) -> pd.DataFrame:
+        """split, probe, layer, accuracy, splits, accuracy_lower, accuracy_upper: each split kind's mean accuracy
+        over splits and seeds with its 95 % bootstrap interval over held-out statements (NaN without predictions:
+        see :mod:`probing.analyses.intervals` for what it covers)."""
+        from probing.analyses.intervals import accuracy_intervals
+
+        return self._once(("intervals",), lambda: accuracy_intervals(self.results, self._shares()))
+
+    def best_layers(self, split: str | None = None) -> pd.DataFrame:
+        """Per probe kind, the best layer of one split kind (default ``config.split``), the runner-up and whether
+        a paired bootstrap on the same statements tells them apart (``distinguishable``)."""
+        from probing.analyses.intervals import best_layers
+
+        split = split or self.config.split
+        return self._once(("best", split), lambda: best_layers(self.results, self._shares(), split))
+
+    def calibration(self) -> pd.DataFrame:
+        """Reliability bins and ECE, raw and temperature-scaled, per (split kind, layer, probe kind), pooled over
+        splits and seeds (:func:`probing.analyses.intervals.calibration`); empty without predictions."""
+        from probing.analyses.intervals import calibration
+
+        return self._once(("calibration",), lambda: calibration(self.results, self.predictions))
+
+    def accuracy_markdown(self, split: str | None = None) -> str:
+        """The mean accuracy table of one split kind as Markdown, each cell ``0.553 [0.541, 0.565]`` where there
+        are predictions, and the best layer per probe kind."""
+        from probing.analyses.intervals import best_layer_lines, interval_table
+
+        split = split or self.config.split
+        if self.predictions.empty or split not in set(self.predictions["split"]):
+            return markdown_table(self.accuracy_table("mean", split))
+        best = best_layer_lines(self.best_layers(split))
+        return "\n".join([
+            markdown_table(interval_table(self.accuracy_intervals(), split)),
+            "Mean over splits and seeds [95 % bootstrap interval over the held-out statements].\n",
+            *(["Best layer per probe kind, against the runner-up (difference [95 % paired bootstrap interval]):\n",
+               *best, ""] if best else [])])
+
     def cell_dynamics(self, layer: int, kind: str, heldout: str | None = None,
                       split: str | None = None) -> pd.DataFrame:
         """History records of the (layer, kind) probes of one split kind, or of one held-out split."""
@@ -256,10 +312,10 @@ class StudyResult:
         """The accuracy tables (and the directions, where there are some) as one Markdown document."""
         split = self.config.split
         parts = [f"# {title}\n" if title else "",
-                 f"## Average accuracy over the {split} splits\n", markdown_table(self.accuracy_table("mean")),
+                 f"## Average accuracy over the {split} splits\n", self.accuracy_markdown(),
                  f"\n## Maximum accuracy over the {split} splits\n", markdown_table(self.accuracy_table("max"))]
         if "random" in self.splits and split != "random":
-            parts += ["\n## Random split accuracy\n", markdown_table(self.accuracy_table("mean", "random"))]
+            parts += ["\n## Random split accuracy\n", self.accuracy_markdown("random")]
         if not self.directions_cosine.empty:
             parts += ["\n## Truth directions: mean pairwise cosine\n", markdown_table(self.directions_cosine),
                       "\n## Truth directions: fractional sign equality\n", markdown_table(self.directions_sign)]
@@ -290,8 +346,9 @@ class StudyResult:
         written: set[str] = set()
 
         def write(frame: pd.DataFrame, file: str, markdown: bool = False) -> None:
-            if not frame.columns.empty:
-                frame.to_csv(folder / file, index=False)
+            if not frame.columns.empty:  # a fast gzip level: the predictions take seconds at the default
+                frame.to_csv(folder / file, index=False, compression={"method": "gzip", "compresslevel": 3, "mtime": 0}
+                             if file.endswith(".gz") else None)
                 written.add(file)
                 if markdown:
                     write_markdown(markdown_table(frame), file.split(".")[0])
@@ -301,10 +358,17 @@ class StudyResult:
             written.add(f"{stem}.md")
 
         if not self.results.empty:
-            write(self.accuracy_table("mean"), "accuracy_mean.csv", True)
+            write(self.accuracy_table("mean"), "accuracy_mean.csv")
+            write_markdown(self.accuracy_markdown(), "accuracy_mean")
             write(self.accuracy_table("max"), "accuracy_max.csv", True)
         if "random" in self.splits and self.config.split != "random":
-            write(self.accuracy_table("mean", "random"), "accuracy_random.csv", True)
+            write(self.accuracy_table("mean", "random"), "accuracy_random.csv")
+            write_markdown(self.accuracy_markdown("random"), "accuracy_random")
+        if not self.results.empty and not self.predictions.empty:
+            write(self.accuracy_intervals(), "accuracy_intervals.csv")
+            write(pd.concat([self.best_layers(kind).assign(split=kind) for kind in self.splits], ignore_index=True),
+                  "best_layers.csv")
+            write(self.calibration(), "calibration.csv")
         for name, file in TABLE_FILES.items():
             write(getattr(self, name), file, name in MARKDOWN_TABLES)
         if not self.generalization.empty or not self.ccs.empty:
