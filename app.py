@@ -35,6 +35,10 @@ PAGES = [
     st.Page(str(ROOT / "pages/steer.py"), title="Steer", icon=":material/tune:", url_path="steer-the-model"),
     st.Page(str(ROOT / "pages/statement.py"), title="Probe a statement", icon=":material/edit_note:",
             url_path="probe-a-statement"),
+    st.Page(str(ROOT / "pages/passage.py"), title="Score a passage", icon=":material/article:",
+            url_path="score-a-passage"),
+    st.Page(str(ROOT / "pages/trace.py"), title="Trace a statement", icon=":material/timeline:",
+            url_path="trace-a-statement"),
     st.Page(str(ROOT / "pages/activations.py"), title="Activations", icon=":material/scatter_plot:",
             url_path="activation-pca"),
 ]

@@ -22,10 +22,10 @@ from probing.study.results import StudyResult
 from probing.formatting import error_text
 from probing.study.folder import ResultsError, config_file
 from probing.dashboard.settings import (
-    MODEL_CHOICES, app_arguments, data_roots, default_cache_dir, default_model_name, fits_in_memory, model_choices,
-    path_under_roots, results_location,
+    MODEL_CHOICES, app_arguments, data_roots, default_cache_dir, default_model_name, example_on_start, fits_in_memory,
+    model_choices, path_under_roots, results_location,
 )
-from probing.study.folder import RESULTS_ROOT, results_folders
+from probing.study.folder import EXAMPLE_STUDY, RESULTS_ROOT, is_results_folder, results_folders
 from probing.store.folders import node_stores
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from probing.model.loading import LoadedModel, ModelSpec
 
 NO_RESULTS = "None: work live"
+EXAMPLE_LABEL = "Example study (ships with the package)"
 FOLDERS = "two results folders"  # the Compare page's first mode
 
 POSITION_HELP = {
@@ -132,6 +133,8 @@ def collect_finished_job() -> None:
         st.session_state["last_train"] = outcome
     elif job.kind in ("grid", "directions", "generalization", "steering"):
         st.session_state["results_choice"] = str(job.result.folder)  # the sidebar opens it
+    elif job.kind == "all_tokens":  # the Trace page shows it beside the probes trained at one token
+        st.session_state.setdefault("all_tokens", {})[tuple(job.params[k] for k in ("fingerprint", "layer", "kind"))] = job.result
     elif job.kind == "compare":  # the Compare page shows the two folders
         st.session_state["compare_mode"] = FOLDERS
         st.session_state["compare_a"], st.session_state["compare_b"] = (str(study.folder) for study in job.result)
@@ -175,12 +178,17 @@ def _study_from_sidebar(root: Path, busy: bool) -> StudyResult | None:
     """The open results folder: one listed under ``root`` (newest first), or a typed path inside
     ``root``, ``results/``, the data roots or the folder given at start."""
     st.sidebar.subheader("Results")
-    folders = [str(path) for path in results_folders(root)]
+    example = str(EXAMPLE_STUDY)
+    folders = [str(path) for path in results_folders(root)] + ([example] if is_results_folder(EXAMPLE_STUDY) else [])
     chosen = st.session_state.get("results_choice")
     if chosen and chosen not in (NO_RESULTS, OTHER_PATH, *folders):
         folders.insert(0, chosen)  # opened from elsewhere (--results, a typed path)
+
+    def label(choice: str) -> str:
+        return EXAMPLE_LABEL if choice == example else Path(choice).name if choice in folders else choice
+
     choice = st.sidebar.selectbox("Open a results folder", [NO_RESULTS, *folders, OTHER_PATH], key="results_choice",
-                                  disabled=busy, format_func=lambda f: Path(f).name if f in folders else f,
+                                  disabled=busy, format_func=label,
                                   help=f"Folders written by `probing reproduce` or by this dashboard, in {root}. "
                                        "With one open, the grid, directions and statement pages show it.")
     if choice == NO_RESULTS:
@@ -193,7 +201,8 @@ def _study_from_sidebar(root: Path, busy: bool) -> StudyResult | None:
         if not folder:
             return None
     try:
-        folder = str(path_under_roots(folder, roots, what="results folders"))  # links inside it checked too
+        if folder != example:  # the package's own folder; any other lies under the readable roots
+            folder = str(path_under_roots(folder, roots, what="results folders"))  # links inside it checked too
         study = load_study(folder)
     except (OSError, ResultsError, ValueError) as error:
         st.sidebar.error(f"Cannot open {folder}: {error_text(error)}")
@@ -270,8 +279,11 @@ def sidebar() -> Context:
     holder = model_holder(str(cache_dir))
     busy = job_running()
     root, opened_at_start = results_location(app_arguments(sys.argv[1:]).results)
-    if opened_at_start is not None and "results_choice" not in st.session_state:
-        st.session_state["results_choice"] = str(opened_at_start)
+    if "results_choice" not in st.session_state:
+        if opened_at_start is not None:
+            st.session_state["results_choice"] = str(opened_at_start)
+        elif example_on_start() and not results_folders(root) and is_results_folder(EXAMPLE_STUDY):
+            st.session_state["results_choice"] = str(EXAMPLE_STUDY)  # a first start shows a whole study
     study = _study_from_sidebar(root, busy)
     # A folder given at start is for looking at: no model is loaded until a page asks for it.
     autoload = opened_at_start is None
@@ -297,17 +309,17 @@ def context() -> Context:
     return st.session_state["ctx"]
 
 
-def need_model(ctx: Context) -> None:
-    """Load the default model the first time a page of this session needs one, below the page's
-    title (already drawn, like the sidebar), then run the page again with it."""
+def need_model(ctx: Context, spec: ModelSpec | None = None) -> None:
+    """Load ``spec`` (default: the default model) the first time a page of this session needs a model,
+    below the page's title (already drawn, like the sidebar), then run the page again with it."""
     if ctx.model is not None or not ctx.autoload or st.session_state.get("model_first_try"):
         return
     st.session_state["model_first_try"] = True
-    default = default_model_name()
-    with st.spinner(f"Loading {default}… (the first start converts the embedded model once, ~40 s)",
-                    show_time=True):
+    wanted = spec or default_model_name()
+    with st.spinner(f"Loading {getattr(wanted, 'name', wanted)}… (the first start converts the embedded model "
+                    "once, ~10 s)", show_time=True):
         try:
-            ctx.holder.ensure(default)
+            ctx.holder.ensure(wanted)
         except ModelBusy:
             pass
     st.rerun()  # the sidebar shows the model (or why it failed) and the page uses it
@@ -333,6 +345,7 @@ def model_for(ctx: Context, spec: ModelSpec | None, study: StudyResult | None) -
         need_model(ctx)
         st.error("No model is loaded. Choose one in the sidebar.")
         return None
+    need_model(ctx, spec)  # a page's first need loads the open folder's model as its probes read it
     if ctx.model is not None and same_model(ctx.model.spec, spec):
         return ctx.model
     meta = study.meta.get("model", {}) if study is not None else {}
@@ -357,6 +370,42 @@ def model_for(ctx: Context, spec: ModelSpec | None, study: StudyResult | None) -
             st.rerun()
         st.error(holder.error or f"{name} could not be loaded.")
     return None
+
+
+@dataclass
+class Scoring:
+    """What the pages that score typed text read: the model, its token position and the probes."""
+
+    model: LoadedModel
+    position: str
+    probes: dict  # (layer, kind) -> Probe
+
+
+def scoring_probes(ctx: Context) -> Scoring | None:
+    """The open results folder's probes (trained on every statement, reading its model as it ran there)
+    joined by the probes this session trained on the Train page that read the same model at the same
+    token (they win for the same layer and kind); None, with what to do, when the model is not loaded."""
+    from probing.study.study import model_notes, study_model  # imports torch: after the page's title
+
+    study = ctx.study
+    if study is not None:
+        spec, position = study_model(study)[0], study.config.position
+    else:
+        spec, position = (ctx.model.spec if ctx.model else None), ctx.position
+    model = model_for(ctx, spec, study)
+    if model is None:
+        return None
+    for note in model_notes(study, model.fingerprint) if study is not None else []:
+        st.warning(f"Note: {note}.")
+    probes = dict(study.probes) if study is not None else {}
+    session = trained_probes()
+    mine = {(layer, kind): outcome.probe for (fingerprint, where, layer, kind), outcome in session.items()
+            if (fingerprint, where) == (model.fingerprint, position)}
+    probes.update(mine)
+    if len(mine) < len(session):
+        st.caption(f"{len(session) - len(mine)} probe(s) trained this session read another model or token "
+                   "position and are not shown.")
+    return Scoring(model, position, probes)
 
 
 def extraction_controls(ctx: Context, key: str) -> int:

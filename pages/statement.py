@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages._shared import context, model_for, show_chart, trained_probes
+from pages._shared import context, scoring_probes, show_chart
 from probing.dashboard.settings import EXAMPLES
 
 ctx = context()
@@ -15,33 +15,15 @@ st.caption("Type any sentence. Left: the probability of *true* that each trained
 from probing import model_says_true, score_statements  # noqa: E402
 from probing.dashboard import charts  # noqa: E402
 from probing.analyses.scoring import check_statement  # noqa: E402
-from probing.study.study import model_notes, study_model  # noqa: E402
 
 
 def use_example(text: str) -> None:
     st.session_state["statement_text"] = text
 
 
-# The open results folder's probes (trained on every statement) read its model as it ran there; the
-# probes this session trained on the Train page join them when they read that same model at the same
-# token (they win for the same layer and kind).
-study = ctx.study
-if study is not None:
-    spec, position = study_model(study)[0], study.config.position
-else:
-    spec, position = (ctx.model.spec if ctx.model else None), ctx.position
-model = model_for(ctx, spec, study)
-if model is not None:
-    for note in model_notes(study, model.fingerprint) if study is not None else []:
-        st.warning(f"Note: {note}.")
-    probes = dict(study.probes) if study is not None else {}
-    session = trained_probes()
-    mine = {(layer, kind): outcome.probe for (fingerprint, where, layer, kind), outcome in session.items()
-            if (fingerprint, where) == (model.fingerprint, position)}
-    probes.update(mine)
-    if len(mine) < len(session):
-        st.caption(f"{len(session) - len(mine)} probe(s) trained this session read another model or token "
-                   "position and are not shown.")
+scoring = scoring_probes(ctx)
+if scoring is not None:
+    model, position, probes = scoring.model, scoring.position, scoring.probes
     st.markdown("**Examples**")
     cols = st.columns(3)
     for i, example in enumerate(EXAMPLES):

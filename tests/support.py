@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,10 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.testing.v1 import AppTest
+
 from probing.study.folder import TABLE_FILES
 from probing.study.reporter import NoteList
 
 ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 300  # seconds an AppTest run or a dashboard job may take (the machine may be busy)
 TEXTS = [
     "Paris is in France.",
     "The symbol of gold is Au.",
@@ -117,3 +122,38 @@ class Recorder(NoteList):
 
     def counted(self, phase: str) -> list[tuple[int, int]]:
         return [(done, total) for name, done, total in self.counts if name == phase]
+
+
+# ----------------------------------------------------------------------------- AppTest
+
+
+def new_app() -> AppTest:
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def wait_job(at: AppTest, kind: str):
+    job = at.session_state["job"]
+    assert job.kind == kind
+    job.wait(TIMEOUT)
+    assert not job.running, "job did not finish in time"
+    assert job.error is None, job.params.get("traceback")
+    at.run()
+    no_errors(at)
+    return job
+
+
+def chart(at: AppTest, key: str) -> tuple[dict, pd.DataFrame]:
+    """The Vega-Lite spec and all data rows of the chart drawn with ``key``."""
+    found = [el.proto for el in at.get("vega_lite_chart") if json.loads(el.proto.spec).get("name") == key]
+    names = [json.loads(el.proto.spec).get("name") for el in at.get("vega_lite_chart")]
+    assert found, f"no chart {key!r}; charts drawn: {names}"
+    proto = found[0]
+    frames = [convert_arrow_bytes_to_pandas_df(d.data.data) for d in proto.datasets]
+    if proto.HasField("data"):
+        frames.append(convert_arrow_bytes_to_pandas_df(proto.data.data))
+    data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return json.loads(proto.spec), data

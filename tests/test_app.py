@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from probing import Activations, StudyConfig, load_model, make_probe, model_says_true, run_grid, score_statements
@@ -31,7 +30,7 @@ from probing.study.config import SteeringConfig
 from probing.analyses.steering import fit_directions, true_false_margins
 from probing.study.study import Study
 from probing.dashboard.workflows import train_work
-from support import assert_same_study
+from support import assert_same_study, chart, new_app, no_errors, wait_job
 from probing.analyses.directions import pca_points
 from probing.dashboard.jobs import Job, start_job
 from probing.analyses.grid import accuracy_long, split_seed, text_only_accuracy
@@ -39,7 +38,6 @@ from probing.analyses.grid import accuracy_long, split_seed, text_only_accuracy
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("PROBING_TEST_CACHE", ROOT / "cache" / "tests"))  # as in conftest.py
 PER_TOPIC = 48  # 12 facts per topic, each affirmative and negated, true and false
-TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +45,10 @@ def app_cache(tmp_path_factory):
     """A fresh activation cache (the converted model is shared by all of them)."""
     load_model("embedded")  # converts the GGUF once per machine
     cache = tmp_path_factory.mktemp("app-cache")
-    saved = {k: os.environ.get(k) for k in ("PROBING_CACHE", "PROBING_PER_TOPIC", "PROBING_MODEL", "PROBING_RESULTS")}
+    saved = {k: os.environ.get(k) for k in ("PROBING_CACHE", "PROBING_PER_TOPIC", "PROBING_MODEL", "PROBING_RESULTS",
+                                            "PROBING_EXAMPLE")}
     os.environ.update(PROBING_CACHE=str(cache), PROBING_PER_TOPIC=str(PER_TOPIC), PROBING_MODEL="embedded",
-                      PROBING_RESULTS=str(cache / "results"))
+                      PROBING_RESULTS=str(cache / "results"), PROBING_EXAMPLE="0")  # pages start live
     yield cache
     for key, value in saved.items():
         if value is None:
@@ -68,38 +67,6 @@ def engine(app_cache, dataset):
     """The engine on the same cache, to recompute what the pages show."""
     model = load_model("embedded")
     return model, Activations(position="last", cache_dir=app_cache, model=model)
-
-
-def new_app() -> AppTest:
-    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-
-
-def no_errors(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def wait_job(at: AppTest, kind: str):
-    job = at.session_state["job"]
-    assert job.kind == kind
-    job.wait(TIMEOUT)
-    assert not job.running, "job did not finish in time"
-    assert job.error is None, job.params.get("traceback")
-    at.run()
-    no_errors(at)
-    return job
-
-
-def chart(at: AppTest, key: str) -> tuple[dict, pd.DataFrame]:
-    """The Vega-Lite spec and all data rows of the chart drawn with ``key``."""
-    found = [el.proto for el in at.get("vega_lite_chart") if json.loads(el.proto.spec).get("name") == key]
-    names = [json.loads(el.proto.spec).get("name") for el in at.get("vega_lite_chart")]
-    assert found, f"no chart {key!r}; charts drawn: {names}"
-    proto = found[0]
-    frames = [convert_arrow_bytes_to_pandas_df(d.data.data) for d in proto.datasets]
-    if proto.HasField("data"):
-        frames.append(convert_arrow_bytes_to_pandas_df(proto.data.data))
-    data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return json.loads(proto.spec), data
 
 
 def page_with_activations(page: str, extract_key: str, dataset) -> AppTest:

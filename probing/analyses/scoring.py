@@ -28,6 +28,14 @@ def check_statement(text: str) -> str:
     return stripped
 
 
+def check_probe_width(probe: Probe, layer: int, kind: str, width: int, model_name: str) -> None:
+    """A ValueError unless ``probe`` reads hidden states of ``width`` numbers (those of ``model_name``)."""
+    if len(probe.mean_) != width:
+        raise ValueError(f"the {kind} probe of layer {layer} ({kind}_layer{layer}.pt) reads {len(probe.mean_)} "
+                         f"numbers per statement, but {model_name} gives {width}: it was trained on another "
+                         "model; score with that model's results folder")
+
+
 def score_statements(
     activations: Activations, probes: Mapping[tuple[int, str], Probe], texts: Sequence[str]
 ) -> pd.DataFrame:
@@ -41,10 +49,7 @@ def score_statements(
         for (probe_layer, kind), probe in probes.items():
             if probe_layer != layer:
                 continue
-            if len(probe.mean_) != features.shape[1]:
-                raise ValueError(f"the {kind} probe of layer {layer} ({kind}_layer{layer}.pt) reads {len(probe.mean_)} "
-                                 f"numbers per statement, but {activations.spec.name} gives {features.shape[1]}: it "
-                                 "was trained on another model; score with that model's results folder")
+            check_probe_width(probe, layer, kind, features.shape[1], activations.spec.name)
             for text, p in zip(texts, probe.predict_proba(features)[:, 1]):
                 rows.append({"statement": text, "layer": layer, "probe": kind, "p_true": float(p)})
     return pd.DataFrame(rows)

@@ -143,6 +143,15 @@ def _open_results(args: argparse.Namespace, used: str) -> StudyResult:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    if args.file is None and (args.layer is not None or args.out is not None):
+        raise ValueError("--layer and --out go with --file (a passage's sentences, scored at one layer); "
+                         "statements are scored at every layer and printed")
+    if args.out not in (None, "-") and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; pass the CSV file to write, such as "
+                         f"{Path(args.out) / 'passage.csv'}")
+    passage = None
+    if args.file is not None:  # read before torch loads: a missing file fails at once
+        passage = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     result = _open_results(args, "probes")
     from probing.study.folder import PROBES_DIR
     from probing.formatting import markdown_table
@@ -150,11 +159,64 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     if not result.probes:
         raise FileNotFoundError(f"{result.folder / PROBES_DIR} holds no trained probes; rerun `reproduce`")
+    if passage is not None:
+        return _score_passage(args, result, passage)
     with ConsoleReporter() as reporter:
         scores = Study.of_results(result, args.cache, reporter=reporter).score(result.probes, args.statement)
     for statement, rows in scores.groupby("statement", sort=False):
         table = rows.pivot(index="layer", columns="probe", values="p_true").sort_index(ascending=False)
         print(f"P(true) for {statement!r}\n\n{markdown_table(table.reset_index())}")
+    return 0
+
+
+def _score_passage(args: argparse.Namespace, result: StudyResult, data: bytes) -> int:
+    """``score --file``: the table of :func:`~probing.analyses.passage.score_passage`, written or printed."""
+    from probing.analyses.passage import read_passage, score_passage
+    from probing.formatting import markdown_table
+    from probing.study.study import Study
+
+    name = "standard input" if args.file == "-" else args.file
+    passage = read_passage(data, name)
+    with ConsoleReporter() as reporter:
+        activations = Study.of_results(result, args.cache, reporter=reporter).activations
+        table = score_passage(activations, result.probes, passage, args.layer)
+    if args.out == "-":
+        table.to_csv(sys.stdout, index=False)
+    elif args.out:
+        table.to_csv(args.out, index=False)
+        print(f"{len(table)} sentence(s) of {name} scored at layer {table['layer'].iloc[0]}; table written to "
+              f"{args.out}")
+    else:
+        print(f"P(true) of each sentence of {name}, by the probes at layer {table['layer'].iloc[0]} and by the "
+              f"model itself\n\n{markdown_table(table.drop(columns=['start', 'end', 'layer']))}")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    result = _open_results(args, "probes")
+    from probing.analyses.trace import trace_statement
+    from probing.study.folder import PROBES_DIR
+    from probing.formatting import markdown_table
+    from probing.study.study import Study
+
+    if not result.probes:
+        raise FileNotFoundError(f"{result.folder / PROBES_DIR} holds no trained probes; rerun `reproduce`")
+    with ConsoleReporter() as reporter:
+        activations = Study.of_results(result, args.cache, reporter=reporter).activations
+        trace = trace_statement(activations, result.probes, args.statement, model_answer=args.answers)
+    if args.out:
+        trace.table().to_csv(args.out, index=False)
+        print(f"{len(trace.scores)} scores ({len(trace.tokens)} tokens) written to {args.out}")
+        return 0
+    labels = [f"{i} {text.strip()}" for i, text in zip(trace.tokens["token"], trace.tokens["text"])]
+    for kind, rows in trace.scores.groupby("probe", sort=False):
+        table = rows.pivot(index="layer", columns="token", values="p_true").sort_index(ascending=False)
+        table.columns = [labels[t] for t in table.columns]
+        print(f"P(true) from the {kind} probe at each token of {trace.statement!r}\n\n"
+              f"{markdown_table(table.reset_index())}\n")
+    if "model_margin" in trace.tokens:
+        margins = trace.tokens.assign(token=labels)[["token", "model_margin"]]
+        print(f"The model's P(True) - P(False) for the statement up to each token\n\n{markdown_table(margins)}")
     return 0
 
 
@@ -220,6 +282,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     comparison = compare_studies(*studies, args.allow_mismatch)
     for warning in comparison.warnings:
         print(f"warning: not comparable, shown anyway: {warning}", file=sys.stderr)
+    for note in comparison.notes:
+        print(f"note: no paired tests: {note}", file=sys.stderr)
     save_comparison(comparison, args.out)
     print(comparison_markdown(comparison))
     print(f"written to {args.out}/")
@@ -310,4 +374,4 @@ def _print_generalization(result) -> None:
 
 
 COMMANDS = {"extract": cmd_extract, "reproduce": cmd_reproduce, "data": cmd_data, "score": cmd_score,
-            "steer": cmd_steer, "compare": cmd_compare, "cache": cmd_cache}
+            "trace": cmd_trace, "steer": cmd_steer, "compare": cmd_compare, "cache": cmd_cache}

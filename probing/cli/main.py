@@ -1,4 +1,4 @@
-"""Command line: ``python -m probing {extract,reproduce,data,score,steer,compare,cache}`` (``probing ...`` once installed).
+"""Command line: ``python -m probing {extract,reproduce,data,score,trace,steer,compare,cache}`` (``probing ...`` once installed).
 
 The options of a study and of a steering experiment come from the fields of
 :class:`~probing.study.config.StudyConfig` and :class:`~probing.study.config.SteeringConfig` (their
@@ -87,11 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("folder", metavar="CACHE", help="a cache folder (its activations/ and node folders) "
                                                          "or an activation-store folder")
 
-    score = commands.add_parser("score", help="P(true) per layer from the probes of a results folder")
-    score.add_argument("statement", nargs="+", help="one or more statements")
+    score = commands.add_parser("score", help="P(true) per layer from the probes of a results folder; or of each "
+                                              "sentence of a passage (--file) at one layer, and the model's answer")
+    scored = score.add_mutually_exclusive_group(required=True)
+    # default=[] (this very list): argparse then counts no statements as the positional's absence, not a clash
+    scored.add_argument("statement", nargs="*", default=[], help="one or more statements")
+    scored.add_argument("--file", default=None, help="a UTF-8 text file ('-' for standard input): its sentences, "
+                                                     "each scored by the probes at --layer and by the model itself")
+    score.add_argument("--layer", type=int, default=None,
+                       help="with --file: the probes' layer (default: the layer with the most probe kinds)")
+    score.add_argument("--out", default=None, help="with --file: the CSV file to write (default: print a table)")
     score.add_argument("--results", default=None,
                        help="results folder written by `reproduce` or the dashboard (default: the newest in results/)")
     score.add_argument("--cache", default=StudyConfig().cache, help=CACHE_HELP)
+    trace = commands.add_parser("trace", help="P(true) of each probe of a results folder at every token and layer "
+                                              "of a statement, and the model's answer after each token")
+    trace.add_argument("statement", help="the statement to trace")
+    trace.add_argument("--results", default=None,
+                       help="results folder written by `reproduce` or the dashboard (default: the newest in results/)")
+    trace.add_argument("--cache", default=StudyConfig().cache, help=CACHE_HELP)
+    trace.add_argument("--out", default=None, help="CSV file to write (one row per token, layer and probe; default: "
+                                                   "print a table per probe kind)")
+    trace.add_argument("--no-answers", dest="answers", action="store_false",
+                       help="skip the model's own answer after each token (one forward pass fewer)")
     return parser
 
 
@@ -110,6 +128,8 @@ def check_paths(args: argparse.Namespace) -> None:
         from probing.study.folder import check_results_out
 
         args.out = str(check_results_out(args.out, args.dataset, overwrite=args.overwrite))
+    if args.command == "trace" and args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; pass the CSV file to write, such as {Path(args.out) / 'trace.csv'}")
     if args.command == "data" and args.out != "-" and Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a folder; pass the CSV file to write, "
                          f"such as {Path(args.out) / 'statements.csv'}")

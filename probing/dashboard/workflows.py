@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from probing.analyses.grid import evaluate_probe
+from probing.analyses.trace import fit_all_tokens_probe
 from probing.dashboard.jobs import Job
 from probing.data.statements import StatementSet
 from probing.probes.estimators import Probe
@@ -88,6 +89,17 @@ def train_work(activations: Activations, dataset: StatementSet, config: StudyCon
         per_topic, confusion = evaluate_probe(cell.probe, study.layer(layer), dataset, cell.cell.split)
         return TrainOutcome(study=result, probe=cell.probe, history=cell.probe.history_.copy(),
                             per_topic=per_topic, confusion=confusion)
+
+    return work
+
+
+def all_tokens_work(activations: Activations, dataset: StatementSet, config: StudyConfig, layer: int,
+                    kind: str) -> Callable[[Job], Probe]:
+    """A ``kind`` probe of ``config``'s training settings trained on every token of ``dataset``'s statements
+    at ``layer`` (see :func:`~probing.analyses.trace.fit_all_tokens_probe`), for the Trace page."""
+    def work(job: Job) -> Probe:
+        return fit_all_tokens_probe(activations, dataset, layer, config.probe_config(kind), job,
+                                    config.resolved_device)
 
     return work
 

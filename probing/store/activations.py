@@ -121,8 +121,9 @@ def _read_position(text: str, offsets, special, position: str) -> int:
 
 
 @torch.inference_mode()
-def run_batch(model: LoadedModel, batch: Batch, position: str) -> np.ndarray:
-    """(rows, hidden states, width) float32 at the chosen position; the LM head is not run."""
+def hidden_states(model: LoadedModel, batch: Batch) -> tuple[torch.Tensor, ...]:
+    """Every hidden state (embeddings, each block's output, the final norm's) at every token of
+    ``batch``, each (rows, tokens, width) in the model's dtype; the LM head is not run."""
     device = model.input_device
     with model.lock:
         outputs = model.model.base_model(
@@ -132,13 +133,21 @@ def run_batch(model: LoadedModel, batch: Batch, position: str) -> np.ndarray:
             use_cache=False,
         )
         model.forward_passes += 1
+    return outputs.hidden_states
+
+
+@torch.inference_mode()
+def run_batch(model: LoadedModel, batch: Batch, position: str) -> np.ndarray:
+    """(rows, hidden states, width) float32 at the chosen position."""
+    states = hidden_states(model, batch)
+    device = model.input_device
     rows = torch.arange(len(batch.indices), device=device)
     if position == "mean":
         weights = batch.content_mask.to(device).unsqueeze(-1).float()
-        picked = [(h.float() * weights).sum(1) / weights.sum(1) for h in outputs.hidden_states]
+        picked = [(h.float() * weights).sum(1) / weights.sum(1) for h in states]
     else:
         read_at = batch.read_at.to(device)
-        picked = [h[rows, read_at].float() for h in outputs.hidden_states]
+        picked = [h[rows, read_at].float() for h in states]
     return torch.stack(picked, dim=1).cpu().numpy()
 
 
