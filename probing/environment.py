@@ -19,6 +19,7 @@ VARIABLES = {
     "PROBING_DATA_ROOTS": "more folders the dashboard may read statement sets from, separated by "
                           f"{os.pathsep!r}",
     "PROBING_PER_TOPIC": "the dashboard's default number of built-in statements per topic",
+    "PROBING_EXAMPLE": "0: the dashboard does not open the example study on a start with no results folder",
 }
 
 

@@ -33,12 +33,13 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 
 
 @contextmanager
-def streamlit_app(cache: Path) -> Iterator[str]:
-    """The app on the embedded model and a small built-in set, with its own cache folder; yields its URL."""
+def streamlit_app(cache: Path, example: bool) -> Iterator[str]:
+    """The app on the embedded model and a small built-in set, with its own cache folder; yields its URL.
+    With ``example`` it opens the example study as a first start does, else its pages start live."""
     from probing import load_model
 
     load_model("embedded")  # converted once per machine
-    env = {"PROBING_PER_TOPIC": str(PER_TOPIC), "PROBING_MODEL": "embedded"}
+    env = {"PROBING_PER_TOPIC": str(PER_TOPIC), "PROBING_MODEL": "embedded", "PROBING_EXAMPLE": "1" if example else "0"}
     with running_app(cache, "--server.address", "127.0.0.1", "--server.headless", "true",
                      "--browser.gatherUsageStats", "false", env=env) as (url, _port):
         yield url
@@ -46,14 +47,15 @@ def streamlit_app(cache: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with streamlit_app(tmp_path_factory.mktemp("browser-cache")) as url:
+    with streamlit_app(tmp_path_factory.mktemp("browser-cache"), example=False) as url:
         yield url
 
 
 @pytest.fixture
 def fresh_server(tmp_path):
-    """A server no browser has opened yet: its first session is the one Streamlit treats differently."""
-    with streamlit_app(tmp_path) as url:
+    """A server no browser has opened yet, as a user's first start: its first session is the one Streamlit
+    treats differently, and it opens the example study."""
+    with streamlit_app(tmp_path, example=True) as url:
         yield url
 
 
@@ -175,6 +177,37 @@ def test_first_paint_comes_before_the_model(fresh_server):
     print(f"first paint (ms from navigation start): {seen}")
     painted = max(seen["title"], seen["navigation"], seen["sidebar"])
     assert painted < seen["model"], f"the first page waited for the model: {seen}"
+
+
+def test_a_first_start_shows_the_example_study_and_scores_a_typed_sentence(fresh_server):
+    """No click but the navigation: the example study is open, the statement page scores what is typed, the
+    trace of it draws (the README's screenshot) and the grid shows the study's accuracies."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        tab = new_tab(browser)
+        tab.goto(fresh_server)
+        tab.get_by_text("Does the model know what is true?").wait_for(timeout=LONG)
+        tab.get_by_text("Example study (ships with the package)").first.wait_for()
+        go(tab, "Probe a statement")
+        box = tab.get_by_label("Statement")
+        box.fill("The Danube flows into the Black Sea.")
+        box.press("Control+Enter")
+        caption = tab.get_by_text(re.compile(r"Most confident: .* P\(true\) = \d\.\d\d"))
+        caption.wait_for(timeout=LONG)
+        assert re.search(r"\b(20) probe\(s\)", caption.inner_text()), caption.inner_text()  # 4 kinds x 5 layers
+        no_exception(tab)
+        go(tab, "Trace a statement")
+        tab.get_by_text(re.compile("P\\(true\\) from the linear probe at each token")).first.wait_for(
+            state="attached", timeout=LONG)  # the chart's title
+        tab.get_by_text("What the model answers about the statement up to each token").first.wait_for(state="attached")
+        no_exception(tab)
+        shot(tab, "trace")
+        go(tab, "Accuracy grid")
+        tab.get_by_text("Accuracy by layer").first.wait_for(timeout=LONG)
+        no_exception(tab)
+        browser.close()
 
 
 def test_end_to_end(page):

@@ -38,6 +38,8 @@ def test_the_wheel_holds_the_package_data_the_script_and_requirements_txt(tmp_pa
     modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "probing").rglob("*.py")}
     data = {path.relative_to(ROOT).as_posix() for path in (ROOT / "probing" / "data" / "builtin" / "data").glob("*.csv")}
     assert len(data) == 6 and modules | data | {"probing/data/builtin/__init__.py", "probing/data/builtin/NOTICE"} <= names
+    example = {path.relative_to(ROOT).as_posix() for path in (ROOT / "probing" / "study" / "example").rglob("*.*")}
+    assert "probing/study/example/config.json" in example and example <= names  # the dashboard's first study
     assert "probing = probing.cli.main:main" in entry_points
     requires = metadata.get_all("Requires-Dist")
     assert [r for r in requires if "extra ==" not in r] == requirement_lines("requirements.txt")

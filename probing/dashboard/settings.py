@@ -128,6 +128,12 @@ def results_location(given: str | None) -> tuple[Path, Path | None]:
     return location, None
 
 
+def example_on_start() -> bool:
+    """Whether a session that has no results folder yet opens the example study (of the embedded model): not
+    when another default model is set, nor with ``PROBING_EXAMPLE=0``."""
+    return environment.read("PROBING_EXAMPLE") != "0" and default_model_name() == EMBEDDED
+
+
 def fits_in_memory(gigabytes: float | None) -> bool | None:
     """Whether a model of ``gigabytes`` fits in this machine's free memory (the GPU's when there is
     one); None when its size is not known."""

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from probing.model.loading import ModelSpec
     from probing.study.reporter import Reporter
 
-ADDED_LATER = ("polarity", "generalization", "matrix_probes", "ccs_seeds", "drop_conflicts")
+ADDED_LATER = ("polarity", "generalization", "matrix_probes", "ccs_seeds", "drop_conflicts", "per_topic")
 """Options newer than the first recorded configs: a config.json without them gets their defaults."""
 _DEVICE = re.compile(rf"({'|'.join(DEVICE_KINDS)})(:\d+)?")
 
@@ -74,6 +74,10 @@ class StudyConfig:
     polarity: str = option("all", "which statements: all, affirmative or negated ('Paris is not in Japan.'); a "
                                   "CSV says so in a polarity column, a SAPLMA folder with neg_<topic> files",
                            "dataset", one_of(POLARITY_CHOICES), choices=POLARITY_CHOICES)
+    per_topic: int | None = option(None, "keep about this many statements of each topic (the built-in set keeps "
+                                         "whole facts: true and false, affirmative and negated; a file's rows are "
+                                         "sampled per polarity and label with seed 0); default: all", "dataset",
+                                   optional(count), read_int)
     max_tokens: int = option(MAX_TOKENS, "refuse statements longer than this many tokens", "extraction",
                              count, read_int)
     layers: tuple[int, ...] = option((-1, -5, -9, -13, -17), "hidden-state indices, negative = from the end",
@@ -151,7 +155,7 @@ class StudyConfig:
         from probing.data.datasets import load_dataset
 
         dataset = load_dataset(self.dataset, drop_duplicates=self.drop_duplicates, polarity=self.polarity,
-                               drop_conflicts=self.drop_conflicts)
+                               drop_conflicts=self.drop_conflicts, per_topic=self.per_topic)
         if dataset.duplicates.count and not self.drop_duplicates and reporter is not None:
             example, lines = next(iter(dataset.duplicates.where.items()))
             reporter.note(f"{dataset.duplicates.count} repeated statement(s) kept, e.g. {example!r} on lines "

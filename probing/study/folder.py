@@ -26,17 +26,26 @@ CONFIG_KEYS = (("model", "name"), ("model", "device"), ("model", "dtype"), ("pos
 TABLE_FILES = {"results": "per_topic.csv", "dynamics": "dynamics.csv", "directions_cosine": "directions_cosine.csv",
                "directions_sign": "directions_sign.csv", "directions_matrices": "directions_matrices.csv",
                "generalization": "generalization.csv", "generalization_errors": "generalization_errors.csv.gz",
-               "ccs": "ccs.csv", "statements": "statements.csv", "steering": "steering.csv"}
-"""StudyResult field -> its file (the errors, one row per misclassified statement and transfer, compressed)."""
+               "ccs": "ccs.csv", "statements": "statements.csv", "steering": "steering.csv",
+               "predictions": "predictions.csv.gz"}
+"""StudyResult field -> its file (the errors, one row per misclassified statement and transfer, and the
+predictions, one row per held-out statement and probe, compressed)."""
 MARKDOWN_FILES = ("accuracy_mean.md", "accuracy_max.md", "accuracy_random.md", "directions_cosine.md",
                   "directions_sign.md", "generalization.md", "steering.md")
 ACCURACY_TABLES = ("accuracy_mean", "accuracy_max", "accuracy_random")
-OUTPUT_FILES = frozenset({*TABLE_FILES.values(), *(f"{stem}.csv" for stem in ACCURACY_TABLES), *MARKDOWN_FILES})
+SUMMARY_FILES = ("accuracy_intervals.csv", "best_layers.csv", "calibration.csv")
+"""Computed from the predictions on saving: the mean accuracies' intervals, the best layers, calibration."""
+OUTPUT_FILES = frozenset({*TABLE_FILES.values(), *(f"{stem}.csv" for stem in ACCURACY_TABLES), *MARKDOWN_FILES,
+                          *SUMMARY_FILES})
 """Every file a results folder may hold besides config.json and the probes."""
 PROBE_FILE = re.compile(rf"{PROBES_DIR}/[a-z_]+_layer-?\d+\.pt")
 PROBE_READS = ("layer", "kind", "position", "fingerprint", "dtype")
 """What a probe file records about the activations its probe was trained on (under "reads")."""
 RESULTS_ROOT = "results"  # where new results folders go, relative to the working directory
+EXAMPLE_STUDY = Path(__file__).resolve().parent / "example"
+"""The study that ships with the package (the embedded model on 2,400 built-in statements, in float32), which
+the dashboard opens on a first start; rebuilt by `make example-study` (tests/test_example_study.py checks it
+matches what that command's `reproduce` writes)."""
 
 
 class ResultsError(ValueError):
