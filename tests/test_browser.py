@@ -181,7 +181,7 @@ def test_first_paint_comes_before_the_model(fresh_server):
 
 def test_a_first_start_shows_the_example_study_and_scores_a_typed_sentence(fresh_server):
     """No click but the navigation: the example study is open, the statement page scores what is typed, the
-    trace of it draws (the README's screenshot) and the grid shows the study's accuracies."""
+    trace of it draws (the README's screenshot), a passage is scored and the grid shows the study's accuracies."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -189,9 +189,9 @@ def test_a_first_start_shows_the_example_study_and_scores_a_typed_sentence(fresh
         tab = new_tab(browser)
         tab.goto(fresh_server)
         tab.get_by_text("Does the model know what is true?").wait_for(timeout=LONG)
-        tab.get_by_text("Example study (ships with the package)").first.wait_for()
+        tab.get_by_text(re.compile(r"embedded · builtin \(2400 statements\)")).first.wait_for()  # the example's caption
         go(tab, "Probe a statement")
-        box = tab.get_by_label("Statement")
+        box = tab.get_by_label("Statement", exact=True)
         box.fill("The Danube flows into the Black Sea.")
         box.press("Control+Enter")
         caption = tab.get_by_text(re.compile(r"Most confident: .* P\(true\) = \d\.\d\d"))
@@ -204,6 +204,12 @@ def test_a_first_start_shows_the_example_study_and_scores_a_typed_sentence(fresh
         tab.get_by_text("What the model answers about the statement up to each token").first.wait_for(state="attached")
         no_exception(tab)
         shot(tab, "trace")
+        go(tab, "Score a passage")
+        tab.get_by_role("button", name="Use an example").click()
+        tab.get_by_text(re.compile("Background: orange-red where P\\(true\\) is near 0")).wait_for(timeout=LONG)
+        tab.get_by_text("The chemical symbol for gold is Au.").first.wait_for()  # a sentence of the coloured text
+        no_exception(tab)
+        shot(tab, "passage")
         go(tab, "Accuracy grid")
         tab.get_by_text("Accuracy by layer").first.wait_for(timeout=LONG)
         no_exception(tab)

@@ -17,6 +17,7 @@ import nupunkt
 import pandas as pd
 
 from probing.analyses.scoring import check_statement, model_says_true, score_statements
+from probing.constants import PROBE_KINDS
 from probing.probes.estimators import Probe
 from probing.store.activations import Activations
 from probing.store.encoding import first_words
@@ -120,7 +121,9 @@ def score_passage(activations: Activations, probes: Mapping[tuple[int, str], Pro
     if here:
         table["layer"] = layer
         scores = score_statements(activations, here, texts)
-        for _, kind in here:  # score_statements keeps the texts' order, repeated sentences included
+        known = {kind: i for i, kind in enumerate(PROBE_KINDS)}
+        for kind in sorted({kind for _, kind in here}, key=lambda kind: (known.get(kind, len(known)), kind)):
+            # score_statements keeps the texts' order, repeated sentences included
             table[p_true_column(kind)] = scores.loc[scores["probe"] == kind, "p_true"].to_numpy()
     answers = [model_says_true(activations.model, text) for text in texts]
     table[p_true_column(MODEL)] = [answer["p_true"] for answer in answers]

@@ -85,10 +85,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         result = study.reproduce(out, overwrite=args.overwrite)
     print(f"\n{dataset.name}: {len(dataset)} statements, {len(dataset.topics)} topics; "
           f"model {config.model}; {result.meta['statements_extracted_this_run']} statements extracted this run\n")
-    print(f"Mean accuracy over the {config.split} splits\n\n{markdown_table(result.accuracy_table('mean'))}")
+    print(f"Mean accuracy over the {config.split} splits\n\n{result.accuracy_markdown()}")
     print(f"Max accuracy over the splits\n\n{markdown_table(result.accuracy_table('max'))}")
     if "random" in result.splits and config.split != "random":
-        print(f"Accuracy on the random split\n\n{markdown_table(result.accuracy_table('mean', 'random'))}")
+        print(f"Accuracy on the random split\n\n{result.accuracy_markdown('random')}")
     if not result.directions_cosine.empty:
         print(f"Directions: mean pairwise cosine\n\n{markdown_table(result.directions_cosine)}")
         print(f"Directions: fractional sign equality\n\n{markdown_table(result.directions_sign)}")

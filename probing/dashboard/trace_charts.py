@@ -31,8 +31,8 @@ def trace_chart(trace: Trace, probe: str) -> alt.VConcatChart:
         raise ValueError(f"the trace has no {probe} probe; it has {', '.join(sorted(set(trace.scores['probe'])))}")
     layers = sorted(set(frame["layer"]), reverse=True)
     x = alt.X("label:N", sort=order, scale=alt.Scale(domain=order), title=None,
-              axis=alt.Axis(labelAngle=-45, labelLimit=120))
-    width = max(320, 38 * len(order))
+              axis=alt.Axis(labelAngle=-45, labelLimit=120, labelOverlap=False))  # every token named
+    width = max(320, 40 * len(order))
     base = alt.Chart(frame).encode(x=x, y=alt.Y("layer:O", sort=layers, title="layer (from the end)"))
     cells = base.mark_rect().encode(
         color=alt.Color("p_true:Q", scale=P_TRUE_SCALE, legend=alt.Legend(title="P(true)", format=".1f")),
