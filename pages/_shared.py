@@ -372,42 +372,6 @@ def model_for(ctx: Context, spec: ModelSpec | None, study: StudyResult | None) -
     return None
 
 
-@dataclass
-class Scoring:
-    """What the pages that score typed text read: the model, its token position and the probes."""
-
-    model: LoadedModel
-    position: str
-    probes: dict  # (layer, kind) -> Probe
-
-
-def scoring_probes(ctx: Context) -> Scoring | None:
-    """The open results folder's probes (trained on every statement, reading its model as it ran there)
-    joined by the probes this session trained on the Train page that read the same model at the same
-    token (they win for the same layer and kind); None, with what to do, when the model is not loaded."""
-    from probing.study.study import model_notes, study_model  # imports torch: after the page's title
-
-    study = ctx.study
-    if study is not None:
-        spec, position = study_model(study)[0], study.config.position
-    else:
-        spec, position = (ctx.model.spec if ctx.model else None), ctx.position
-    model = model_for(ctx, spec, study)
-    if model is None:
-        return None
-    for note in model_notes(study, model.fingerprint) if study is not None else []:
-        st.warning(f"Note: {note}.")
-    probes = dict(study.probes) if study is not None else {}
-    session = trained_probes()
-    mine = {(layer, kind): outcome.probe for (fingerprint, where, layer, kind), outcome in session.items()
-            if (fingerprint, where) == (model.fingerprint, position)}
-    probes.update(mine)
-    if len(mine) < len(session):
-        st.caption(f"{len(session) - len(mine)} probe(s) trained this session read another model or token "
-                   "position and are not shown.")
-    return Scoring(model, position, probes)
-
-
 def extraction_controls(ctx: Context, key: str) -> int:
     """Cached-count line and an *Extract activations* button; returns how many are missing."""
     from probing.dashboard.workflows import (  # imports torch: not at the top, which runs before the first paint

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from pages._shared import context, scoring_probes
+from pages._scoring import running, scoring_probes
+from pages._shared import context
 from probing.dashboard.settings import EXAMPLES
 
 ctx = context()
@@ -56,17 +57,9 @@ if scoring is not None:
     # Scored once per passage, layer, model and probes: choosing another colour below scores nothing again.
     key = (text, layer, model.fingerprint, position, tuple((k, id(p)) for k, p in probes.items()))
     if st.session_state.get("passage_key") != key:
-        # The forward passes hold the model, so no other session switches it meanwhile.
-        with ctx.holder.using() as current:
-            if current is not model:
-                st.warning("Another session switched the model a moment ago: reload the page.")
-                st.stop()
-            try:
-                with st.spinner("Scoring each sentence…"):
-                    table = score_passage(ctx.holder.activations(position), probes, text, layer)
-            except ValueError as error:  # empty, too long, a sentence over the token limit
-                st.warning(f"Cannot score this: {error}")
-                st.stop()
+        # Refused with the reason: an empty or too long passage, a sentence over the token limit.
+        with running(ctx, model, "score"), st.spinner("Scoring each sentence…"):
+            table = score_passage(ctx.holder.activations(position), probes, text, layer)
         st.session_state["passage_key"], st.session_state["passage_table"] = key, table
     table = st.session_state["passage_table"]
     names = scorers(table)

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from pages._shared import context, scoring_probes, show_chart
+from pages._scoring import running, scoring_probes
+from pages._shared import context, show_chart
 from probing.dashboard.settings import EXAMPLES
 
 ctx = context()
@@ -43,26 +44,19 @@ if scoring is not None:
         statement = None
     if statement is not None:
         left, right = st.columns([3, 1])
-        # The forward passes hold the model, so no other session switches it meanwhile.
-        with ctx.holder.using() as current:
-            if current is not model:
-                st.warning("Another session switched the model a moment ago: reload the page.")
-            else:
-                try:
-                    with right:
-                        with st.spinner("Asking the model…"):
-                            answer = model_says_true(model, statement)
-                        show_chart(charts.model_answer_chart(answer), key="model_answer")
-                        st.caption(f"' True' and ' False' together get {answer['mass']:.1%} of the model's "
-                                   "next-token probability; the bars renormalise over the two.")
-                    if probes:
-                        with left:
-                            with st.spinner("Reading the hidden states…"):
-                                scores = score_statements(ctx.holder.activations(position), probes, [statement])
-                            show_chart(charts.statement_layers_chart(scores), key="statement_layers", height=340)
-                            best = scores.loc[scores["p_true"].sub(0.5).abs().idxmax()]
-                            st.caption(f"{len(probes)} probe(s). Most confident: {best['probe']} at layer "
-                                       f"{best['layer']} says P(true) = {best['p_true']:.2f}. Above the dashed "
-                                       "line the probe calls the statement true.")
-                except ValueError as error:  # e.g. more tokens than extraction allows
-                    st.warning(f"Cannot score this: {error}")
+        with running(ctx, model, "score"):  # e.g. more tokens than extraction allows
+            with right:
+                with st.spinner("Asking the model…"):
+                    answer = model_says_true(model, statement)
+                show_chart(charts.model_answer_chart(answer), key="model_answer")
+                st.caption(f"' True' and ' False' together get {answer['mass']:.1%} of the model's "
+                           "next-token probability; the bars renormalise over the two.")
+            if probes:
+                with left:
+                    with st.spinner("Reading the hidden states…"):
+                        scores = score_statements(ctx.holder.activations(position), probes, [statement])
+                    show_chart(charts.statement_layers_chart(scores), key="statement_layers", height=340)
+                    best = scores.loc[scores["p_true"].sub(0.5).abs().idxmax()]
+                    st.caption(f"{len(probes)} probe(s). Most confident: {best['probe']} at layer "
+                               f"{best['layer']} says P(true) = {best['p_true']:.2f}. Above the dashed "
+                               "line the probe calls the statement true.")

@@ -3,7 +3,8 @@ for the statement up to each token."""
 
 import streamlit as st
 
-from pages._shared import context, job_panel, job_running, scoring_probes, show_chart, start
+from pages._scoring import running, scoring_probes
+from pages._shared import context, job_panel, job_running, show_chart, start
 from probing.dashboard.settings import EXAMPLES
 
 ctx = context()
@@ -81,16 +82,8 @@ if scoring is not None:
         st.warning(f"Cannot trace this: {error}.")
         statement = None
     if statement is not None:
-        with ctx.holder.using() as current:
-            if current is not model:
-                st.warning("Another session switched the model a moment ago: reload the page.")
-                st.stop()
-            try:
-                with st.spinner("Reading every token's hidden states…"):
-                    trace = trace_statement(ctx.holder.activations(position), probes, statement, answers)
-            except ValueError as error:  # e.g. more tokens than extraction allows
-                st.warning(f"Cannot trace this: {error}")
-                st.stop()
+        with running(ctx, model, "trace"), st.spinner("Reading every token's hidden states…"):
+            trace = trace_statement(ctx.holder.activations(position), probes, statement, answers)
         show_chart(trace_chart(trace, probe), key="trace")
         if position == "mean":
             st.caption("These probes were trained on the mean over the statement's tokens: no single token's hidden "

@@ -42,7 +42,7 @@ def test_the_trained_token_reads_what_the_statement_page_shows(model, probes, tm
     page = score_statements(activations, probes, [SENTENCE])  # the statement page's per-layer scores
     merged = trace.at_read_token().merge(page, on=["layer", "probe"], suffixes=("_trace", "_page"))
     assert len(merged) == len(probes)
-    np.testing.assert_allclose(merged["p_true_trace"], merged["p_true_page"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(merged["p_true_trace"], merged["p_true_page"], rtol=0, atol=1e-6)
     # The other tokens read other hidden states: the probes' P(true) moves along the sentence.
     assert trace.scores.groupby(["layer", "probe"])["p_true"].std().min() > 0.01
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from probing.analyses.scoring import check_statement, check_probe_width
 from probing.analyses.steering import true_false_margins
@@ -22,6 +23,7 @@ from probing.data.statements import StatementSet
 from probing.probes.estimators import Probe, Task, fit_many
 from probing.probes.params import ProbeConfig
 from probing.store.activations import Activations, hidden_states, plan_batches
+from probing.store.encoding import to_float16
 from probing.study.reporter import EXTRACTING, TRAINING, Reporter
 
 MODEL_MARGIN = "model_margin"
@@ -55,6 +57,12 @@ class Trace:
         return self.scores[self.scores["token"].isin(read)][["layer", "probe", "p_true"]].reset_index(drop=True)
 
 
+def as_stored(texts: Sequence[str], hidden: torch.Tensor) -> np.ndarray:
+    """(tokens, width) hidden states rounded through float16 as the activation store keeps them, as float32:
+    so a token reads what the probes were trained on, and the trained token what the statement page reads."""
+    return to_float16(texts, hidden.float().cpu().numpy()[:, None, :])[:, 0].astype(np.float32)
+
+
 def trace_statement(activations: Activations, probes: Mapping[tuple[int, str], Probe], text: str,
                     model_answer: bool = True) -> Trace:
     """Trace ``text`` with ``probes`` (keyed by (layer, kind)) through the model ``activations`` reads,
@@ -79,7 +87,7 @@ def trace_statement(activations: Activations, probes: Mapping[tuple[int, str], P
     })
     rows = []
     for layer in sorted({layer for layer, _ in probes}, reverse=True):
-        features = states[layer][0, content].float().cpu().numpy()
+        features = as_stored([statement] * len(content), states[layer][0, content])
         for (probe_layer, kind), probe in probes.items():
             if probe_layer == layer:
                 check_probe_width(probe, layer, kind, features.shape[1], activations.spec.name)
@@ -100,10 +108,10 @@ def token_features(activations: Activations, texts: Sequence[str], layer: int,
     batches = plan_batches(model.tokenizer, texts, "last", activations.token_budget, activations.max_tokens)
     features, owners, done = [], [], 0
     for batch in batches:
-        states = hidden_states(model, batch)[layer].float().cpu()
+        states = hidden_states(model, batch)[layer]
         for row, index in enumerate(batch.indices):
-            content = batch.content_mask[row]
-            features.append(states[row, content].numpy())
+            content = batch.content_mask[row].to(states.device)
+            features.append(as_stored([texts[index]] * int(content.sum()), states[row, content]))
             owners.append(np.full(int(content.sum()), index))
         done += len(batch.indices)
         if on_progress:
