@@ -120,7 +120,8 @@ else:
                 long = accuracy_long(study.split_results(), "mean")
                 show_chart(charts.accuracy_heatmap(long, f"A: {label}" if key.endswith("a") else f"B: {label}"),
                            key=key)
-        st.caption("Mean accuracy over the category splits; both on the same colour scale (0.5 = chance).")
+        st.caption(f"Mean accuracy over the {comparison.split} splits; both on the same colour scale "
+                   "(0.5 = chance).")
         pairs = comparison.by_depth if align == "relative depth" else comparison.by_index
         shared = set(a.config.probes) & set(b.config.probes)
         if not shared:

@@ -52,6 +52,7 @@ def test_a_folder_compared_with_itself_differs_within_noise(leak, tmp_path, caps
         assert (table[["difference", "lower", "upper"]] == 0).all().all()
         assert (table["p_value"] == 1).all() and (table["verdict"] == WITHIN).all()
     assert "| within noise |" in comparison_markdown(comparison)
+    assert comparison.split == "random" and "## Mean accuracy over the random splits" in comparison_markdown(comparison)
     assert main(["compare", str(leak.folder), str(leak.folder), "--out", str(tmp_path / "same")]) == 0
     printed = capsys.readouterr().out
     assert "| within noise |" in printed and f"| {BEYOND} |" not in printed

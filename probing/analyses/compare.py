@@ -82,6 +82,8 @@ class Comparison:
     directions: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    split: str = "category"
+    """The split kind whose grids are compared (study A's: comparable studies share it)."""
 
 
 def _hidden_states(study: StudyResult) -> int:
@@ -112,7 +114,7 @@ def _paired(grid_a: pd.Series, grid_b: pd.Series, pairs: pd.DataFrame) -> pd.Dat
 
 
 def compare_studies(a: StudyResult, b: StudyResult, allow_mismatch: bool = False) -> Comparison:
-    """Align two studies' category-split grids by relative depth and by index, and gather their
+    """Align two studies' grids (of A's split kind) by relative depth and by index, and gather their
     direction statistics; refuse studies that are not comparable unless ``allow_mismatch``."""
     found = differences(a, b)
     if found and not allow_mismatch:
@@ -145,7 +147,7 @@ def compare_studies(a: StudyResult, b: StudyResult, allow_mismatch: bool = False
             directions.append({"model": name, "probe": row.probe, "layer": row.layer,
                                "depth": relative_depth(row.layer, n), "cosine": row.mean,
                                "sign_equality": sign.get((row.probe, row.layer), np.nan)})
-    return Comparison(names, by_depth, by_index, pd.DataFrame(directions), found, notes)
+    return Comparison(names, by_depth, by_index, pd.DataFrame(directions), found, notes, a.config.split)
 
 
 def comparison_markdown(comparison: Comparison) -> str:
@@ -159,7 +161,7 @@ def comparison_markdown(comparison: Comparison) -> str:
         parts.append("Paired tests on the same held-out statements: lower and upper bound the 95 % interval of "
                      "the difference (B - A, paired bootstrap); p_value is McNemar's (one seed per probe); the "
                      "difference is beyond noise where the interval excludes 0.\n")
-    parts += ["## Mean accuracy over the category splits, layers aligned by relative depth\n",
+    parts += [f"## Mean accuracy over the {comparison.split} splits, layers aligned by relative depth\n",
               markdown_table(comparison.by_depth)]
     if not comparison.by_index.empty:
         parts += ["\n## The same, layers aligned by index from the end\n", markdown_table(comparison.by_index)]
