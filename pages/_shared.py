@@ -134,7 +134,8 @@ def collect_finished_job() -> None:
     elif job.kind in ("grid", "directions", "generalization", "steering"):
         st.session_state["results_choice"] = str(job.result.folder)  # the sidebar opens it
     elif job.kind == "all_tokens":  # the Trace page shows it beside the probes trained at one token
-        st.session_state.setdefault("all_tokens", {})[tuple(job.params[k] for k in ("fingerprint", "layer", "kind"))] = job.result
+        key = tuple(job.params[name] for name in ("fingerprint", "layer", "kind"))
+        st.session_state.setdefault("all_tokens", {})[key] = job.result
     elif job.kind == "compare":  # the Compare page shows the two folders
         st.session_state["compare_mode"] = FOLDERS
         st.session_state["compare_a"], st.session_state["compare_b"] = (str(study.folder) for study in job.result)

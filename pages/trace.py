@@ -26,7 +26,6 @@ TYPED, PICKED = "Type a statement", "Pick one of the statements"
 TRAINED_AT = {"last": "the statement's last token", "before_period": "the last token before the final period"}
 
 
-
 def all_tokens_section(layers: list[int]) -> None:
     """Train a probe on every token of the sidebar's statements, to hold beside the probes trained at one."""
     st.caption("A probe trained at one token reads other tokens by extrapolation. This one is trained on the "

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from probing.analyses.intervals import correct
 from probing.analyses.uncertainty import mcnemar_test, paired_bootstrap_difference
 
 if TYPE_CHECKING:
@@ -36,12 +37,12 @@ def cell_correctness(predictions: pd.DataFrame, layer: int, probe: str, split: s
     if chosen.empty:
         raise ValueError(f"no predictions of the {probe} probe at layer {layer} in the {split} grid: choose a "
                          f"cell of {sorted(set(zip(predictions['layer'], predictions['probe'])))}")
-    right = ((chosen["score"].to_numpy() > 0).astype(int) == chosen["label"].to_numpy()).astype(float)
-    correct = chosen.assign(correct=right).groupby(["heldout", "row"], sort=False)["correct"].mean().reset_index()
-    if not correct["row"].is_unique:
+    shares = chosen.assign(correct=correct(chosen)).groupby(["heldout", "row"], sort=False)["correct"].mean()
+    shares = shares.reset_index()
+    if not shares["row"].is_unique:
         raise ValueError(f"the {probe} probe at layer {layer} was tested on some statements in two {split} splits: "
                          "a paired test needs each statement once per cell")
-    return correct
+    return shares
 
 
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame, level: float = 0.95, draws: int = 2000,

@@ -25,11 +25,15 @@ DRAWS = 2000
 """Bootstrap draws per interval and per best-layer test."""
 
 
+def correct(predictions: pd.DataFrame) -> np.ndarray:
+    """1.0 where a prediction is right, else 0.0: score > 0 is "true", as the grid's accuracy counts."""
+    return ((predictions["score"].to_numpy() > 0).astype(int) == predictions["label"].to_numpy()).astype(float)
+
+
 def statement_shares(predictions: pd.DataFrame) -> pd.DataFrame:
     """split, probe, layer, heldout, row, correct: per held-out statement of a (split kind, probe, layer),
-    the share of its seeds that classified it right (score > 0 is "true", as the grid's accuracy)."""
-    correct = ((predictions["score"] > 0).astype(int) == predictions["label"]).astype(float)
-    return (predictions.assign(correct=correct)
+    the share of its seeds that classified it right (:func:`correct`)."""
+    return (predictions.assign(correct=correct(predictions))
             .groupby(["split", "probe", "layer", "heldout", "row"])["correct"].mean().reset_index())
 
 

@@ -51,6 +51,10 @@ class Trace:
             ["token", "text", "start", "end", "read", "layer", "probe", "p_true",
              *([MODEL_MARGIN] if MODEL_MARGIN in self.tokens else [])]]
 
+    def labels(self) -> list[str]:
+        """A name per token, unique even where words repeat ("3 Paris"), in the statement's order."""
+        return [f"{i} {text.strip() or repr(text)}" for i, text in zip(self.tokens["token"], self.tokens["text"])]
+
     def at_read_token(self) -> pd.DataFrame:
         """layer, probe, p_true at the trained token: what the statement page shows for the statement."""
         read = self.tokens.loc[self.tokens["read"], "token"]

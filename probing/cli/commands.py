@@ -142,23 +142,27 @@ def _open_results(args: argparse.Namespace, used: str) -> StudyResult:
     return study
 
 
+def _open_probes(args: argparse.Namespace) -> StudyResult:
+    """:func:`_open_results` of a folder that must hold trained probes (``score``, ``trace``)."""
+    from probing.study.folder import PROBES_DIR
+
+    result = _open_results(args, "probes")
+    if not result.probes:
+        raise FileNotFoundError(f"{result.folder / PROBES_DIR} holds no trained probes; rerun `reproduce`")
+    return result
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     if args.file is None and (args.layer is not None or args.out is not None):
         raise ValueError("--layer and --out go with --file (a passage's sentences, scored at one layer); "
                          "statements are scored at every layer and printed")
-    if args.out not in (None, "-") and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a folder; pass the CSV file to write, such as "
-                         f"{Path(args.out) / 'passage.csv'}")
     passage = None
     if args.file is not None:  # read before torch loads: a missing file fails at once
         passage = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    result = _open_results(args, "probes")
-    from probing.study.folder import PROBES_DIR
+    result = _open_probes(args)
     from probing.formatting import markdown_table
     from probing.study.study import Study
 
-    if not result.probes:
-        raise FileNotFoundError(f"{result.folder / PROBES_DIR} holds no trained probes; rerun `reproduce`")
     if passage is not None:
         return _score_passage(args, result, passage)
     with ConsoleReporter() as reporter:
@@ -193,14 +197,11 @@ def _score_passage(args: argparse.Namespace, result: StudyResult, data: bytes) -
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    result = _open_results(args, "probes")
-    from probing.analyses.trace import trace_statement
-    from probing.study.folder import PROBES_DIR
+    result = _open_probes(args)
+    from probing.analyses.trace import MODEL_MARGIN, trace_statement
     from probing.formatting import markdown_table
     from probing.study.study import Study
 
-    if not result.probes:
-        raise FileNotFoundError(f"{result.folder / PROBES_DIR} holds no trained probes; rerun `reproduce`")
     with ConsoleReporter() as reporter:
         activations = Study.of_results(result, args.cache, reporter=reporter).activations
         trace = trace_statement(activations, result.probes, args.statement, model_answer=args.answers)
@@ -208,14 +209,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
         trace.table().to_csv(args.out, index=False)
         print(f"{len(trace.scores)} scores ({len(trace.tokens)} tokens) written to {args.out}")
         return 0
-    labels = [f"{i} {text.strip()}" for i, text in zip(trace.tokens["token"], trace.tokens["text"])]
+    labels = trace.labels()
     for kind, rows in trace.scores.groupby("probe", sort=False):
         table = rows.pivot(index="layer", columns="token", values="p_true").sort_index(ascending=False)
         table.columns = [labels[t] for t in table.columns]
         print(f"P(true) from the {kind} probe at each token of {trace.statement!r}\n\n"
               f"{markdown_table(table.reset_index())}\n")
-    if "model_margin" in trace.tokens:
-        margins = trace.tokens.assign(token=labels)[["token", "model_margin"]]
+    if MODEL_MARGIN in trace.tokens:
+        margins = trace.tokens.assign(token=labels)[["token", MODEL_MARGIN]]
         print(f"The model's P(True) - P(False) for the statement up to each token\n\n{markdown_table(margins)}")
     return 0
 

@@ -117,6 +117,10 @@ CACHE_HELP = (f"activation cache (default: {StudyConfig().cache}); the one a res
               "as a folder is a record, not an instruction")
 
 
+CSV_OUT = {"data": "statements.csv", "score": "passage.csv", "trace": "trace.csv"}
+"""Commands whose --out is one CSV file, with the name an example suggests."""
+
+
 def check_paths(args: argparse.Namespace) -> None:
     """Refuse output and cache paths of the wrong kind, and a ``reproduce --out`` that would lose files
     (:func:`~probing.study.folder.check_results_out`, which expands its ``~``), before anything is loaded or computed."""
@@ -128,11 +132,10 @@ def check_paths(args: argparse.Namespace) -> None:
         from probing.study.folder import check_results_out
 
         args.out = str(check_results_out(args.out, args.dataset, overwrite=args.overwrite))
-    if args.command == "trace" and args.out and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a folder; pass the CSV file to write, such as {Path(args.out) / 'trace.csv'}")
-    if args.command == "data" and args.out != "-" and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a folder; pass the CSV file to write, "
-                         f"such as {Path(args.out) / 'statements.csv'}")
+    out = getattr(args, "out", None)
+    if args.command in CSV_OUT and out not in (None, "-") and Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; pass the CSV file to write, "
+                         f"such as {Path(out) / CSV_OUT[args.command]}")
 
 
 def _message_errors() -> tuple[type[Exception], ...]:

@@ -5,7 +5,6 @@ model's own answer for the statement cut after each token."""
 from __future__ import annotations
 
 import altair as alt
-import pandas as pd
 
 from probing.analyses.trace import MODEL_MARGIN, Trace
 from probing.dashboard.charts import FALSE_COLOR, TRUE_COLOR
@@ -14,17 +13,10 @@ P_TRUE_SCALE = alt.Scale(domain=[0, 0.5, 1], range=[FALSE_COLOR, "#f7f7f7", TRUE
 """P(true) from false (orange-red) through undecided (pale) to true (green), as everywhere else."""
 
 
-def token_labels(tokens: pd.DataFrame) -> pd.DataFrame:
-    """The tokens with a ``label`` unique per token ("3 Paris"), in the statement's order."""
-    frame = tokens.copy()
-    frame["label"] = [f"{i} {text.strip() or repr(text)}" for i, text in zip(frame["token"], frame["text"])]
-    return frame
-
-
 def trace_chart(trace: Trace, probe: str) -> alt.VConcatChart:
     """Tokens x layers heatmap of ``probe``'s P(true), the trained token outlined; the model's
     P(" True") - P(" False") per token below, when the trace has it."""
-    tokens = token_labels(trace.tokens)
+    tokens = trace.tokens.assign(label=trace.labels())
     order = list(tokens["label"])
     frame = trace.scores[trace.scores["probe"] == probe].merge(tokens, on="token")
     if frame.empty:
