@@ -13,9 +13,8 @@ st.caption("Paste a paragraph or upload a text file: it is split into sentences,
            "model when asked whether it is true. Which of these claims does the model internally doubt?")
 
 # Imported once the title is drawn: torch (which these import) takes seconds to import.
-from probing.analyses.passage import (  # noqa: E402
-    MODEL, default_layer, probe_layers, read_passage, score_passage, scorers,
-)
+from probing.analyses.passage import MODEL, default_layer, read_passage, score_passage, scorers  # noqa: E402
+from probing.analyses.scoring import probe_layers  # noqa: E402
 from probing.dashboard.passage_view import passage_html  # noqa: E402
 
 EXAMPLE = " ".join(EXAMPLES)

@@ -18,7 +18,7 @@ from probing.analyses.trace import ALL_TOKENS, trace_statement  # noqa: E402
 from probing.constants import PROBE_KINDS  # noqa: E402
 from probing.dashboard.workflows import all_tokens_work  # noqa: E402
 from probing.study.config import StudyConfig  # noqa: E402
-from probing.analyses.scoring import check_statement  # noqa: E402
+from probing.analyses.scoring import check_statement, probe_layers  # noqa: E402
 from probing.dashboard.trace_charts import trace_chart  # noqa: E402
 from probing.dashboard.charts import probe_order  # noqa: E402
 
@@ -95,4 +95,4 @@ if scoring is not None:
         st.download_button("Download the trace (CSV)", table.to_csv(index=False), file_name="trace.csv",
                            mime="text/csv", key="trace_download")
     with st.expander(f"Compare with a probe trained on every token ({ALL_TOKENS})"):
-        all_tokens_section(sorted({layer for layer, _ in probes}, reverse=True))
+        all_tokens_section(probe_layers(probes))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import nupunkt
 import pandas as pd
 
-from probing.analyses.scoring import check_statement, model_says_true, score_statements
+from probing.analyses.scoring import check_statement, model_says_true, probe_layers, score_statements
 from probing.constants import PROBE_KINDS
 from probing.probes.estimators import Probe
 from probing.store.activations import Activations
@@ -90,11 +90,6 @@ def read_passage(data: bytes, name: str) -> str:
     except UnicodeDecodeError as error:
         raise ValueError(f"{name} is not UTF-8 text (byte {error.start:,} is {data[error.start]:#04x}): save it as "
                          "UTF-8 plain text") from None
-
-
-def probe_layers(probes: Mapping[tuple[int, str], Probe]) -> list[int]:
-    """The layers that have probes, as :func:`score_statements` orders them (largest index first)."""
-    return sorted({layer for layer, _ in probes}, reverse=True)
 
 
 def default_layer(probes: Mapping[tuple[int, str], Probe]) -> int:

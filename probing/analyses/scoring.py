@@ -28,6 +28,11 @@ def check_statement(text: str) -> str:
     return stripped
 
 
+def probe_layers(probes: Mapping[tuple[int, str], Probe]) -> list[int]:
+    """The layers that have probes, largest index first (the order every table of scores uses)."""
+    return sorted({layer for layer, _ in probes}, reverse=True)
+
+
 def check_probe_width(probe: Probe, layer: int, kind: str, width: int, model_name: str) -> None:
     """A ValueError unless ``probe`` reads hidden states of ``width`` numbers (those of ``model_name``)."""
     if len(probe.mean_) != width:
@@ -44,7 +49,7 @@ def score_statements(
         raise ValueError("no trained probes yet: train a probe (or run `reproduce`) first")
     texts = [check_statement(t) for t in texts]
     rows = []
-    for layer in sorted({layer for layer, _ in probes}, reverse=True):
+    for layer in probe_layers(probes):
         features = activations.layer(texts, layer)
         for (probe_layer, kind), probe in probes.items():
             if probe_layer != layer:

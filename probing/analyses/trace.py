@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probing.analyses.scoring import check_statement, check_probe_width
+from probing.analyses.scoring import check_probe_width, check_statement, probe_layers
 from probing.analyses.steering import true_false_margins
 from probing.data.statements import StatementSet
 from probing.probes.estimators import Probe, Task, fit_many
@@ -90,7 +90,7 @@ def trace_statement(activations: Activations, probes: Mapping[tuple[int, str], P
         "read": (content == int(batch.read_at[0])) & (position != "mean"),
     })
     rows = []
-    for layer in sorted({layer for layer, _ in probes}, reverse=True):
+    for layer in probe_layers(probes):
         features = as_stored([statement] * len(content), states[layer][0, content])
         for (probe_layer, kind), probe in probes.items():
             if probe_layer == layer:
