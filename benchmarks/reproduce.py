@@ -1,7 +1,8 @@
 """The job users run, by phase: ``probing reproduce`` of the SAPLMA grid, timed from the engine's
 own progress reports.
 
-Phases: loading the statements and the model; extraction (what the cache lacks); the grid's probes;
+Phases: loading the statements; extraction of what the cache lacks (the model loads only then, as in the
+CLI: a warm cache never loads it); the grid's probes;
 the final probes (one per layer and kind, trained on every statement for ``score``), which train in
 the grid's stacks; directions and the rest of the study; saving the results folder. Beside them, the
 square-matmul rates of this run in float32 and bfloat16 (the bound the grid benchmark divides FLOPs
@@ -29,10 +30,9 @@ from benchmarks.grid import count_lbfgs_rounds, training_flops
 from probing.analyses.grid import final_task, make_splits, run_grid
 from probing.probes.adam import training_dtype
 from probing.probes.lbfgs import LBFGS_STACK
-from probing.model.loading import load_model
 from probing.study.config import StudyConfig
 from probing.study.reporter import EXTRACTING, TRAINING, Reporter
-from probing.study.study import Study, study_activations
+from probing.study.study import Study
 
 
 class Clock(Reporter):
@@ -69,8 +69,8 @@ def main() -> None:
     rounds = count_lbfgs_rounds()  # the linear probes' L-BFGS rounds of the study, for its FLOPs
     start = time.perf_counter()
     clock, final_probes = Clock(), len(config.layers) * len(config.probes)
-    study = Study(config, dataset=config.statements(), reporter=clock,
-                  activations=study_activations(config, model=load_model("embedded")))
+    study = Study(config, reporter=clock)  # as the CLI builds it: the model loads only if extraction needs it
+    statements = len(study.dataset)
     loaded = time.perf_counter()
     result = study.run()
     studied = time.perf_counter()
@@ -86,7 +86,8 @@ def main() -> None:
 
     counts = clock.counts
     extract_end = clock.extract_end or loaded
-    phases = [("load statements and model", start, loaded), ("extract", loaded, extract_end),
+    phases = [("load statements", start, loaded),
+              ("extract (and the model, if the cache lacks any)", loaded, extract_end),
               ("grid and final probes (one stack per layer and kind)", extract_end, counts[-1][0]),
               ("directions and the rest", counts[-1][0], studied), ("save", studied, saved)]
     bound = grid_bound_seconds(study, config, study_rounds, rates)
@@ -96,7 +97,8 @@ def main() -> None:
     print(table(rows, ["phase", "seconds", "share", "share of its bound"]))
     against = (f" = {(saved - start) / grid_alone:.2f} x the grid's training alone ({grid_alone:.1f} s, run_grid "
                "without the final probes)") if grid_alone else ""
-    print(f"\nreproduce {saved - start:.1f} s{against}; {counts[-1][2] - final_probes} grid probes and "
+    print(f"\nreproduce {saved - start:.1f} s{against}; {statements:,} statements, {counts[-1][2] - final_probes} "
+          f"grid probes and "
           f"{final_probes} final probes; matmul rate {rates['float32']:.0f} GFLOP/s float32, "
           f"{rates['bfloat16']:.0f} bfloat16; peak RSS {peak_rss_mb():,.0f} MB")
 
