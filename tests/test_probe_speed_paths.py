@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from probing.probes import adam as probes
 from probing.store.activations import Activations
 from probing.analyses.grid import category_splits, split_seed
+from probing.model import devices
 from probing.model.devices import cpu_has_fast_bfloat16
 from probing.probes.estimators import Task, fit_many
 from probing.probes.params import ProbeConfig
@@ -120,10 +121,14 @@ def test_bfloat16_training_scores_like_float32(saplma, saplma_layer, kind):
     assert abs(difference) <= 2 * standard_error, (difference, standard_error)
 
 
-def test_training_dtype_is_chosen_per_kind_and_can_be_forced(monkeypatch):
+@pytest.mark.parametrize(("units", "mlp_dtype"), [("avx512_bf16", torch.bfloat16), ("amx", torch.float32),
+                                                   (None, torch.float32)])
+def test_training_dtype_is_chosen_per_cpu_and_kind_and_can_be_forced(monkeypatch, units, mlp_dtype):
+    """bf16 MLP stacks where measured faster (AVX512-BF16 without AMX); float32 on AMX (measured as fast) and
+    where bf16 is emulated."""
     monkeypatch.delenv(probes.TRAIN_DTYPE_VARIABLE, raising=False)
-    fast = torch.bfloat16 if cpu_has_fast_bfloat16() else torch.float32
-    assert [probes.training_dtype(kind) for kind in ("small", "medium")] == [fast] * 2
+    monkeypatch.setattr(devices, "cpu_bfloat16_units", lambda: units)
+    assert [probes.training_dtype(kind) for kind in ("small", "medium")] == [mlp_dtype] * 2
     assert probes.training_dtype("tiny") == torch.float32  # measured no faster in bf16
     assert probes.training_dtype("linear") == torch.float32  # bf16 measured only ~1.07x faster for it: kept float32
     assert probes.training_dtype("medium", "cuda") == torch.float32

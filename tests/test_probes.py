@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from probing.model import devices
 from probing.probes import adam as probes
 from probing.constants import PROBE_KINDS
 from probing.probes.estimators import Probe, Task, fit_many, make_probe
@@ -221,11 +222,24 @@ def test_members_are_shared_out_in_order_in_stacks_of_two_or_more(members, worke
     assert max(sizes) - min(sizes) <= 1
 
 
-def test_float32_stacks_are_cut_to_keep_adam_state_in_cache_and_bf16_stacks_are_not():
+@pytest.mark.parametrize(("cache", "medium_cap"), [(32 << 20, 4), (None, 4), (480 << 20, 41)])
+def test_float32_stacks_are_cut_to_keep_adam_state_in_cache_and_bf16_stacks_are_not(monkeypatch, cache, medium_cap):
+    """Two workers' float32 stacks share half the last-level cache, 12 MiB a stack at least: 188,929 medium
+    parameters x 16 bytes = 3.0 MB a member, so 4 members in 12 MiB (a 32 MB L3), 41 in 120 MiB (480 MB)."""
+    monkeypatch.setattr(devices, "last_level_cache_bytes", lambda: cache)
     medium, tiny = ProbeConfig("medium"), ProbeConfig("tiny")
-    assert probes._stack_cap(576, medium, torch.float32) == 4  # 188,929 parameters x 16 bytes = 3.0 MB a member
-    assert probes._stack_cap(576, tiny, torch.float32) > 18
-    assert probes._stack_cap(576, medium, torch.bfloat16) > 18
+    assert probes._stack_cap(576, medium, torch.float32, 2) == medium_cap
+    assert probes._stack_cap(576, tiny, torch.float32, 2) > 18
+    assert probes._stack_cap(576, medium, torch.bfloat16, 2) > 18
+
+
+def test_the_last_level_cache_is_read_from_linux():
+    """This machine's largest unified cache, as sysfs reports it (``None`` only where Linux does not)."""
+    sizes = [path.read_text().strip() for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size")]
+    if not sizes:
+        assert devices.last_level_cache_bytes() is None
+        return
+    assert devices.last_level_cache_bytes() >= 1 << 20, sizes
 
 
 def test_a_failing_worker_stops_the_others_and_its_own_error_is_raised(torch_threads):

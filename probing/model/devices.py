@@ -58,8 +58,27 @@ def cpu_has_fast_bfloat16() -> bool:
 
     Measured on an AVX2-only EPYC: a bf16 matmul ran ~70x slower than float32.
     """
+    return cpu_bfloat16_units() is not None
+
+
+def cpu_bfloat16_units() -> str | None:
+    """The CPU's bfloat16 matrix units: "amx" (Intel Xeon), "avx512_bf16" (e.g. AMD Zen 4/5), or None."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return None
+    return next((units for units, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16")) if flag in flags), None)
+
+
+def last_level_cache_bytes() -> int | None:
+    """The size of the CPU's largest unified cache as Linux reports it (cpu0), or None where it does not."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (index / "type").read_text().strip() == "Unified":
+                text = (index / "size").read_text().strip()
+                unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
+                sizes.append(int(text.rstrip("KMG")) * unit)
+        except (OSError, ValueError, KeyError):
+            continue
+    return max(sizes, default=None)

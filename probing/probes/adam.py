@@ -7,8 +7,8 @@ and is not updated once its epoch has run out of batches, so a probe trained in 
 equals, bit for bit, the same probe trained alone (a lone probe trains beside a throwaway
 twin: see ``_fit_adam_stack_or_twin``). On CPU the members are shared out over torch's
 threads, each thread training its own stacks on one core (:func:`fit_adam`), so the numbers
-do not depend on the thread count either. On CPUs with bf16 matrix units the larger MLP
-stacks multiply in bfloat16 (float32 weights and Adam state; see :func:`training_dtype`);
+do not depend on the thread count either. On CPUs where it was measured faster the larger
+MLP stacks multiply in bfloat16 (float32 weights and Adam state; see :func:`training_dtype`);
 the bit-for-bit promise then holds within that dtype.
 """
 
@@ -35,14 +35,21 @@ if TYPE_CHECKING:
 TRAIN_DTYPE_VARIABLE = "PROBING_TRAIN_DTYPE"
 """Forces the dtype MLP stacks compute in ("float32" or "bfloat16"); see :func:`training_dtype`."""
 BFLOAT16_KINDS = ("small", "medium")
-"""Kinds that train in bfloat16 by default where the CPU multiplies bf16 fast (measured faster, same accuracy);
-tiny's products are too small to gain (measured no faster), so it stays float32."""
+"""Kinds that train in bfloat16 by default on the CPUs of ``BFLOAT16_UNITS`` (measured faster there, same
+accuracy); tiny's products are too small to gain (measured no faster), so it stays float32."""
+BFLOAT16_UNITS = ("avx512_bf16",)
+"""CPUs (:func:`~probing.model.devices.cpu_bfloat16_units`) whose MLP stacks multiply in bf16 by default, from
+BENCHMARKS.md: on a Zen 5 (AVX512-BF16) the grid took 34.6 s against 37.9 s in float32; on a Xeon with AMX whole
+float32 stacks were as fast as bf16 (grid with final probes 56.1-56.8 s vs 56.9-58.1 s) at ~30 % of the float32
+matmul bound, where bf16 reaches ~5 % of its own (casts and Adam's memory traffic, not the products, bound a
+32-row step), so float32 there; on AVX2 bf16 is emulated."""
 ONEDNN_MIN_PRODUCT = 16**3
 """Torch's threshold (members x m x k x n) for multiplying bf16 batches with oneDNN: see ``_batched_matmul``."""
 ADAM_BLOCK = 16
 """Elements per SIMD group of torch's fused Adam (64 bytes of float32): see ``_MemberBlocks``."""
-ADAM_STACK_STATE_MAX_BYTES = 12 << 20
-"""float32 stacks on CPU are cut so their parameters, gradients and moments fit in this (cache): see ``_stack_cap``."""
+ADAM_STACK_STATE_MIN_BYTES = 12 << 20
+"""float32 stacks on CPU are cut so the Adam state of all workers' stacks fits in half the last-level cache, with
+at least this much a stack: see ``_stack_cap``."""
 STANDARDISED_COPIES_MAX_BYTES = 1 << 30
 """Above this, training standardises rows as it gathers them instead of keeping standardised copies."""
 
@@ -50,18 +57,17 @@ STANDARDISED_COPIES_MAX_BYTES = 1 << 30
 def training_dtype(kind: str, device: str | torch.device = "cpu", requested: str | None = None) -> torch.dtype:
     """The dtype a ``kind`` stack computes its matmuls in (weights and Adam state stay float32).
 
-    ``requested``, else ``$PROBING_TRAIN_DTYPE``, else bfloat16 for the MLP kinds on a CPU with bf16
-    matrix units (AMX or AVX512-BF16), where it is faster; float32 everywhere else (emulated bf16 is slow).
-    L-BFGS and mass-mean always fit in float32.
+    ``requested``, else ``$PROBING_TRAIN_DTYPE``, else bfloat16 for the MLP kinds on the CPUs where it was
+    measured faster (``BFLOAT16_UNITS``), float32 everywhere else. L-BFGS and mass-mean always fit in float32.
     """
     choice = requested or environment.read(TRAIN_DTYPE_VARIABLE) or None
     if choice is not None and choice not in ("float32", "bfloat16"):
         source = "train_dtype" if requested else f"${TRAIN_DTYPE_VARIABLE}"
         raise ValueError(f"{source} is {choice!r}: use 'float32' or 'bfloat16'")
     if choice is None:
-        from probing.model.devices import cpu_has_fast_bfloat16
+        from probing.model.devices import cpu_bfloat16_units
 
-        fast = torch.device(device).type == "cpu" and kind in BFLOAT16_KINDS and cpu_has_fast_bfloat16()
+        fast = torch.device(device).type == "cpu" and kind in BFLOAT16_KINDS and cpu_bfloat16_units() in BFLOAT16_UNITS
         choice = "bfloat16" if fast else "float32"
     return getattr(torch, choice)
 
@@ -77,14 +83,14 @@ def fit_adam(X, tasks: Sequence[Task], mean, scale, config: ProbeConfig, on_epoc
     A stack's products have 32 rows per member, too small to split well over threads, so
     the members are shared out over ``torch.get_num_threads()`` workers instead, each
     training its share with one thread of its own; float32 shares are cut into sub-stacks
-    whose Adam state fits in cache (``ADAM_STACK_STATE_MAX_BYTES``). Every stack runs on
+    whose Adam state fits in cache (:func:`_stack_cap`). Every stack runs on
     one thread, so a probe's numbers depend neither on its stack nor on the thread count.
     Epoch records arrive from the workers, one at a time.
     """
     if X.device.type != "cpu":
         return _fit_adam_stack_or_twin(X, tasks, mean, scale, config, on_epoch, dtype)
     threads = torch.get_num_threads()
-    shares = _share_out(len(tasks), threads, _stack_cap(X.shape[1], config, dtype))
+    shares = _share_out(len(tasks), threads, _stack_cap(X.shape[1], config, dtype, threads))
     lock, failed = threading.Lock(), threading.Event()
 
     def report(offset: int) -> EpochCallback:
@@ -124,14 +130,20 @@ def fit_adam(X, tasks: Sequence[Task], mean, scale, config: ProbeConfig, on_epoc
     return [part for future in futures for part in future.result()]
 
 
-def _stack_cap(width: int, config: ProbeConfig, dtype: torch.dtype) -> int:
-    """Most members per stack: float32 stacks keep their Adam state (4 floats a parameter) under
-    ``ADAM_STACK_STATE_MAX_BYTES``; bf16 stacks are not cut (measured fastest whole)."""
+def _stack_cap(width: int, config: ProbeConfig, dtype: torch.dtype, workers: int) -> int:
+    """Most members per stack: the ``workers`` float32 stacks training at once keep their Adam state (4 floats a
+    parameter) within half the last-level cache, at least ``ADAM_STACK_STATE_MIN_BYTES`` each (the 12 MiB cut was
+    chosen on a Zen 5, whose 32 MB L3 the grid's 54 MB of medium state overflowed; on a Xeon with a 480 MB L3,
+    whole 9-member medium stacks took 4.1 s a layer against 5.8 s cut); bf16 stacks are not cut (measured
+    fastest whole)."""
     if dtype != torch.float32:
         return 1 << 30
+    from probing.model.devices import last_level_cache_bytes
+
+    budget = max(ADAM_STACK_STATE_MIN_BYTES, (last_level_cache_bytes() or 0) // (2 * workers))
     sizes = [width, *config.hidden_sizes, 1]
     parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
-    return max(2, ADAM_STACK_STATE_MAX_BYTES // (16 * parameters))
+    return max(2, budget // (16 * parameters))
 
 
 def _share_out(members: int, workers: int, cap: int) -> list[list[range]]:
