@@ -7,6 +7,7 @@ missing is a ``ValueError`` saying what is wrong, never a silent CPU run.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -61,8 +62,10 @@ def cpu_has_fast_bfloat16() -> bool:
     return cpu_bfloat16_units() is not None
 
 
+@cache
 def cpu_bfloat16_units() -> str | None:
-    """The CPU's bfloat16 matrix units: "amx" (Intel Xeon), "avx512_bf16" (e.g. AMD Zen 4/5), or None."""
+    """The CPU's bfloat16 matrix units: "amx" (Intel Xeon), "avx512_bf16" (e.g. AMD Zen 4/5), or None (read once:
+    every training and model load asks)."""
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
@@ -70,8 +73,10 @@ def cpu_bfloat16_units() -> str | None:
     return next((units for units, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16")) if flag in flags), None)
 
 
+@cache
 def last_level_cache_bytes() -> int | None:
-    """The size of the CPU's largest unified cache as Linux reports it (cpu0), or None where it does not."""
+    """The size of the CPU's largest unified cache as Linux reports it (cpu0), or None where it does not (read
+    once: every Adam training asks)."""
     sizes = []
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
@@ -79,6 +84,6 @@ def last_level_cache_bytes() -> int | None:
                 text = (index / "size").read_text().strip()
                 unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
                 sizes.append(int(text.rstrip("KMG")) * unit)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError):
             continue
     return max(sizes, default=None)
