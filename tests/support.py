@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
@@ -24,6 +26,8 @@ from probing.study.folder import TABLE_FILES
 from probing.study.reporter import NoteList
 
 ROOT = Path(__file__).resolve().parents[1]
+BINORMAL_AUROC = stats.norm.cdf(1 / math.sqrt(2))
+"""The AUROC of :func:`binormal_draws`' scores: Phi(1 / sqrt(2))."""
 TIMEOUT = 300  # seconds an AppTest run or a dashboard job may take (the machine may be busy)
 TEXTS = [
     "Paris is in France.",
@@ -157,3 +161,12 @@ def chart(at: AppTest, key: str) -> tuple[dict, pd.DataFrame]:
         frames.append(convert_arrow_bytes_to_pandas_df(proto.data.data))
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return json.loads(proto.spec), data
+
+
+def binormal_draws(seed: int, simulations: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(labels, scores) of 100 true statements scored N(1, 1) and 100 false ones scored N(0, 1), ``simulations``
+    times from one generator: an interval's coverage of :data:`BINORMAL_AUROC` is checked on them."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.ones(100), np.zeros(100)]
+    for _ in range(simulations):
+        yield labels, np.r_[rng.normal(1, 1, 100), rng.normal(0, 1, 100)]

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from probing.analyses.grid import Cell, make_split, significant, train_cells
 from probing.analyses.intervals import CELL, statement_shares
@@ -21,7 +20,7 @@ from probing.store.activations import Activations
 from probing.study.config import StudyConfig
 from probing.study.results import StudyResult, read_table
 from probing.study.study import Study
-from support import Recorder, assert_same_study
+from support import BINORMAL_AUROC, Recorder, assert_same_study, binormal_draws
 
 LEGACY = Path(__file__).resolve().parent / "data" / "results-1b0dd61"
 
@@ -94,16 +93,9 @@ def test_delong_agrees_with_the_bootstrap_on_a_real_cell(study):
 
 
 def test_delong_covers_the_true_auroc_of_a_known_distribution():
-    # Scores N(1, 1) for true statements and N(0, 1) for false ones: AUROC = Phi(1 / sqrt(2)); 1,000
-    # simulations of 100 + 100 statements (Monte-Carlo error about 0.007).
-    truth = stats.norm.cdf(1 / math.sqrt(2))
-    rng = np.random.default_rng(4)
-    labels = np.r_[np.ones(100), np.zeros(100)]
-    hits = 0
-    for _ in range(1000):
-        scores = np.r_[rng.normal(1, 1, 100), rng.normal(0, 1, 100)]
-        lower, upper = auroc_delong_interval(labels, scores)
-        hits += lower <= truth <= upper
+    # 1,000 simulations of 100 + 100 statements (Monte-Carlo error about 0.007).
+    intervals = (auroc_delong_interval(labels, scores) for labels, scores in binormal_draws(4, 1000))
+    hits = sum(lower <= BINORMAL_AUROC <= upper for lower, upper in intervals)
     assert 0.92 <= hits / 1000 <= 0.975
     assert all(math.isnan(x) for x in auroc_delong_interval([1, 0, 0], [0.3, 0.1, 0.2]))  # one true statement
     assert auroc_delong_interval([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1]) == (1.0, 1.0)

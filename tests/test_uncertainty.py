@@ -21,6 +21,7 @@ from probing.analyses.uncertainty import (
     reliability_table,
     wilson_interval,
 )
+from support import BINORMAL_AUROC, binormal_draws
 
 
 def test_wilson_matches_the_textbook_value_and_stays_inside_0_1():
@@ -86,16 +87,11 @@ def test_auroc_matches_a_direct_pairwise_count_with_ties():
 
 
 def test_auroc_interval_covers_the_true_auroc_of_a_known_distribution():
-    # Scores N(1, 1) for true statements and N(0, 1) for false ones: AUROC = Phi(1 / sqrt(2)).
-    truth = stats.norm.cdf(1 / math.sqrt(2))
-    rng = np.random.default_rng(11)
-    labels = np.r_[np.ones(100), np.zeros(100)]
     hits = 0
-    for simulation in range(200):
-        scores = np.r_[rng.normal(1, 1, 100), rng.normal(0, 1, 100)]
+    for simulation, (labels, scores) in enumerate(binormal_draws(11, 200)):
         lower, upper = auroc_interval(labels, scores, draws=500, seed=simulation)
         assert lower <= auroc(labels, scores) <= upper
-        hits += lower <= truth <= upper
+        hits += lower <= BINORMAL_AUROC <= upper
     assert hits / 200 >= 0.90
 
 
